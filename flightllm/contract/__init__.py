@@ -1,0 +1,1 @@
+"""The one contract every side imports: accelerator configuration, ISA, numerics."""

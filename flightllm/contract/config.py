@@ -1,0 +1,324 @@
+"""The accelerator configuration: one typed, self-validating object.
+
+Every consumer derives what it needs from an :class:`AcceleratorConfig`: the compiler tiles to
+its parallelism and buffer sizes, the RTL generator sizes its DSP chains and memories, the golden
+simulator sizes its buffers, the performance model takes its throughputs, and the host checks a
+build against a device by :meth:`AcceleratorConfig.config_hash`.
+
+A configuration describes one *core*; ``cores`` copies run side by side, each with its own HBM
+channels, synchronised by SYS instructions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "AcceleratorConfig", "BufferSpec", "ConfigError", "PRESETS", "load_config", "preset",
+]
+
+#: N of N:16 block sparsity the format can express (16 is dense); see contract/weights.py.
+SPARSITY_CODES_ALL = (2, 4, 8, 16)
+#: Weight bit widths the block format can express.
+WEIGHT_BITS_ALL = (2, 4, 8)
+#: Weights and activations are grouped in 16x16 blocks everywhere (the paper's M of N:M).
+BLOCK = 16
+
+
+class ConfigError(ValueError):
+    """An accelerator configuration is invalid; the message names the field and the value."""
+
+
+@dataclass(frozen=True)
+class BufferSpec:
+    """One on-chip buffer: ``depth`` rows of ``width`` bytes (the port width the engines use)."""
+
+    width: int
+    depth: int
+
+    @property
+    def bytes(self) -> int:
+        return self.width * self.depth
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """Parameters of one FlightLLM-style accelerator (per core unless noted).
+
+    Attributes:
+        name: A label; it takes part in the hash so two presets never collide.
+        cores: Number of cores (about one per SLR); each runs its own instruction stream.
+        mv_rows: Matrix-vector engine: output rows computed in parallel (one per DSP chain).
+        mv_k: Matrix-vector engine: K elements per chain per cycle (the chain length in DSPs).
+        mm_m: Matrix-matrix engine: token rows per cycle; 2 means two INT8 activations share
+            each weight inside one DSP48E2 (the paper's packing).
+        mm_n: Matrix-matrix engine: output columns per cycle.
+        mm_k: Matrix-matrix engine: K elements per cycle.
+        dsp_group: DSPs per group in a chain; reduction nodes sit between groups. It must
+            divide every supported sparsity N so an N:16 row maps onto whole groups.
+        macs_per_dsp: INT8 MACs one DSP slice performs per cycle (2 for a packed DSP48E2).
+        sparsity_codes: Supported N of N:16 block sparsity (16 means dense).
+        weight_bits: Supported weight bit widths.
+        sfu_lanes: Special-function unit elements per cycle.
+        abuf: INT8 activation buffer.
+        wbuf: Weight / KV-cache stream buffer (double-buffered by the compiler).
+        rbuf: INT32 buffer: accumulators, residual stream, attention scores.
+        pbuf: Parameter buffer: per-channel requantisation records, norm gains, RoPE tables.
+        hbm_channels_per_core: HBM pseudo-channels each core streams from (one AXI master each).
+        hbm_channel_bytes: Capacity of one HBM pseudo-channel.
+        clock_mhz: Kernel clock.
+        token_depth: Largest count a dependency-token counter holds.
+    """
+
+    name: str
+    cores: int
+    mv_rows: int
+    mv_k: int
+    mm_m: int
+    mm_n: int
+    mm_k: int
+    dsp_group: int
+    macs_per_dsp: int
+    sparsity_codes: tuple[int, ...]
+    weight_bits: tuple[int, ...]
+    sfu_lanes: int
+    abuf: BufferSpec
+    wbuf: BufferSpec
+    rbuf: BufferSpec
+    pbuf: BufferSpec
+    hbm_channels_per_core: int
+    hbm_channel_bytes: int
+    clock_mhz: float
+    token_depth: int = 255
+
+    def __post_init__(self):
+        # Normalise sequences so YAML lists and tuples compare and hash the same.
+        object.__setattr__(self, "sparsity_codes", tuple(self.sparsity_codes))
+        object.__setattr__(self, "weight_bits", tuple(self.weight_bits))
+        for name in ("abuf", "wbuf", "rbuf", "pbuf"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                value = _buffer_from_dict(name, value)
+            object.__setattr__(self, name, value)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field and its value."""
+        if not isinstance(self.name, str) or not self.name:
+            _bad("name", self.name, "a non-empty string")
+        for name, lo, hi in (
+            ("cores", 1, 16), ("mv_rows", 1, 1024), ("mv_k", BLOCK, 4096), ("mm_m", 1, 64),
+            ("mm_n", 1, 4096), ("mm_k", BLOCK, 4096), ("dsp_group", 1, 16),
+            ("macs_per_dsp", 1, 4), ("sfu_lanes", 1, 256), ("hbm_channels_per_core", 1, 64),
+            ("token_depth", 1, 65535),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                _bad(name, value, f"an integer in [{lo}, {hi}]")
+        for name in ("mv_k", "mm_k"):
+            if getattr(self, name) % BLOCK:
+                _bad(name, getattr(self, name), f"a multiple of the {BLOCK}-wide weight block")
+        if self.mm_m % self.macs_per_dsp:
+            _bad("mm_m", self.mm_m, f"a multiple of macs_per_dsp={self.macs_per_dsp} "
+                 "(the packed MACs of one DSP share its weight across token rows)")
+        if not self.sparsity_codes or any(n not in SPARSITY_CODES_ALL for n in self.sparsity_codes):
+            _bad("sparsity_codes", list(self.sparsity_codes),
+                 f"a non-empty subset of {list(SPARSITY_CODES_ALL)}")
+        if 16 not in self.sparsity_codes:
+            _bad("sparsity_codes", list(self.sparsity_codes), "a list that includes 16 (dense)")
+        for n in self.sparsity_codes:
+            if n % self.dsp_group:
+                _bad("dsp_group", self.dsp_group,
+                     f"a divisor of every sparsity N (it does not divide N={n})")
+        if not self.weight_bits or any(b not in WEIGHT_BITS_ALL for b in self.weight_bits):
+            _bad("weight_bits", list(self.weight_bits),
+                 f"a non-empty subset of {list(WEIGHT_BITS_ALL)}")
+        for name in ("abuf", "wbuf", "rbuf", "pbuf"):
+            spec = getattr(self, name)
+            if not isinstance(spec, BufferSpec):
+                _bad(name, spec, "a buffer {width, depth}")
+            if spec.width < BLOCK or spec.width & (spec.width - 1):
+                _bad(f"{name}.width", spec.width, f"a power of two >= {BLOCK} bytes")
+            if not 1 <= spec.depth <= (1 << 24) // spec.width:
+                _bad(f"{name}.depth", spec.depth,
+                     "a row count that keeps the buffer within the ISA's 24-bit byte addresses")
+        if self.rbuf.width % 4:
+            _bad("rbuf.width", self.rbuf.width, "a multiple of 4 bytes (it holds INT32 words)")
+        if not isinstance(self.hbm_channel_bytes, int) or not (1 << 20) <= self.hbm_channel_bytes <= (1 << 32):
+            _bad("hbm_channel_bytes", self.hbm_channel_bytes,
+                 "an integer in [1 MiB, 4 GiB] (the ISA's 32-bit HBM byte addresses)")
+        if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
+            _bad("clock_mhz", self.clock_mhz, "a number in [1, 1000]")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def dsps_per_core(self) -> int:
+        """DSP slices in the matrix engine of one core (the MM array; MV reuses its chains)."""
+        return self.mm_m * self.mm_n * self.mm_k // self.macs_per_dsp
+
+    @property
+    def dsps_total(self) -> int:
+        return self.dsps_per_core * self.cores
+
+    @property
+    def mm_macs_per_cycle(self) -> int:
+        """Dense INT8 MACs per cycle of the matrix-matrix engine, all cores."""
+        return self.mm_m * self.mm_n * self.mm_k * self.cores
+
+    @property
+    def mv_macs_per_cycle(self) -> int:
+        """Dense INT8 MACs per cycle of the matrix-vector engine, all cores; N:16 sparsity
+        multiplies the *useful* (dense-equivalent) rate by 16/N."""
+        return self.mv_rows * self.mv_k * self.cores
+
+    @property
+    def groups_per_chain(self) -> int:
+        return self.mv_k // self.dsp_group
+
+    @property
+    def hbm_channels_total(self) -> int:
+        return self.hbm_channels_per_core * self.cores
+
+    @property
+    def onchip_bytes_per_core(self) -> int:
+        return sum(getattr(self, b).bytes for b in ("abuf", "wbuf", "rbuf", "pbuf"))
+
+    def buffer(self, name: str) -> BufferSpec:
+        """The buffer spec by its ISA name (``"abuf"``, ``"wbuf"``, ``"rbuf"``, ``"pbuf"``)."""
+        return getattr(self, name)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (lists, ints, strs) that :meth:`from_dict` reads back."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, BufferSpec):
+                value = {"width": value.width, "depth": value.depth}
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "configuration") -> AcceleratorConfig:
+        """Build and validate a configuration; unknown or missing keys are errors naming them."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {unknown}; known: {sorted(names)}")
+        required = {f.name for f in fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise ConfigError(f"{source}: missing field(s) {missing}")
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2) + "\n"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=True)
+
+    def config_hash(self) -> str:
+        """A stable hash of every field (SHA-256 of the canonical JSON, first 16 hex digits).
+
+        The host refuses a build whose hash differs from the device's.
+        """
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def replace(self, **changes) -> AcceleratorConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _bad(name: str, value: Any, expected: str):
+    raise ConfigError(f"field '{name}' = {value!r} is invalid: expected {expected}")
+
+
+def _buffer_from_dict(name: str, value: dict) -> BufferSpec:
+    if set(value) != {"width", "depth"}:
+        _bad(name, value, "a mapping with exactly the keys 'width' and 'depth'")
+    for key in ("width", "depth"):
+        if not isinstance(value[key], int) or isinstance(value[key], bool):
+            _bad(f"{name}.{key}", value[key], "an integer")
+    return BufferSpec(width=value["width"], depth=value["depth"])
+
+
+def _preset_tiny() -> AcceleratorConfig:
+    # Small enough that a whole compiled toy model simulates in RTL in seconds to minutes,
+    # while keeping every feature: packed DSPs, all sparsity codes and bit widths.
+    return AcceleratorConfig(
+        name="tiny", cores=1, mv_rows=4, mv_k=16, mm_m=2, mm_n=4, mm_k=16, dsp_group=2,
+        macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=4,
+        abuf=BufferSpec(16, 2048), wbuf=BufferSpec(16, 4096), rbuf=BufferSpec(64, 1024),
+        pbuf=BufferSpec(16, 2048), hbm_channels_per_core=2, hbm_channel_bytes=1 << 28,
+        clock_mhz=200.0,
+    )
+
+
+def _preset_u280() -> AcceleratorConfig:
+    # Three cores, one per SLR. 2x48x48 MACs = 2,304 packed DSP48E2 per core, 6,912 of the
+    # card's 9,024 (77%) before the SFU and requantisation multipliers. Nine HBM pseudo-channels
+    # per core plus one instruction master makes 28 AXI masters, the count that still closes
+    # timing at 225 MHz on this shell.
+    return AcceleratorConfig(
+        name="u280", cores=3, mv_rows=64, mv_k=32, mm_m=2, mm_n=48, mm_k=48, dsp_group=2,
+        macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
+        abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(256, 4096),
+        pbuf=BufferSpec(64, 8192), hbm_channels_per_core=9, hbm_channel_bytes=256 << 20,
+        clock_mhz=225.0,
+    )
+
+
+def _preset_vhk158() -> AcceleratorConfig:
+    # Four cores as in the FlightLLM artefact's VHK158 model, 8 HBM2e pseudo-channels each
+    # (all 32). MV is twice the artefact's 64x16 so decode is bound by HBM, not by the engine.
+    return AcceleratorConfig(
+        name="vhk158", cores=4, mv_rows=64, mv_k=32, mm_m=2, mm_n=32, mm_k=64, dsp_group=2,
+        macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
+        abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(256, 4096),
+        pbuf=BufferSpec(64, 8192), hbm_channels_per_core=8, hbm_channel_bytes=1 << 30,
+        clock_mhz=225.0,
+    )
+
+
+PRESETS = {"tiny": _preset_tiny, "u280": _preset_u280, "vhk158": _preset_vhk158}
+
+
+def preset(name: str) -> AcceleratorConfig:
+    """A named preset configuration (``tiny``, ``u280``, ``vhk158``)."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown configuration preset {name!r}; presets: {sorted(PRESETS)}") from None
+
+
+def load_config(spec: str | Path) -> AcceleratorConfig:
+    """A preset name, or a path to a YAML/JSON file holding the fields."""
+    if isinstance(spec, str) and spec in PRESETS:
+        return preset(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"{spec!s}: neither a preset ({', '.join(sorted(PRESETS))}) nor a file")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    return AcceleratorConfig.from_dict(data, source=str(path))
