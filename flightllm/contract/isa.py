@@ -24,14 +24,18 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import struct
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import Iterable, Mapping
+
+import numpy as np
 
 __all__ = [
     "Opcode", "Queue", "Buffer", "WeightBits", "OutMode", "MiscFunc", "SysOp", "LengthReg",
     "BindKind", "Field", "OpSpec", "Binding", "Instruction", "IsaError", "IsaDecodeError",
-    "OPCODES", "HEADER", "WORD_BITS", "ISA_VERSION", "isa_hash", "encode", "decode",
+    "OPCODES", "HEADER", "BINDING_FIELDS", "BINDING_LAYOUT", "MAX_BINDINGS", "WORD_BITS", "ISA_VERSION", "isa_hash", "encode", "decode",
     "encode_program", "decode_program", "apply_bindings",
 ]
 
@@ -238,7 +242,7 @@ _MISC = (
 )
 
 _SYS = (
-    F("op", 2, "synchronisation operation", enum=SysOp),
+    F("sync_op", 2, "synchronisation operation", enum=SysOp),
     F("sync_id", 8, "barrier id; every core must use the same sequence"),
     F("buf", 2, "GATHER: buffer", enum=Buffer),
     F("addr", _ADDR, "GATHER: byte address of core 0's slice"),
@@ -258,18 +262,18 @@ class OpSpec:
     def all_fields(self) -> tuple[Field, ...]:
         return HEADER + self.fields
 
-    @property
-    def layout(self) -> dict[str, int]:
+    @cached_property
+    def layout(self) -> Mapping[str, int]:
         """Bit offset of every field (header included) within the instruction's words."""
-        return _layout(self.all_fields)
+        return MappingProxyType(_layout(self.all_fields))
 
-    @property
+    @cached_property
     def words(self) -> int:
         """32-bit words of the fixed part (binding words come after)."""
         last = max(self.layout[f.name] + f.width for f in self.all_fields)
         return -(-last // WORD_BITS)
 
-    @property
+    @cached_property
     def bindable(self) -> tuple[str, ...]:
         """Names of bindable fields; a binding word's ``target`` indexes this tuple."""
         return tuple(f.name for f in self.fields if f.bindable)
@@ -327,16 +331,20 @@ _BINDING = (
     F("base", 16, "subtracted from the register before use (clamped at zero)"),
 )
 BINDING_FIELDS = _BINDING
+BINDING_LAYOUT: Mapping[str, int] = MappingProxyType(_layout(_BINDING))
 MAX_BINDINGS = 3
 
 
 def isa_hash() -> str:
-    """A hash of the whole encoding (every field of every opcode and binding word)."""
-    table = {op.name: [(f.name, f.width, f.signed, f.enum.__name__ if f.enum else None,
-                        f.bindable, spec.layout[f.name]) for f in spec.all_fields]
+    """A hash of the whole encoding: every field of every opcode (offset, width, signedness,
+    enum members), the binding word, and the limits; any change to either side changes it."""
+    def describe(fields, layout):
+        return [(f.name, layout[f.name], f.width, f.signed, f.bindable,
+                 sorted((m.name, m.value) for m in f.enum) if f.enum else None) for f in fields]
+    table = {op.name: [int(op), describe(spec.all_fields, spec.layout)]
              for op, spec in OPCODES.items()}
-    table["binding"] = [(f.name, f.width) for f in _BINDING]
-    table["version"] = ISA_VERSION
+    table["binding"] = describe(_BINDING, BINDING_LAYOUT)
+    table["limits"] = [ISA_VERSION, WORD_BITS, MAX_BINDINGS]
     return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -379,14 +387,21 @@ class Instruction:
         unknown = sorted(set(values) - names)
         if unknown:
             raise IsaError(f"{op.name} has no field(s) {unknown}; fields: {sorted(names)}")
-        full = {f.name: int(values.get(f.name, 0)) for f in spec.fields}
-        full["wait"], full["release"] = int(wait), int(release)
+        values = dict(values, wait=wait, release=release)
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise IsaError(f"{op.name}: field '{name}' = {value!r} is not an integer")
+        full = {f.name: int(values.get(f.name, 0)) for f in spec.all_fields
+                if f.name not in ("opcode", "nbind")}
         self.op = op
         self.bindings = tuple(bindings)
         full["opcode"], full["nbind"] = int(op), len(self.bindings)
         self.values = MappingProxyType(full)
 
     def __getattr__(self, name: str) -> int:
+        # Only field names belong here; a slot not yet set (copy, unpickling) must not recurse.
+        if name.startswith("__") or name in Instruction.__slots__:
+            raise AttributeError(name)
         try:
             return self.values[name]
         except KeyError:
@@ -395,6 +410,10 @@ class Instruction:
     @property
     def spec(self) -> OpSpec:
         return OPCODES[self.op]
+
+    def __reduce__(self):
+        fields = {k: v for k, v in self.values.items() if k not in ("opcode", "nbind")}
+        return (_rebuild, (int(self.op), fields, self.bindings))
 
     def replace(self, **changes) -> Instruction:
         values = {k: v for k, v in self.values.items() if k not in ("opcode", "nbind")}
@@ -412,6 +431,10 @@ class Instruction:
     def __repr__(self) -> str:
         from flightllm.contract.disasm import format_instruction
         return f"<{format_instruction(self)}>"
+
+
+def _rebuild(op: int, fields: dict, bindings: tuple) -> Instruction:
+    return Instruction(Opcode(op), bindings=bindings, **fields)
 
 
 def apply_bindings(ins: Instruction, regs: Mapping[LengthReg, int]) -> Instruction:
@@ -445,7 +468,6 @@ def _pack(fields: Iterable[Field], layout: Mapping[str, int], values: Mapping[st
     return [(bits >> (WORD_BITS * i)) & 0xFFFFFFFF for i in range(nwords)]
 
 
-_BINDING_LAYOUT = _layout(_BINDING)
 
 
 def encode(ins: Instruction) -> list[int]:
@@ -465,7 +487,7 @@ def encode(ins: Instruction) -> list[int]:
                            f"bindable: {list(spec.bindable)}")
         values = {"kind": int(b.kind), "reg": int(b.reg), "target": spec.bindable.index(b.field),
                   "shift": b.shift, "base": b.base}
-        words += _pack(_BINDING, _BINDING_LAYOUT, values, 1, f"{where} binding")
+        words += _pack(_BINDING, BINDING_LAYOUT, values, 1, f"{where} binding")
     return words
 
 
@@ -521,7 +543,7 @@ def decode(words, start: int = 0) -> tuple[Instruction, int]:
     bindings = []
     for i in range(nbind):
         idx = start + spec.words + i
-        b = _unpack(_BINDING, _BINDING_LAYOUT, [words[idx]], idx, lambda off: 0)
+        b = _unpack(_BINDING, BINDING_LAYOUT, [words[idx]], idx, lambda off: 0)
         if b["target"] >= len(spec.bindable):
             raise IsaDecodeError(idx, "target", b["target"],
                                  f"{spec.opcode.name} has {len(spec.bindable)} bindable fields")
@@ -542,6 +564,7 @@ def decode_all(words) -> list[Instruction]:
 
 # --------------------------------------------------------------------------- program files
 _MAGIC = b"FLLMPRG1"
+MAX_CORES = 64
 
 
 def encode_program(streams: list[list[Instruction]]) -> bytes:
@@ -550,7 +573,8 @@ def encode_program(streams: list[list[Instruction]]) -> bytes:
     Layout (little-endian): magic ``FLLMPRG1``, u32 ISA version, 16 ASCII hex digits of
     :func:`isa_hash`, u32 core count, u32 word count per core, then each core's words.
     """
-    import struct
+    if not 1 <= len(streams) <= MAX_CORES:
+        raise IsaError(f"a program holds 1..{MAX_CORES} instruction streams, not {len(streams)}")
     words = [[w for ins in stream for w in encode(ins)] for stream in streams]
     head = _MAGIC + struct.pack("<I", ISA_VERSION) + isa_hash().encode()
     head += struct.pack(f"<I{len(words)}I", len(words), *(len(w) for w in words))
@@ -563,7 +587,6 @@ class ProgramFileError(ValueError):
 
 def decode_program_words(data: bytes) -> list[list[int]]:
     """The per-core word streams of a program file, header checked."""
-    import struct
     if data[:8] != _MAGIC:
         raise ProgramFileError("not a flightllm program file (bad magic)")
     if len(data) < 32:
@@ -574,7 +597,7 @@ def decode_program_words(data: bytes) -> list[list[int]]:
         raise ProgramFileError(f"program is for ISA version {version} ({digest}); this flightllm "
                                f"speaks version {ISA_VERSION} ({isa_hash()})")
     (ncores,) = struct.unpack_from("<I", data, 28)
-    if not 1 <= ncores <= 64 or len(data) < 32 + 4 * ncores:
+    if not 1 <= ncores <= MAX_CORES or len(data) < 32 + 4 * ncores:
         raise ProgramFileError(f"program file header names {ncores} cores or is truncated")
     counts = struct.unpack_from(f"<{ncores}I", data, 32)
     pos, streams = 32 + 4 * ncores, []

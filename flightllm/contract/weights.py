@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "SPARSITY_CODES", "WeightFormatError", "block_bytes", "code_table_bytes", "strip_bytes",
-    "pack_matrix", "unpack_matrix",
+    "pack_matrix", "unpack_matrix", "block_sparsity",
 ]
 
 B = 16
@@ -148,6 +148,14 @@ def unpack_matrix(data, offset: int, n_strips: int, k_blocks: int, bits: int, *,
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     if gscale and bits == 8:
         raise WeightFormatError("INT8 weights carry no group multipliers (gscale with INT8)")
+    # Bound the request by the buffer before allocating: even the sparsest strip has a floor.
+    floor = code_table_bytes(k_blocks, sparse) + k_blocks * block_bytes(2 if sparse else B, bits,
+                                                                       gscale)
+    last = offset + (n_strips - 1) * strip_stride if strip_stride else offset
+    need = floor if strip_stride else n_strips * floor
+    if n_strips and (last + (floor if strip_stride else need) > len(buf) or offset < 0):
+        raise WeightFormatError(f"a {n_strips}-strip x {k_blocks}-block matrix at byte {offset} "
+                                f"needs at least {need} bytes; the buffer holds {len(buf)}")
     W = np.zeros((n_strips * B, k_blocks * B), dtype=np.int64)
     pos = offset
     for s in range(n_strips):
@@ -187,3 +195,27 @@ def _take(buf: np.ndarray, pos: int, count: int, strip: int) -> np.ndarray:
         raise WeightFormatError(f"strip {strip} runs past the end of the buffer "
                                 f"(byte {pos + count} of {len(buf)})")
     return buf[pos:pos + count]
+
+
+def block_sparsity(data, offset: int, n_strips: int, k_blocks: int, bits: int, *, sparse: bool,
+                   gscale: bool, strip_stride: int = 0) -> np.ndarray:
+    """[n_strips, k_blocks] N kept per row of each block, read from the code tables.
+
+    The matrix engine spends 16 * N multiply-accumulates on a block whatever the values, so
+    this (not a count of non-zero weights) is what cycle and MAC accounting use.
+    """
+    if not sparse:
+        return np.full((n_strips, k_blocks), B, dtype=np.int64)
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    out = np.empty((n_strips, k_blocks), dtype=np.int64)
+    pos = offset
+    for s in range(n_strips):
+        if strip_stride:
+            pos = offset + s * strip_stride
+        table = _take(buf, pos, k_blocks, s)
+        if (table > 3).any():
+            raise WeightFormatError(f"strip {s}: sparsity code above 3 in its code table")
+        out[s] = [SPARSITY_CODES[c] for c in table]
+        pos += code_table_bytes(k_blocks, True) + sum(block_bytes(int(n), bits, gscale)
+                                                      for n in out[s])
+    return out

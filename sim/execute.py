@@ -1,0 +1,236 @@
+"""What each instruction does to the machine state: one function per opcode.
+
+These functions are the executable definition of the ISA's semantics (docs/isa.md describes
+the fields; contract/numerics.py the arithmetic). They take an instruction whose bindings are
+already resolved, the core's state, and a :class:`Counters` to add to. Bad field values raise
+:class:`~flightllm.sim.machine.ProgramError` naming the instruction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flightllm.contract import numerics as nm
+from flightllm.contract.isa import Buffer, Instruction, MiscFunc, OutMode, WeightBits
+from flightllm.contract.params import REQUANT_RECORD_BYTES, norm_beta_offset, unpack_requant_records
+from flightllm.contract.weights import WeightFormatError, block_sparsity, unpack_matrix
+from flightllm.sim.hbm import HBM, HBMError
+from flightllm.sim.machine import ELEMENT_BYTES, CoreBuffers, ProgramError
+
+__all__ = ["Counters", "exec_transfer", "exec_matrix", "exec_misc"]
+
+
+@dataclass
+class Counters:
+    """What the performance model needs from a functional run.
+
+    Attributes:
+        instructions: executed instructions by opcode name.
+        hbm_read_bytes / hbm_write_bytes: bytes by physical HBM channel.
+        macs_dense: multiply-accumulates of the dense-equivalent matrix work.
+        macs_stored: multiply-accumulates on stored (non-pruned) weights: what the DSPs do.
+        weight_stream_bytes: WBUF bytes the matrix engines consumed.
+        sfu_elements: elements processed by the special-function unit, by function name.
+    """
+
+    instructions: Counter = field(default_factory=Counter)
+    hbm_read_bytes: Counter = field(default_factory=Counter)
+    hbm_write_bytes: Counter = field(default_factory=Counter)
+    macs_dense: int = 0
+    macs_stored: int = 0
+    weight_stream_bytes: int = 0
+    sfu_elements: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        return {
+            "instructions": dict(sorted(self.instructions.items())),
+            "hbm_read_bytes": {int(k): v for k, v in sorted(self.hbm_read_bytes.items())},
+            "hbm_write_bytes": {int(k): v for k, v in sorted(self.hbm_write_bytes.items())},
+            "macs_dense": self.macs_dense, "macs_stored": self.macs_stored,
+            "weight_stream_bytes": self.weight_stream_bytes,
+            "sfu_elements": dict(sorted(self.sfu_elements.items())),
+        }
+
+
+# --------------------------------------------------------------------------- LD / ST
+def _tile_transpose(data: np.ndarray) -> np.ndarray:
+    return data.reshape(-1, 16, 16).transpose(0, 2, 1).ravel()
+
+
+def exec_transfer(ins: Instruction, core: CoreBuffers, hbm: HBM, channel_base: int,
+                  channels: int, counters: Counters, where: str) -> None:
+    """LD (HBM -> buffer) or ST (buffer -> HBM) with its two loops and channel fan-out."""
+    load = ins.op.name == "LD"
+    nch = max(ins.nch, 1) if load else 1
+    buf = Buffer(ins.buf)
+    if ins.chan + nch > channels:
+        raise ProgramError(f"{where}: field 'chan' = {ins.chan} (+{nch} channels) exceeds the "
+                           f"core's {channels} HBM channels")
+    if load and ins.transpose and ins.len % 256:
+        raise ProgramError(f"{where}: field 'len' = {ins.len}: transposing loads move whole "
+                           "16x16-byte tiles (a multiple of 256 bytes)")
+    for o in range(ins.n2):
+        for m in range(ins.n1):
+            hbm_addr = ins.hbm_addr + o * ins.hbm_stride2 + m * ins.hbm_stride1
+            buf_addr = ins.buf_addr + o * ins.buf_stride2 + m * ins.buf_stride1
+            for c in range(nch):
+                phys = channel_base + ins.chan + c
+                dst = buf_addr + c * ins.ch_stride if load else buf_addr
+                try:
+                    if load:
+                        data = hbm.read(phys, hbm_addr, ins.len)
+                        if ins.transpose:
+                            data = _tile_transpose(data)
+                        core.write_bytes(buf, dst, data, where)
+                        counters.hbm_read_bytes[phys] += ins.len
+                    else:
+                        hbm.write(phys, hbm_addr, core.read_bytes(buf, dst, ins.len, where))
+                        counters.hbm_write_bytes[phys] += ins.len
+                except HBMError as exc:
+                    raise ProgramError(f"{where}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- MM / MV
+def _weights(ins: Instruction, core: CoreBuffers, where: str) -> tuple[np.ndarray, int, int]:
+    """Dequantised weights, WBUF bytes they span, and the MACs the chain spends per row."""
+    bits = WeightBits(ins.wbits).bits
+    args = (core.mem[Buffer.WBUF], ins.w_addr, ins.n_strips, ins.k_blocks, bits)
+    kw = dict(sparse=bool(ins.sparse), gscale=bool(ins.gscale), strip_stride=ins.w_stride)
+    try:
+        W, span = unpack_matrix(*args, **kw)
+        stored = int(block_sparsity(*args, **kw).sum()) * 16
+    except WeightFormatError as exc:
+        raise ProgramError(f"{where}: weights at w_addr={ins.w_addr:#x}: {exc}") from None
+    return W, span, stored
+
+
+def exec_matrix(ins: Instruction, core: CoreBuffers, counters: Counters, where: str) -> None:
+    """MM or MV: Y = X . W^T, then partial sums, then the output stage of ``out_mode``."""
+    mv = ins.op.name == "MV"
+    rows = 1 if mv else ins.m_rows
+    if rows == 0 or ins.n_strips == 0:
+        return
+    W, span, stored = _weights(ins, core, where)
+    n_out, k = W.shape
+    x_stride = 0 if mv else ins.x_stride
+    X = core.read_rows(Buffer.ABUF, ins.x_addr, x_stride, rows, k, f"{where} x_addr")
+    acc = X @ W.T
+    counters.macs_dense += rows * n_out * k
+    counters.macs_stored += rows * stored
+    counters.weight_stream_bytes += span
+    out_stride = 0 if mv else ins.out_stride
+    if ins.psum:
+        acc = acc + core.read_rows(Buffer.RBUF, ins.psum_addr, 0 if mv else ins.psum_stride,
+                                   rows, n_out, f"{where} psum_addr")
+    mode = OutMode(ins.out_mode)
+    if mode == OutMode.ACC32:
+        if ins.residual or ins.relu:
+            raise ProgramError(f"{where}: 'residual' and 'relu' need a requantising out_mode")
+        core.write_rows(Buffer.RBUF, ins.out_addr, out_stride, nm.sat32(acc), f"{where} out_addr")
+        return
+    nrec = 1 if ins.p_uniform else n_out
+    if ins.p_addr % REQUANT_RECORD_BYTES:
+        raise ProgramError(f"{where}: field 'p_addr' = {ins.p_addr:#x} is not 8-byte aligned")
+    rec = unpack_requant_records(core.read_bytes(Buffer.PBUF, ins.p_addr,
+                                                 nrec * REQUANT_RECORD_BYTES, f"{where} p_addr"))
+    if (rec["shift"] > 62).any():
+        raise ProgramError(f"{where}: a requantisation record at p_addr={ins.p_addr:#x} has "
+                           f"shift {int(rec['shift'].max())} > 62")
+    y = acc + rec["bias"].astype(np.int64)
+    y = nm.requantize(y, rec["mult"].astype(np.int64), rec["shift"].astype(np.int64),
+                      out_bits=8 if mode == OutMode.Q8 else 32, relu=bool(ins.relu))
+    if mode == OutMode.Q8:
+        if ins.residual:
+            raise ProgramError(f"{where}: 'residual' adds into RBUF; it needs out_mode Q32")
+        core.write_rows(Buffer.ABUF, ins.out_addr, out_stride, y, f"{where} out_addr")
+        return
+    if ins.residual:
+        y = nm.sat32(y + core.read_rows(Buffer.RBUF, ins.out_addr, out_stride, rows, n_out,
+                                        f"{where} out_addr"))
+    core.write_rows(Buffer.RBUF, ins.out_addr, out_stride, y, f"{where} out_addr")
+
+
+# --------------------------------------------------------------------------- MISC
+_ACT = {MiscFunc.SILU: "silu", MiscFunc.GELU_TANH: "gelu_tanh", MiscFunc.GELU_ERF: "gelu_erf",
+        MiscFunc.RELU: "relu"}
+
+
+def exec_misc(ins: Instruction, core: CoreBuffers, counters: Counters, where: str) -> None:
+    """A special-function unit operation over ``m`` rows of ``n`` elements."""
+    func = MiscFunc(ins.func)
+    m, n = ins.m, ins.n
+    if m == 0 or n == 0:
+        return
+    a_buf, b_buf, d_buf = Buffer(ins.a_buf), Buffer(ins.b_buf), Buffer(ins.d_buf)
+    counters.sfu_elements[func.name] += m * n
+
+    def src(buf, addr, stride, what, count=n):
+        return core.read_rows(buf, addr, stride, m, count, f"{where} {what}")
+
+    def dst(values, count=None):
+        core.write_rows(d_buf, ins.d_addr, ins.d_stride, core.saturate(d_buf, values),
+                        f"{where} d_addr")
+
+    if func == MiscFunc.COPY:
+        nbytes = n * ELEMENT_BYTES[a_buf]
+        for i in range(m):
+            data = core.read_bytes(a_buf, ins.a_addr + i * ins.a_stride, nbytes, f"{where} a_addr")
+            core.write_bytes(d_buf, ins.d_addr + i * ins.d_stride, data, f"{where} d_addr")
+        return
+    if func == MiscFunc.FILL:
+        return dst(np.full((m, n), ins.aux, dtype=np.int64))
+    for buf, what in ((a_buf, "a_buf"), (d_buf, "d_buf")):
+        if buf not in (Buffer.ABUF, Buffer.RBUF):
+            raise ProgramError(f"{where}: field '{what}' = {buf.name}: {func.name} works on "
+                               "ABUF (INT8) or RBUF (INT32) elements")
+    a = src(a_buf, ins.a_addr, ins.a_stride, "a_addr")
+    if func == MiscFunc.REQUANT:
+        return dst(nm.rshift_round(a * ins.m1, ins.s1))
+    if func in (MiscFunc.ADD, MiscFunc.MUL):
+        if b_buf not in (Buffer.ABUF, Buffer.RBUF):
+            raise ProgramError(f"{where}: field 'b_buf' = {b_buf.name}: {func.name} works on "
+                               "ABUF or RBUF elements")
+        b = src(b_buf, ins.b_addr, ins.b_stride, "b_addr")
+        if func == MiscFunc.ADD:
+            return dst(nm.add(a, b, ins.m1, ins.m2, ins.s1))
+        return dst(nm.mul(a, b, ins.s1, ins.m2, ins.s2))
+    if func in _ACT:
+        return dst(nm.activation(a, _ACT[func], ins.m1, ins.s1, ins.m2, ins.s2))
+    if func == MiscFunc.SOFTMAX:
+        cols = np.arange(n)[None, :]
+        valid = np.ones((m, n), dtype=bool)
+        if ins.causal:
+            valid = cols <= ins.aux + np.arange(m)[:, None]
+        p = nm.softmax(a, ins.m1, ins.s1, valid=valid)
+        padded = -(-n // 16) * 16  # zero-fill to the 16-column block the next MV reads
+        out = np.zeros((m, padded), dtype=np.int64)
+        out[:, :n] = p
+        return dst(out)
+    if func in (MiscFunc.RMSNORM, MiscFunc.LAYERNORM):
+        if ins.aux < 0:
+            raise ProgramError(f"{where}: field 'aux' (epsilon) = {ins.aux} is negative")
+        if ins.p_addr % 2:
+            raise ProgramError(f"{where}: field 'p_addr' = {ins.p_addr:#x} is not 2-byte aligned")
+        raw = core.read_bytes(Buffer.PBUF, ins.p_addr, 2 * n, f"{where} p_addr (gamma)")
+        gamma = raw.view("<i2").astype(np.int64)
+        beta = None
+        if ins.beta:
+            off = ins.p_addr + norm_beta_offset(n)
+            beta = core.read_bytes(Buffer.PBUF, off, 4 * n, f"{where} p_addr (beta)")
+            beta = beta.view("<i4").astype(np.int64)
+        fn = nm.rmsnorm if func == MiscFunc.RMSNORM else nm.layernorm
+        return dst(fn(a, gamma, ins.s1, ins.aux, beta))
+    if func == MiscFunc.ROPE:
+        g = ins.group
+        if g == 0 or g % 2 or n % g:
+            raise ProgramError(f"{where}: field 'group' = {g}: must be even and divide n = {n}")
+        table = np.stack([core.read_bytes(Buffer.PBUF, ins.p_addr + i * ins.p_stride, 2 * g,
+                                          f"{where} p_addr (RoPE row {i})").view("<i2")
+                          for i in range(m)]).astype(np.int64)
+        half = g // 2
+        return dst(nm.rope(a, table[:, :half], table[:, half:], ins.m1, ins.s1, group=g,
+                           interleaved=bool(ins.interleaved)))
+    raise AssertionError(f"unhandled MISC function {func!r}")
