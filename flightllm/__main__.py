@@ -1,0 +1,5 @@
+"""``python -m flightllm`` is the ``flightllm`` command."""
+
+from flightllm.cli import main
+
+main()

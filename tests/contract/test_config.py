@@ -1,0 +1,91 @@
+"""The accelerator configuration validates, derives, round-trips and hashes stably."""
+
+import json
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flightllm.contract.config import (
+    PRESETS, AcceleratorConfig, BufferSpec, ConfigError, load_config, preset,
+)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip_through_yaml_and_json(name, tmp_path):
+    cfg = preset(name)
+    assert AcceleratorConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+    assert AcceleratorConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    for suffix, text in ((".yaml", cfg.to_yaml()), (".json", cfg.to_json())):
+        path = tmp_path / f"c{suffix}"
+        path.write_text(text)
+        loaded = load_config(path)
+        assert loaded == cfg and loaded.config_hash() == cfg.config_hash()
+
+
+def test_hashes_are_distinct_and_stable():
+    hashes = {name: preset(name).config_hash() for name in PRESETS}
+    assert len(set(hashes.values())) == len(hashes)
+    # Field order in the input does not matter; a changed value does.
+    data = preset("tiny").to_dict()
+    shuffled = dict(reversed(list(data.items())))
+    assert AcceleratorConfig.from_dict(shuffled).config_hash() == hashes["tiny"]
+    assert preset("tiny").replace(clock_mhz=201.0).config_hash() != hashes["tiny"]
+
+
+def test_u280_fills_the_card_with_packed_dsps():
+    cfg = preset("u280")
+    assert cfg.macs_per_dsp == 2
+    assert 0.6 * 9024 <= cfg.dsps_total <= 9024
+    # Nine channels per core plus one instruction master: the 28 masters that close timing.
+    assert cfg.hbm_channels_total + 1 <= 28
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("cores", 0, "field 'cores' = 0"),
+    ("mv_k", 24, "field 'mv_k' = 24"),
+    ("mm_m", 3, "field 'mm_m' = 3"),
+    ("dsp_group", 3, "field 'dsp_group' = 3"),
+    ("sparsity_codes", (2, 4, 8), "includes 16"),
+    ("sparsity_codes", (3, 16), "field 'sparsity_codes'"),
+    ("weight_bits", (3,), "field 'weight_bits'"),
+    ("abuf", BufferSpec(24, 16), "field 'abuf.width' = 24"),
+    ("rbuf", BufferSpec(64, 1 << 20), "field 'rbuf.depth'"),
+    ("hbm_channel_bytes", 1 << 33, "field 'hbm_channel_bytes'"),
+    ("clock_mhz", 0, "field 'clock_mhz' = 0"),
+])
+def test_validation_names_field_and_value(field, value, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        preset("tiny").replace(**{field: value})
+
+
+def test_file_errors_name_the_file_and_key(tmp_path):
+    data = preset("tiny").to_dict()
+    data["mv_rowz"] = 4
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown field\(s\) \['mv_rowz'\]"):
+        load_config(path)
+    del data["mv_rowz"], data["cores"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"missing field\(s\) \['cores'\]"):
+        load_config(path)
+    path.write_text("cores: [1, 2\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_config(tmp_path / "absent.yaml")
+    data = preset("tiny").to_dict()
+    data["abuf"] = {"width": 16}
+    with pytest.raises(ConfigError, match="field 'abuf'"):
+        AcceleratorConfig.from_dict(data)
+
+
+@given(st.sampled_from(sorted(PRESETS)), st.integers(1, 16), st.sampled_from([2, 4, 8]))
+def test_derived_values_follow_the_fields(name, cores, mm_m):
+    cfg = preset(name).replace(cores=cores, mm_m=mm_m)
+    assert cfg.dsps_per_core * cfg.macs_per_dsp == cfg.mm_m * cfg.mm_n * cfg.mm_k
+    assert cfg.dsps_total == cfg.dsps_per_core * cores
+    assert cfg.hbm_channels_total == cfg.hbm_channels_per_core * cores
+    assert cfg.groups_per_chain * cfg.dsp_group == cfg.mv_k
