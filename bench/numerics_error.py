@@ -40,13 +40,6 @@ def qm(real: float) -> tuple[int, int]:
     return nx.quantize_multiplier(real)
 
 
-def common_shift(*reals: float) -> tuple[list[int], int]:
-    """Multipliers sharing one shift (ADD has one): the largest sets the shift, as qm would."""
-    big = max(reals, key=abs)
-    m_big, shift = qm(big)  # qm's own pair for the largest: it may have renormalised
-    return [m_big if r == big else round(r * 2.0**shift) for r in reals], shift
-
-
 def calibrate(ref: np.ndarray) -> float:
     """INT8 output scale a calibration pass would pick: the largest magnitude maps to 127."""
     return float(np.max(np.abs(ref))) / nx.INT8_MAX
@@ -93,6 +86,23 @@ def case_softmax(rng, n, sigma, s_in, *, causal=False, spike=0.0):
                           "mass_ideal_mean": float(mass_ideal.mean())}
 
 
+def case_softmax_deferred(rng, n, sigma, s_in):
+    """Deferred normalisation: the effective probabilities q * R / 2**31, in 2**-7 LSBs."""
+    rows = max(64, (1 << 19) // n)
+    x = np.round(rng.normal(0.0, sigma, (rows, n)) / s_in).astype(np.int64)
+    m1, s1 = qm(s_in * math.log2(math.e) * (1 << nx.EXP2_FRAC_BITS))
+    q, recip = nx.softmax_deferred(x, m1, s1)
+    z = x * s_in
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    ref = e / e.sum(axis=-1, keepdims=True) * (1 << nx.SOFTMAX_OUT_BITS)
+    eff = q * recip / 2.0**37 * (1 << nx.SOFTMAX_OUT_BITS)  # what multiplies V, normalised
+    err = np.abs(eff - ref)
+    mass = (q * recip).sum(axis=-1) / 2.0**37
+    return None, None, None, {"m1": m1, "s1": s1, "max_lsb": float(err.max()),
+                              "mean_lsb": float(err.mean()), "mass_mean": float(mass.mean()),
+                              "mass_min": float(mass.min()), "outputs": int(q.size)}
+
+
 def case_norm(rng, kind, n, outliers):
     rows, s_res, eps = 64, 2.0**-10, 1e-5
     real = rng.normal(0.0, 1.0, (rows, n)) * rng.lognormal(0.0, 0.7, (rows, 1))
@@ -111,7 +121,8 @@ def case_norm(rng, kind, n, outliers):
     g = gain / s_out  # gamma: the largest shift that keeps every gain within signed 16 bits
     shift = int(math.floor(math.log2(((1 << 15) - 1) / np.max(np.abs(g)))))
     gamma = np.round(g * 2.0**shift).astype(np.int64)
-    beta = np.round(bias / s_out).astype(np.int64) if kind == "layernorm" else None
+    # beta joins before the final rounding, in output units x 2**shift like gamma.
+    beta = np.round(bias / s_out * 2.0**shift).astype(np.int64) if kind == "layernorm" else None
     eps_int = round(eps / s_res**2)
     y = nx.sat8(getattr(nx, kind)(x, gamma, shift, eps_int, beta))
     return y, ref_real / s_out, INT8, {"shift": shift, "eps": eps_int}
@@ -142,9 +153,10 @@ def case_add(rng, s_a, s_b, s_out, std_a, std_b, out):
     size, bounds = 1 << 18, (INT8 if out == 8 else INT32)
     a, b = (np.clip(np.round(rng.normal(0.0, std, size) / s), *(INT8 if out == 8 else INT32))
             .astype(np.int64) for std, s in ((std_a, s_a), (std_b, s_b)))
-    (m1, m2), shift = common_shift(s_a / s_out, s_b / s_out)
-    y = np.clip(nx.add(a, b, m1, m2, shift), *bounds)
-    return y, (a * s_a + b * s_b) / s_out, bounds, {"m1": m1, "m2": m2, "shift": shift}
+    swap, m1, s1, m2, s2 = nx.add_multipliers(s_a / s_out, s_b / s_out)
+    y = np.clip(nx.add(b, a, m1, s1, m2, s2) if swap else nx.add(a, b, m1, s1, m2, s2), *bounds)
+    return y, (a * s_a + b * s_b) / s_out, bounds, {"swap": swap, "m1": m1, "s1": s1,
+                                                    "m2": m2, "s2": s2}
 
 
 def case_mul(rng, s_a, s_b, a_bits, b_bits, s1):
@@ -207,6 +219,9 @@ CASES = [
        lambda r, n=n: case_softmax(r, n, 3, COARSE)) for n in (128, 2048)],
     ("softmax", "n=2048, causal, N(0,3) + spike 8",
      lambda r: case_softmax(r, 2048, 3, FINE, causal=True, spike=8.0)),
+    *[("softmax_deferred", f"n={n}, logits N(0,{sg}), scale 2^-12",
+       lambda r, n=n, sg=sg: case_softmax_deferred(r, n, sg, FINE))
+      for n in (128, 1024, 2048, 4096) for sg in (1, 3)],
     *[(kind, f"n={n}, {'outliers' if o else 'no outliers'}",
        lambda r, kind=kind, n=n, o=o: case_norm(r, kind, n, o))
       for kind in ("rmsnorm", "layernorm") for n in (64, 576, 4096) for o in (False, True)],
@@ -241,6 +256,8 @@ def table(results: list[dict], qmult: dict) -> str:
     lines = ["| Function | Case | Max abs (LSB) | Mean abs (LSB) | Max off | Exact | Rel. RMS |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
+        if r["max_off"] is None:
+            continue
         lines.append(f"| {r['function']} | {r['case']} | {r['max_lsb']:.3f} | "
                      f"{r['mean_lsb']:.4f} | {r['max_off']} | {100 * r['exact']:.1f}% | "
                      f"{r['rel_rms']:.2e} |")
@@ -253,6 +270,16 @@ def table(results: list[dict], qmult: dict) -> str:
             p = r["params"]
             lines.append(f"| {r['case']} | {p['mass_mean']:.3f} | {p['mass_min']:.3f} | "
                          f"{p['mass_ideal_mean']:.3f} |")
+    lines += ["", "Deferred softmax (`defer`): the effective probabilities q * R / 2^37 that the",
+              "row-scalar MUL applies after P.V, against float64, in 2^-7 LSBs, and the mass "
+              "they keep:", "",
+              "| Case | Max abs (LSB) | Mean abs (LSB) | Mean mass | Min mass |",
+              "|---|---:|---:|---:|---:|"]
+    for r in results:
+        if r["function"] == "softmax_deferred":
+            p = r["params"]
+            lines.append(f"| {r['case']} | {r['max_lsb']:.3f} | {r['mean_lsb']:.4f} | "
+                         f"{p['mass_mean']:.4f} | {p['mass_min']:.4f} |")
     lines += ["", f"quantize_multiplier: largest relative error {qmult['max_rel']:.3e} over "
               f"{qmult['samples']:,} log-uniform",
               f"reals in [2^-40, 2^14) (bound 2^-15 = {qmult['bound']:.3e})."]
@@ -275,8 +302,12 @@ def main() -> None:
     for i, (func, label, run) in enumerate(CASES):
         rng = np.random.default_rng([SEED, i])  # each case independent of the others' draws
         y, ref, bounds, params = run(rng)
-        results.append({"function": func, "case": label, **measure(y, ref, bounds),
-                        "params": params})
+        if y is None:  # a case that measures itself (deferred softmax: no integer output)
+            stats = {k: params.pop(k) for k in ("max_lsb", "mean_lsb", "outputs")}
+            stats.update(max_off=None, exact=None, rel_rms=None)
+        else:
+            stats = measure(y, ref, bounds)
+        results.append({"function": func, "case": label, **stats, "params": params})
         print(f"{func:10s} {label:45s} max {results[-1]['max_lsb']:7.3f} LSB  "
               f"mean {results[-1]['mean_lsb']:.4f}")
     qmult = multiplier_error(np.random.default_rng([SEED, len(CASES)]))

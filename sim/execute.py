@@ -193,9 +193,10 @@ def exec_misc(ins: Instruction, core: CoreBuffers, counters: Counters, where: st
         if b_buf not in (Buffer.ABUF, Buffer.RBUF):
             raise ProgramError(f"{where}: field 'b_buf' = {b_buf.name}: {func.name} works on "
                                "ABUF or RBUF elements")
-        b = src(b_buf, ins.b_addr, ins.b_stride, "b_addr")
         if func == MiscFunc.ADD:
-            return dst(nm.add(a, b, ins.m1, ins.m2, ins.s1))
+            b = src(b_buf, ins.b_addr, ins.b_stride, "b_addr")
+            return dst(nm.add(a, b, ins.m1, ins.s1, ins.m2, ins.s2))
+        b = src(b_buf, ins.b_addr, ins.b_stride, "b_addr", count=1 if ins.rowscalar else n)
         return dst(nm.mul(a, b, ins.s1, ins.m2, ins.s2))
     if func in _ACT:
         return dst(nm.activation(a, _ACT[func], ins.m1, ins.s1, ins.m2, ins.s2))
@@ -204,7 +205,14 @@ def exec_misc(ins: Instruction, core: CoreBuffers, counters: Counters, where: st
         valid = np.ones((m, n), dtype=bool)
         if ins.causal:
             valid = cols <= ins.aux + np.arange(m)[:, None]
-        p = nm.softmax(a, ins.m1, ins.s1, valid=valid)
+        if ins.defer:
+            if b_buf != Buffer.RBUF:
+                raise ProgramError(f"{where}: field 'b_buf' = {b_buf.name}: a deferred "
+                                   "SOFTMAX writes its per-row reciprocals to RBUF")
+            p, recip = nm.softmax_deferred(a, ins.m1, ins.s1, valid=valid)
+            core.write_rows(Buffer.RBUF, ins.b_addr, ins.b_stride, recip, f"{where} b_addr")
+        else:
+            p = nm.softmax(a, ins.m1, ins.s1, valid=valid)
         padded = -(-n // 16) * 16  # zero-fill to the 16-column block the next MV reads
         out = np.zeros((m, padded), dtype=np.int64)
         out[:, :n] = p

@@ -218,9 +218,10 @@ _MISC = (
     F("a_buf", 2, "first source buffer", enum=Buffer),
     F("a_addr", _ADDR, "first source byte address", bindable=True),
     F("a_stride", _ADDR, "first source bytes between rows"),
-    F("b_buf", 2, "second source buffer (ADD, MUL)", enum=Buffer),
-    F("b_addr", _ADDR, "second source byte address", bindable=True),
-    F("b_stride", _ADDR, "second source bytes between rows"),
+    F("b_buf", 2, "second source (ADD, MUL); deferred SOFTMAX: where the per-row "
+      "reciprocals go (RBUF)", enum=Buffer),
+    F("b_addr", _ADDR, "second operand byte address", bindable=True),
+    F("b_stride", _ADDR, "second operand bytes between rows"),
     F("d_buf", 2, "destination buffer", enum=Buffer),
     F("d_addr", _ADDR, "destination byte address", bindable=True),
     F("d_stride", _ADDR, "destination bytes between rows"),
@@ -239,6 +240,8 @@ _MISC = (
     F("causal", 1, "SOFTMAX: mask columns after the row's query position aux + row"),
     F("interleaved", 1, "ROPE: rotate pairs (2i, 2i+1) rather than (i, i + group/2)"),
     F("beta", 1, "norms: add a per-channel INT32 bias after the gains"),
+    F("defer", 1, "SOFTMAX: weights relative to the row max; per row 2**60/(127*sum) to b_addr"),
+    F("rowscalar", 1, "MUL: the second operand is one element per row, broadcast"),
 )
 
 _SYS = (

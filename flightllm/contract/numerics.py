@@ -10,7 +10,7 @@ Integer-only fixed point (rationale, formats and measured errors in docs/numeric
 * products accumulate exactly in INT32; every rescaling is an integer multiply by a signed 16-bit
   multiplier and an arithmetic right shift that rounds half up (:func:`rshift_round`);
 * special functions use small ROM tables (exp2, sigmoid, GELU, reciprocal square root) built here
-  by :func:`build_tables` and shipped to the RTL from the same arrays.
+  by :func:`tables` and shipped to the RTL from the same arrays.
 
 All functions take and return numpy ``int64`` arrays (or ints); intermediate ranges are bounded
 in the docstrings so that int64 never overflows. The golden simulator calls these functions; the
@@ -28,7 +28,8 @@ __all__ = [
     "INT8_MIN", "INT8_MAX", "INT32_MIN", "INT32_MAX", "MASKED", "NORM_INPUT_BITS",
     "EXP2_FRAC_BITS", "ACT_FRAC_BITS", "ACT_RANGE", "RSQRT_INDEX_BITS", "ROPE_FRAC_BITS",
     "rshift_round", "sat8", "sat32", "requantize", "quantize_multiplier", "tables",
-    "softmax", "rmsnorm", "layernorm", "activation", "add", "mul", "rope", "ACTIVATIONS",
+    "SOFTMAX_OUT_BITS", "softmax", "softmax_deferred", "rmsnorm", "layernorm", "activation",
+    "add", "add_multipliers", "mul", "rope", "rope_table", "ACTIVATIONS",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -37,6 +38,8 @@ INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 MASKED = INT32_MIN
 #: Norm inputs are saturated to this many bits so squares and their sums fit in int64.
 NORM_INPUT_BITS = 24
+#: Longest norm row: n * (2**23)**2 (LayerNorm's centred values reach 2**24) stays below 2**63.
+MAX_NORM_ELEMENTS = 1 << 14
 #: exp2 table: 2**-(f / 2**EXP2_FRAC_BITS) for f in [0, 2**EXP2_FRAC_BITS), Q15.
 EXP2_FRAC_BITS = 8
 #: Gate tables (sigmoid, GELU) are indexed by x in Q(ACT_FRAC_BITS) over [-ACT_RANGE, ACT_RANGE).
@@ -102,7 +105,9 @@ def quantize_multiplier(real: float, *, mult_bits: int = 15, max_shift: int = 62
     mant, exp = math.frexp(abs(real))  # real = mant * 2**exp, mant in [0.5, 1)
     shift = mult_bits - exp
     if shift > max_shift:
-        return 0, 0  # smaller than the smallest representable step
+        # Below the full-precision range: fewer mantissa bits at the largest shift.
+        mult = round(abs(real) * (1 << max_shift))
+        return (int(math.copysign(mult, real)), max_shift) if mult else (0, 0)
     if shift < 0:
         raise ValueError(f"multiplier {real} too large for a {mult_bits}-bit mantissa")
     mult = round(mant * (1 << mult_bits))
@@ -142,6 +147,22 @@ def tables() -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- functions
+def _exp2_rows(scores, m1: int, s1: int, valid):
+    """Per row: Q23 base-2 exponentials relative to the row maximum, and the live mask."""
+    x = _i64(scores)
+    ok = x != MASKED
+    if valid is not None:
+        ok &= np.asarray(valid, dtype=bool)
+    mx = np.max(np.where(ok, x, INT32_MIN), axis=-1, keepdims=True)
+    d = np.where(ok, x - mx, 0)
+    u = np.maximum(-rshift_round(d * np.int64(m1), s1), 0)  # keep table indices in range
+    frac = u & ((1 << EXP2_FRAC_BITS) - 1)
+    whole = np.minimum(u >> EXP2_FRAC_BITS, 62)
+    # Eight guard bits below the Q15 table keep the row sum accurate on long rows.
+    e = np.right_shift(tables()["exp2"][frac] << 8, whole)
+    return np.where(ok, e, 0), ok
+
+
 def softmax(scores, m1: int, s1: int, *, valid=None):
     """Row-wise softmax of INT32 scores to INT8 probabilities with scale 2**-7.
 
@@ -151,27 +172,33 @@ def softmax(scores, m1: int, s1: int, *, valid=None):
             differences to base-2 exponents in Q(EXP2_FRAC_BITS).
         valid: optional [rows, n] bool mask of columns that take part (causal / length masks).
 
-    Per row: ``d = x - max`` (<= 0); ``u = -rshift_round(d * m1, s1)`` (>= 0);
-    ``e = exp2[u & 255] >> (u >> 8)`` in Q15 (0 once the shift passes 15);
-    ``S = sum(e)``; ``R = 2**46 // S``; ``p = min(127, rshift_round(e * R, 39))``.
-    Columns that do not take part give 0; a row with none gives all zeros.
+    Per row: ``d = x - max`` (<= 0); ``u = max(-rshift_round(d * m1, s1), 0)``;
+    ``e = (exp2[u & 255] << 8) >> (u >> 8)`` in Q23; ``S = sum(e)``; ``R = 2**54 // S``;
+    ``p = min(127, rshift_round(e * R, 47))``. Columns that do not take part give 0; a row
+    with none gives all zeros. ``e <= S`` bounds ``e * R`` by 2**54.
     """
-    x = _i64(scores)
-    ok = x != MASKED
-    if valid is not None:
-        ok &= np.asarray(valid, dtype=bool)
-    mx = np.max(np.where(ok, x, INT32_MAX * -1 - 1), axis=-1, keepdims=True)
-    d = np.where(ok, x - mx, 0)
-    u = -rshift_round(d * np.int64(m1), s1)
-    u = np.maximum(u, 0)  # a negative m1 is a compiler bug; keep the table index in range
-    frac = u & ((1 << EXP2_FRAC_BITS) - 1)
-    whole = np.minimum(u >> EXP2_FRAC_BITS, 62)
-    e = np.right_shift(tables()["exp2"][frac], whole)
-    e = np.where(ok, e, 0)
+    e, _ = _exp2_rows(scores, m1, s1, valid)
     total = e.sum(axis=-1, keepdims=True)
-    recip = np.where(total > 0, (np.int64(1) << 46) // np.maximum(total, 1), 0)
-    p = rshift_round(e * recip, 46 - SOFTMAX_OUT_BITS)
-    return np.minimum(p, INT8_MAX)
+    recip = np.where(total > 0, (np.int64(1) << 54) // np.maximum(total, 1), 0)
+    return np.minimum(rshift_round(e * recip, 54 - SOFTMAX_OUT_BITS), INT8_MAX)
+
+
+def softmax_deferred(scores, m1: int, s1: int, *, valid=None):
+    """Softmax whose normalisation is deferred past the product with V.
+
+    Returns ``(q, R)``: ``q = rshift_round(e * 127, 23)``, INT8 weights relative to the row
+    maximum (which gets exactly 127), and per row ``R = 2**60 // (127 * S)`` with ``S = sum(e)``
+    the exact Q23 sum (0 for a row with no live column). ``q_j * R / 2**37`` is ``e_j / S``, so
+    ``sum_j q_j v_j * R / 2**37`` is the normalised attention output. Against the normalised
+    :func:`softmax` the weights have the resolution of the row maximum instead of the row
+    sum: on long, flat rows, where a normalised INT8 softmax rounds most of its mass to zero,
+    they keep it. ``e`` is as in :func:`softmax`; ``R < 2**31`` since ``S >= 2**23``.
+    """
+    e, _ = _exp2_rows(scores, m1, s1, valid)
+    q = rshift_round(e * 127, 23)
+    total = e.sum(axis=-1, keepdims=True)
+    recip = np.where(total > 0, (np.int64(1) << 60) // np.maximum(127 * total, 1), 0)
+    return q, recip
 
 
 def _rsqrt_q15(v):
@@ -189,15 +216,17 @@ def _rsqrt_q15(v):
 def _norm(x, gamma, beta, shift, eps, *, center: bool):
     x = np.clip(_i64(x), -(1 << (NORM_INPUT_BITS - 1)), (1 << (NORM_INPUT_BITS - 1)) - 1)
     n = x.shape[-1]
+    if n > MAX_NORM_ELEMENTS:
+        raise ValueError(f"norm over {n} elements; at most {MAX_NORM_ELEMENTS} keep sums in int64")
     if center:
         mean = np.floor_divide(x.sum(axis=-1, keepdims=True), n)
         x = x - mean
     var = np.floor_divide((x * x).sum(axis=-1, keepdims=True), n) + np.int64(eps)
     r, k = _rsqrt_q15(np.maximum(var, 1))
-    y = rshift_round(x * r * _i64(gamma), 15 + k + np.int64(shift))
+    y = rshift_round(x * r * _i64(gamma), 15 + k)  # output units x 2**shift
     if beta is not None:
         y = y + _i64(beta)
-    return y
+    return rshift_round(y, shift)
 
 
 def rmsnorm(x, gamma, shift: int, eps: int, beta=None):
@@ -208,11 +237,12 @@ def rmsnorm(x, gamma, shift: int, eps: int, beta=None):
         gamma: [n] signed 16-bit gains = real gain / output scale * 2**shift.
         shift: extra right shift that goes with ``gamma``.
         eps: epsilon in units of x**2 (non-negative INT32); the variance is at least 1.
-        beta: optional [n] INT32 added after the rounding (output units).
+        beta: optional [n] INT32 bias in output units x 2**shift.
 
-    ``var = floor(sum(x**2) / n) + eps``; 1/sqrt(var) from the rsqrt table after normalising
-    var to a 10-bit mantissa and an exponent; ``y = rshift_round(x * r * gamma, 15 + k + shift)``.
-    The caller saturates to the destination type.
+    ``var = floor(sum(x**2) / n) + eps``; 1/sqrt(var) ~ r / 2**(15 + k) from the rsqrt table
+    after normalising var to a 10-bit mantissa and an exponent;
+    ``y = rshift_round(rshift_round(x * r * gamma, 15 + k) + beta, shift)``: the bias joins
+    before the final rounding. The caller saturates to the destination type.
     """
     return _norm(x, gamma, beta, shift, eps, center=False)
 
@@ -245,13 +275,41 @@ def activation(x, func: str, m1: int, s1: int, m2: int, s2: int):
     return rshift_round(g * np.int64(m2), s2)
 
 
-def add(a, b, m1: int, m2: int, shift: int):
-    """``rshift_round(a * m1 + b * m2, shift)``: a rescaling add of two INT32 operands."""
-    return rshift_round(_i64(a) * np.int64(m1) + _i64(b) * np.int64(m2), shift)
+def add(a, b, m1: int, s1: int, m2: int, s2: int):
+    """``rshift_round(a * m1 + ((b * m2) << s2), s1)``: a rescaling add of INT32 operands.
+
+    Operand a's weight is ``m1 / 2**s1`` and b's is ``m2 * 2**s2 / 2**s1``: putting the
+    operand with the smaller weight first gives both 15-bit multipliers their full precision.
+    ``s2 <= 16`` keeps ``(b * m2) << s2`` below 2**62.
+    """
+    if not 0 <= s2 <= 16:
+        raise ValueError(f"ADD's second shift {s2} outside [0, 16]")
+    return rshift_round(_i64(a) * np.int64(m1) + ((_i64(b) * np.int64(m2)) << np.int64(s2)), s1)
+
+
+def add_multipliers(ra: float, rb: float) -> tuple[bool, int, int, int, int]:
+    """ADD's fields for ``y = a * ra + b * rb``: ``(swap, m1, s1, m2, s2)``.
+
+    ``swap`` says the operands go in the other order (the smaller ratio first), so that both
+    multipliers keep 15 bits: ``m1 / 2**s1`` is the smaller ratio and ``m2 * 2**s2 / 2**s1``
+    the larger. With ``s2`` at most 16, ratios more than 2**16 apart cost the *smaller* one
+    mantissa bits (its term is the smaller one), never the larger.
+    """
+    swap = abs(rb) < abs(ra)
+    small, big = (rb, ra) if swap else (ra, rb)
+    m2, sb = quantize_multiplier(big)
+    if m2 == 0:
+        return swap, 0, 0, 0, 0
+    m1, s1 = quantize_multiplier(small)
+    if m1 == 0 or s1 > sb + 16:
+        s1 = sb + 16
+        m1 = round(small * 2.0**s1)
+    return swap, m1, s1, m2, s1 - sb
 
 
 def mul(a, b, s1: int, m2: int, s2: int):
-    """``rshift_round(sat32(rshift_round(a * b, s1)) * m2, s2)``."""
+    """``rshift_round(sat32(rshift_round(a * b, s1)) * m2, s2)``; b may be [rows, 1] (one
+    scalar per row, as the deferred softmax's reciprocals are)."""
     p = sat32(rshift_round(_i64(a) * _i64(b), s1))
     return rshift_round(p * np.int64(m2), s2)
 

@@ -146,6 +146,8 @@ def unpack_matrix(data, offset: int, n_strips: int, k_blocks: int, bits: int, *,
         WeightFormatError: a code byte is not 0..3, or the matrix runs past the buffer.
     """
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    if bits not in (2, 4, 8):
+        raise WeightFormatError(f"weight bits {bits} not in (2, 4, 8)")
     if gscale and bits == 8:
         raise WeightFormatError("INT8 weights carry no group multipliers (gscale with INT8)")
     # Bound the request by the buffer before allocating: even the sparsest strip has a floor.
@@ -214,7 +216,9 @@ def block_sparsity(data, offset: int, n_strips: int, k_blocks: int, bits: int, *
             pos = offset + s * strip_stride
         table = _take(buf, pos, k_blocks, s)
         if (table > 3).any():
-            raise WeightFormatError(f"strip {s}: sparsity code above 3 in its code table")
+            k = int(np.flatnonzero(table > 3)[0])
+            raise WeightFormatError(f"strip {s} k-block {k}: sparsity code {table[k]} at byte "
+                                    f"{pos + k} is not 0..3")
         out[s] = [SPARSITY_CODES[c] for c in table]
         pos += code_table_bytes(k_blocks, True) + sum(block_bytes(int(n), bits, gscale)
                                                       for n in out[s])

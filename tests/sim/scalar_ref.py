@@ -22,11 +22,12 @@ def requant(acc: int, mult: int, shift: int, bits: int, relu: bool = False) -> i
     return sat(max(y, 0) if relu else y, bits)
 
 
-def softmax_row(xs, m1, s1, valid):
+def exp2_row(xs, m1, s1, valid):
+    """Q23 exponentials relative to the row max (0 where masked), or None if nothing is live."""
     exp2 = [int(v) for v in tables()["exp2"]]
     live = [x for x, ok in zip(xs, valid) if ok and x != -(1 << 31)]
     if not live:
-        return [0] * len(xs)
+        return None
     mx = max(live)
     es = []
     for x, ok in zip(xs, valid):
@@ -34,10 +35,24 @@ def softmax_row(xs, m1, s1, valid):
             es.append(0)
             continue
         u = max(-rnd((x - mx) * m1, s1), 0)
-        es.append(exp2[u % 256] >> min(u // 256, 62))
-    total = sum(es)
-    recip = (1 << 46) // total
-    return [min(127, rnd(e * recip, 39)) for e in es]
+        es.append((exp2[u % 256] << 8) >> min(u // 256, 62))
+    return es
+
+
+def softmax_row(xs, m1, s1, valid):
+    es = exp2_row(xs, m1, s1, valid)
+    if es is None:
+        return [0] * len(xs)
+    recip = (1 << 54) // sum(es)
+    return [min(127, rnd(e * recip, 47)) for e in es]
+
+
+def softmax_deferred_row(xs, m1, s1, valid):
+    es = exp2_row(xs, m1, s1, valid)
+    if es is None:
+        return [0] * len(xs), 0
+    q = [rnd(e * 127, 23) for e in es]
+    return q, (1 << 60) // (127 * sum(es))
 
 
 def rsqrt(v: int):
@@ -56,10 +71,10 @@ def norm_row(xs, gamma, shift, eps, beta=None, center=False):
         xs = [x - mean for x in xs]
     var = sum(x * x for x in xs) // n + eps
     r, k = rsqrt(max(var, 1))
-    out = [rnd(x * r * g, 15 + k + shift) for x, g in zip(xs, gamma)]
+    out = [rnd(x * r * g, 15 + k) for x, g in zip(xs, gamma)]
     if beta is not None:
         out = [o + b for o, b in zip(out, beta)]
-    return out
+    return [rnd(o, shift) for o in out]
 
 
 def act(x, func, m1, s1, m2, s2):

@@ -70,6 +70,32 @@ def test_softmax_masks_and_padding(causal):
     assert abs(int(got[0].sum()) - 128) <= n
 
 
+def test_deferred_softmax_then_rowscalar_mul_normalises_after_pv():
+    """SOFTMAX(defer) writes max-relative weights and 2**60/(127*sum) per row; MUL(rowscalar)
+    applies the reciprocal to the P.V accumulators."""
+    rng = np.random.default_rng(12)
+    m, n = 3, 50
+    x = rng.integers(-30000, 30000, size=(m, n))
+    m1, s1 = nm.quantize_multiplier(1e-4 * np.log2(np.e) * 256)
+    core, _ = run_misc([(R, 0, i32(x))], func=MiscFunc.SOFTMAX, defer=1, a_buf=R, a_addr=0,
+                       a_stride=4 * n, d_buf=A, d_addr=0x100, d_stride=64, b_buf=R,
+                       b_addr=0x1000, b_stride=4, n=n, m=m, m1=m1, s1=s1, causal=1, aux=40)
+    got_q, got_r = out(core, A, 0x100, (m, 64)), out(core, R, 0x1000, (m,))
+    for i in range(m):
+        q, r = ref.softmax_deferred_row(list(map(int, x[i])), m1, s1,
+                                        [j <= 40 + i for j in range(n)])
+        np.testing.assert_array_equal(got_q[i, :n], q)
+        assert got_r[i] == r and max(q) == 127
+    acc = rng.integers(-2**20, 2**20, size=(m, 16))
+    core, _ = run_misc([(R, 0, i32(acc)), (R, 0x1000, i32(got_r))], func=MiscFunc.MUL,
+                       rowscalar=1, a_buf=R, a_addr=0, a_stride=64, b_buf=R, b_addr=0x1000,
+                       b_stride=4, d_buf=A, d_addr=0x200, d_stride=16, n=16, m=m, s1=30,
+                       m2=1 << 14, s2=22)
+    want = [[sat(ref.rnd(ref.sat(ref.rnd(int(v) * int(got_r[i]), 30), 32) * (1 << 14), 22), A)
+             for v in acc[i]] for i in range(m)]
+    np.testing.assert_array_equal(out(core, A, 0x200, (m, 16)), want)
+
+
 @pytest.mark.parametrize("func", [MiscFunc.RMSNORM, MiscFunc.LAYERNORM])
 @pytest.mark.parametrize("with_beta", [False, True])
 def test_norms(func, with_beta):
@@ -118,8 +144,8 @@ def test_add_mul_requant_copy_fill():
     items = [(R, 0, i32(a)), (A, 0x40, i8(b))]
     common = dict(a_buf=R, a_addr=0, a_stride=4 * n, b_buf=A, b_addr=0x40, b_stride=n, n=n, m=m)
     core, _ = run_misc(items, func=MiscFunc.ADD, d_buf=R, d_addr=0x400, d_stride=4 * n,
-                       m1=3, m2=-20000, s1=2, **common)
-    want = [[sat(ref.rnd(int(x) * 3 + int(y) * -20000, 2), R) for x, y in zip(ra, rb)]
+                       m1=3, s1=2, m2=-20000, s2=5, **common)
+    want = [[sat(ref.rnd(int(x) * 3 + ((int(y) * -20000) << 5), 2), R) for x, y in zip(ra, rb)]
             for ra, rb in zip(a, b)]
     np.testing.assert_array_equal(out(core, R, 0x400, (m, n)), want)
     core, _ = run_misc(items, func=MiscFunc.MUL, d_buf=A, d_addr=0x400, d_stride=n,
