@@ -18,7 +18,7 @@ from flightllm.contract.isa import Buffer, Instruction, MiscFunc, OutMode, Weigh
 from flightllm.contract.params import REQUANT_RECORD_BYTES, norm_beta_offset, unpack_requant_records
 from flightllm.contract.weights import WeightFormatError, block_sparsity, unpack_matrix
 from flightllm.sim.hbm import HBM, HBMError
-from flightllm.sim.machine import ELEMENT_BYTES, CoreBuffers, ProgramError
+from flightllm.sim.machine import ELEMENT_BYTES, CoreBuffers, ProgramError, check_size
 
 __all__ = ["Counters", "exec_transfer", "exec_matrix", "exec_misc"]
 
@@ -56,6 +56,10 @@ class Counters:
 
 
 # --------------------------------------------------------------------------- LD / ST
+#: Python-level transfer loop iterations one LD/ST may ask of the golden model.
+MAX_TRANSFERS = 1 << 18
+
+
 def _tile_transpose(data: np.ndarray) -> np.ndarray:
     return data.reshape(-1, 16, 16).transpose(0, 2, 1).ravel()
 
@@ -72,6 +76,10 @@ def exec_transfer(ins: Instruction, core: CoreBuffers, hbm: HBM, channel_base: i
     if load and ins.transpose and ins.len % 256:
         raise ProgramError(f"{where}: field 'len' = {ins.len}: transposing loads move whole "
                            "16x16-byte tiles (a multiple of 256 bytes)")
+    if ins.n1 * ins.n2 * nch > MAX_TRANSFERS:
+        raise ProgramError(f"{where}: {ins.n1 * ins.n2 * nch} transfers (n1 x n2 x channels) "
+                           f"exceed the golden simulator's limit of {MAX_TRANSFERS}")
+    check_size(ins.n1 * ins.n2 * nch * ins.len, f"{where} bytes")
     for o in range(ins.n2):
         for m in range(ins.n1):
             hbm_addr = ins.hbm_addr + o * ins.hbm_stride2 + m * ins.hbm_stride1
@@ -96,6 +104,7 @@ def exec_transfer(ins: Instruction, core: CoreBuffers, hbm: HBM, channel_base: i
 # --------------------------------------------------------------------------- MM / MV
 def _weights(ins: Instruction, core: CoreBuffers, where: str) -> tuple[np.ndarray, int, int]:
     """Dequantised weights, WBUF bytes they span, and the MACs the chain spends per row."""
+    check_size(256 * ins.n_strips * ins.k_blocks, f"{where} weights")
     bits = WeightBits(ins.wbits).bits
     args = (core.mem[Buffer.WBUF], ins.w_addr, ins.n_strips, ins.k_blocks, bits)
     kw = dict(sparse=bool(ins.sparse), gscale=bool(ins.gscale), strip_stride=ins.w_stride)
@@ -113,6 +122,7 @@ def exec_matrix(ins: Instruction, core: CoreBuffers, counters: Counters, where: 
     rows = 1 if mv else ins.m_rows
     if rows == 0 or ins.n_strips == 0:
         return
+    check_size(rows * 16 * ins.n_strips, f"{where} outputs")
     W, span, stored = _weights(ins, core, where)
     n_out, k = W.shape
     x_stride = 0 if mv else ins.x_stride
@@ -165,6 +175,7 @@ def exec_misc(ins: Instruction, core: CoreBuffers, counters: Counters, where: st
     if m == 0 or n == 0:
         return
     a_buf, b_buf, d_buf = Buffer(ins.a_buf), Buffer(ins.b_buf), Buffer(ins.d_buf)
+    check_size(m * max(n, ins.group), f"{where} operands")
     counters.sfu_elements[func.name] += m * n
 
     def src(buf, addr, stride, what, count=n):

@@ -91,13 +91,20 @@ class GoldenSimulator:
         self.cores = [CoreBuffers(config) for _ in range(config.cores)]
 
     def run(self, program, *, seq: int = 1, kv: int = 1, pos: int | None = None,
-            counters: Counters | None = None) -> Counters:
+            counters: Counters | None = None, order: str = "greedy",
+            seed: int = 0) -> Counters:
         """Run a program to completion.
 
         Args:
             program: program file bytes, or one word list / instruction list per core.
             seq, kv, pos: the length registers (pos defaults to kv - seq).
             counters: counters to add to (a new set if omitted).
+            order: how ready queues take turns: ``"greedy"`` (each queue runs as far as its
+                tokens allow, in queue order), ``"random"`` (a seeded random ready queue at
+                each step: a correct program gives the same result for every seed, so tests
+                use it to expose missing tokens), or ``"program"`` (each core's stream in its
+                written order, tokens ignored: the meaning the compiler intends).
+            seed: the seed of ``"random"``.
 
         Returns:
             The counters.
@@ -112,7 +119,9 @@ class GoldenSimulator:
                 raise ValueError(f"length register {name} = {value} out of range")
         regs = {LengthReg.SEQ: seq, LengthReg.KV: kv, LengthReg.POS: pos}
         counters = counters if counters is not None else Counters()
-        _Run(self, streams, regs, counters).go()
+        if order not in ("greedy", "random", "program"):
+            raise ValueError(f"order {order!r} is not greedy, random or program")
+        _Run(self, streams, regs, counters, order, seed).go()
         return counters
 
 
@@ -120,8 +129,10 @@ class _Run:
     """One execution: queue heads, token counters, and the scheduling loop."""
 
     def __init__(self, sim: GoldenSimulator, streams, regs: Mapping[LengthReg, int],
-                 counters: Counters):
+                 counters: Counters, order: str, seed: int):
         self.sim, self.regs, self.counters = sim, regs, counters
+        self.order, self.rng = order, np.random.default_rng(seed)
+        self.streams = streams
         ncores = len(streams)
         # queues[c][q]: that core's instructions of type q, in program order.
         self.queues = [[[s for s in stream if s.ins.op == q] for q in Opcode]
@@ -139,6 +150,10 @@ class _Run:
         return all(self.tokens[c, src, q] > 0 for src in Opcode if slot.ins.wait >> src & 1)
 
     def go(self) -> None:
+        if self.order == "program":
+            return self._go_program_order()
+        if self.order == "random":
+            return self._go_random()
         ncores = len(self.queues)
         while True:
             progressed = False
@@ -155,12 +170,44 @@ class _Run:
                 break
         self._finish()
 
+    def _go_random(self) -> None:
+        ncores = len(self.queues)
+        while True:
+            ready = [(c, q) for c in range(ncores) for q in Opcode if q != Opcode.SYS
+                     and (s := self._head(c, q)) is not None and self._ready(c, s)]
+            if ready:
+                c, q = ready[self.rng.integers(len(ready))]
+                self._execute(c, self._head(c, q))
+            elif not self._sys_step():
+                break
+        self._finish()
+
+    def _go_program_order(self) -> None:
+        # Cores run in turn up to their next SYS, then the SYS executes as a collective.
+        pos = [0] * len(self.streams)
+        while True:
+            for c, stream in enumerate(self.streams):
+                while pos[c] < len(stream) and stream[pos[c]].ins.op != Opcode.SYS:
+                    self._execute(c, stream[pos[c]], tokens=False)
+                    pos[c] += 1
+            if all(p == len(s) for p, s in zip(pos, self.streams)):
+                return
+            heads = [s[p] if p < len(s) else None for p, s in zip(pos, self.streams)]
+            if any(h is None for h in heads):
+                raise DeadlockError("a core ended while others wait at a SYS barrier")
+            self._collective(heads, tokens=False)
+            pos = [p + 1 for p in pos]
+
     def _sys_step(self) -> bool:
         heads = [self._head(c, Opcode.SYS) for c in range(len(self.queues))]
         if any(h is None for h in heads):
             return False  # a core without a SYS head leaves the others stuck (a deadlock)
         if not all(self._ready(c, h) for c, h in enumerate(heads)):
             return False
+        self._collective(heads, tokens=True)
+        return True
+
+    def _collective(self, heads, *, tokens: bool) -> None:
         first = heads[0].ins
         for c, h in enumerate(heads):
             if (h.ins.sync_op, h.ins.sync_id) != (first.sync_op, first.sync_id):
@@ -168,16 +215,17 @@ class _Run:
                                    f"cores disagree on the SYS sequence ("
                                    f"{SysOp(h.ins.sync_op).name} id {h.ins.sync_id} vs "
                                    f"{SysOp(first.sync_op).name} id {first.sync_id})")
-        for c, h in enumerate(heads):
-            self._consume(c, h)
+        if tokens:
+            for c, h in enumerate(heads):
+                self._consume(c, h)
         ins = apply_bindings(first, self.regs)
         if SysOp(ins.sync_op) == SysOp.GATHER:
             self._gather(heads)
         for c, h in enumerate(heads):
             self.counters.instructions["SYS"] += 1
-            self._release(c, h)
+            if tokens:
+                self._release(c, h)
             self.heads[c, Opcode.SYS] += 1
-        return True
 
     def _gather(self, heads) -> None:
         ins = heads[0].ins
@@ -188,8 +236,9 @@ class _Run:
             for src, data in enumerate(parts):
                 core.write_bytes(buf, ins.addr + src * ins.len, data, self._where(c, heads[c]))
 
-    def _execute(self, c: int, slot: _Slot) -> None:
-        self._consume(c, slot)
+    def _execute(self, c: int, slot: _Slot, *, tokens: bool = True) -> None:
+        if tokens:
+            self._consume(c, slot)
         ins = apply_bindings(slot.ins, self.regs)
         where = self._where(c, slot)
         core, cfg = self.sim.cores[c], self.sim.config
@@ -206,7 +255,8 @@ class _Run:
         except ValueError as exc:  # a numerics precondition (shift range, RoPE group...)
             raise ProgramError(f"{where}: {exc}") from None
         self.counters.instructions[ins.op.name] += 1
-        self._release(c, slot)
+        if tokens:
+            self._release(c, slot)
         self.heads[c, ins.op] += 1
 
     def _consume(self, c: int, slot: _Slot) -> None:

@@ -13,7 +13,11 @@ import numpy as np
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Buffer
 
-__all__ = ["ProgramError", "CoreBuffers", "ELEMENT_BYTES"]
+__all__ = ["ProgramError", "CoreBuffers", "ELEMENT_BYTES", "MAX_ELEMENTS", "check_size"]
+
+#: The golden model materialises each instruction's operands; it refuses larger ones (a real
+#: model's largest operand, a 32k x 4k LM head tile, is far below) rather than exhaust memory.
+MAX_ELEMENTS = 1 << 25
 
 #: Bytes per element when a buffer is read or written as numbers.
 ELEMENT_BYTES = {Buffer.ABUF: 1, Buffer.WBUF: 1, Buffer.RBUF: 4, Buffer.PBUF: 1}
@@ -26,6 +30,13 @@ _LIMITS = {Buffer.ABUF: (-128, 127), Buffer.WBUF: (0, 255), Buffer.RBUF: (-(1 <<
 class ProgramError(ValueError):
     """A program asks for something the machine cannot do; the message names the instruction,
     the field and the value."""
+
+
+def check_size(count: int, what: str) -> None:
+    """Raise ProgramError if an operand of ``count`` elements is beyond the golden model."""
+    if count > MAX_ELEMENTS:
+        raise ProgramError(f"{what}: {count} elements exceed the golden simulator's "
+                           f"per-instruction limit of {MAX_ELEMENTS}")
 
 
 class CoreBuffers:
@@ -59,6 +70,9 @@ class CoreBuffers:
         es = ELEMENT_BYTES[buf]
         if rows > 1 and es == 4 and stride % 4:
             raise ProgramError(f"{what}: row stride {stride} in {buf.name} is not 4-byte aligned")
+        if rows:
+            self._span(buf, addr + (rows - 1) * stride, n * es, what)  # the last row, first
+        check_size(rows * n, what)
         out = np.empty((rows, n), dtype=np.int64)
         for i in range(rows):
             raw = self.mem[buf][self._span(buf, addr + i * stride, n * es, what)]

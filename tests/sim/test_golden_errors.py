@@ -100,3 +100,15 @@ def test_random_instructions_run_or_raise_program_error(data):
         run([[ins]], seq=data.draw(st.integers(0, 64)), kv=data.draw(st.integers(64, 128)))
     except ProgramError:
         pass  # the documented error; anything else escapes and fails the test
+
+
+def test_oversized_instructions_are_refused_not_attempted():
+    """A legal encoding the golden model cannot hold gets a ProgramError, never an OOM/hang."""
+    from flightllm.contract.isa import MiscFunc
+    huge_misc = Instruction(Opcode.MISC, func=MiscFunc.COPY, a_buf=Buffer.ABUF,
+                            d_buf=Buffer.ABUF, n=4096, m=65535)
+    with pytest.raises(ProgramError, match="per-instruction limit"):
+        run([[huge_misc]])
+    huge_ld = Instruction(Opcode.LD, buf=Buffer.ABUF, len=1, n1=65535, n2=65535)
+    with pytest.raises(ProgramError, match="transfers"):
+        run([[huge_ld]])

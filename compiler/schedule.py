@@ -1,0 +1,77 @@
+"""Dependency tokens from memory hazards: the pass that makes a program safe to run out of order.
+
+The lowering emits each core's instructions in one sequential *program order*, without tokens;
+the meaning of the program is executing them in that order. The hardware runs six queues
+concurrently, so every read-after-write, write-after-read and write-after-write between
+instructions of different queues must be ordered by a token. This pass finds those hazards
+from the instructions' memory footprints (sim/footprint.py) and places the tokens.
+
+Token pairing: queue A's k-th release to B is consumed by B's k-th wait on A. For each
+instruction j of queue B, let i be the latest earlier instruction of queue A it conflicts with.
+If an earlier instruction of B already waited on a release from A at or after i, j is covered
+(B is in order); otherwise i releases to B and j waits on A. Releases therefore move strictly
+forward and every release has exactly one wait: the program balances by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from flightllm.contract.isa import Instruction, LengthReg, Opcode
+from flightllm.sim.footprint import Access, footprint
+
+__all__ = ["assign_tokens", "ScheduleError"]
+
+
+class ScheduleError(ValueError):
+    """The input already carries tokens, or a hazard cannot be expressed."""
+
+
+def assign_tokens(stream: list[Instruction], max_regs: Mapping[LengthReg, int], *,
+                  cores: int = 1) -> list[Instruction]:
+    """One core's instructions in program order -> the same with wait/release masks set.
+
+    Args:
+        stream: instructions without tokens, in program order.
+        max_regs: the largest length-register values the program will run with (bound
+            offsets are widened to them).
+        cores: the core count (SYS GATHER footprints span every core's slice).
+    """
+    nq = len(Opcode)
+    qindex = [0] * nq                      # next index within each queue
+    where: list[tuple[int, int]] = []      # (queue, index in queue) of each instruction
+    last_release = [[-1] * nq for _ in range(nq)]  # [A][B]: newest A index released to B
+    release = [0] * len(stream)
+    wait = [0] * len(stream)
+    by_queue: list[list[int]] = [[] for _ in range(nq)]  # queue index -> position in stream
+    live: dict[object, list[tuple[Access, int]]] = {}     # space -> (access, position)
+    for pos, ins in enumerate(stream):
+        if ins.wait or ins.release:
+            raise ScheduleError(f"instruction #{pos} ({ins.op.name}) already carries tokens")
+        q = int(ins.op)
+        where.append((q, qindex[q]))
+        by_queue[q].append(pos)
+        qindex[q] += 1
+        accesses = footprint(ins, max_regs, cores=cores)
+        newest = [-1] * nq  # per producer queue: latest conflicting queue index
+        for acc in accesses:
+            for other, opos in live.get(acc.space, ()):
+                if (acc.write or other.write) and acc.overlaps(other):
+                    oq, oi = where[opos]
+                    if oq != q and oi > newest[oq]:
+                        newest[oq] = oi
+        for a in range(nq):
+            if newest[a] > last_release[a][q]:
+                producer = by_queue[a][newest[a]]
+                release[producer] |= 1 << q
+                wait[pos] |= 1 << a
+                last_release[a][q] = newest[a]
+        for acc in accesses:
+            entries = live.setdefault(acc.space, [])
+            if acc.write:
+                # Later accesses that overlap this write are ordered after it, and it after
+                # everything it overlaps: entries it covers need no further tracking.
+                entries[:] = [(e, p) for e, p in entries
+                              if not (acc.start <= e.start and e.end <= acc.end)]
+            entries.append((acc, pos))
+    return [ins.replace(wait=wait[i], release=release[i]) for i, ins in enumerate(stream)]
