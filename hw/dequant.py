@@ -1,0 +1,255 @@
+"""The dequantiser: packed weight bytes in, the DSP chain's (INT8 weight, index) beats out.
+
+It reads the block format of ``flightllm/contract/weights.py`` as 64-bit little-endian words
+(every code table and block is a multiple of 8 bytes, so nothing straddles a word):
+
+* per strip, when the matrix is sparse, the code table (one byte per block, padded to 8 bytes)
+  into a small code memory;
+* per block, the optional 8-byte multiplier word (16 nibbles ``m - 1``), the ``N`` index words
+  when ``N < 16`` (16 x N nibbles, row-major), then ``N * bits / 4`` value words.
+
+Values go through a bit buffer and leave as beats of :func:`~flightllm.hw.dsp_chain.
+weight_beat_layout` (``mv_k`` slots = ``mv_k / N`` block rows of ``N`` pairs each), the chain's
+input format: slot ``j`` of pass ``p`` is entry ``j % N`` of row ``p * mv_k / N + j // N`` with
+weight ``v * m`` (``m = 1`` without multipliers) and its 4-bit column (``j % 16`` when dense).
+
+Throughput: one word per cycle while a block's values stream, one beat per cycle out; each
+block costs one extra cycle to drain its last beat and select the next block (plus one more for
+2-bit weights, whose words carry two beats). A matrix is described by one command beat; a code
+byte above 3, a weight width other than 2/4/8 or multipliers on 8-bit weights set the sticky
+``format_error`` output (cleared by the next command) and the block is read as ``code & 3``.
+"""
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from flightllm.contract.config import BLOCK, AcceleratorConfig
+from flightllm.contract.weights import SPARSITY_CODES
+
+from .dsp_chain import check_chain_config, weight_beat_layout
+
+__all__ = ["Dequantiser", "COMMAND_LAYOUT", "WORD_BITS"]
+
+#: Input word width; the block format is 8-byte aligned.
+WORD_BITS = 64
+
+#: One matrix: weight bits (2, 4 or 8), sparse (code tables present), gscale (multipliers),
+#: K blocks per strip and strips.
+COMMAND_LAYOUT = data.StructLayout({
+    "bits": unsigned(4), "sparse": unsigned(1), "gscale": unsigned(1),
+    "k_blocks": unsigned(16), "n_strips": unsigned(16),
+})
+
+_BITS = (2, 4, 8)
+
+
+class Dequantiser(wiring.Component):
+    """Parses packed weight matrices into DSP-chain weight beats.
+
+    Args:
+        config: the accelerator configuration (``mv_k`` sets the beat width).
+        max_k_blocks: largest K (in 16-wide blocks) a sparse strip may have: the size of the
+            code-table memory.
+
+    Ports:
+        cmd (In stream of :data:`COMMAND_LAYOUT`): one beat per matrix.
+        words (In stream of 64 bits): the packed bytes, little-endian.
+        weights (Out stream of ``weight_beat_layout(config.mv_k)``).
+        format_error (Out 1): sticky, see the module docstring.
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, max_k_blocks: int = 1024):
+        check_chain_config(config)
+        if not isinstance(max_k_blocks, int) or max_k_blocks < 8 or max_k_blocks % 8:
+            raise ValueError(f"max_k_blocks must be a positive multiple of 8, not "
+                             f"{max_k_blocks!r}")
+        self.mv_k = config.mv_k
+        self.max_k_blocks = max_k_blocks
+        super().__init__({
+            "cmd": In(stream.Signature(COMMAND_LAYOUT)),
+            "words": In(stream.Signature(WORD_BITS)),
+            "weights": Out(stream.Signature(weight_beat_layout(config.mv_k))),
+            "format_error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        K = self.mv_k
+        word = self.words.payload
+        units_cap = (K * 8 + WORD_BITS) // 32       # value buffer size in 32-bit units
+
+        m.submodules.codes = codes = Memory(shape=unsigned(2 * 8), depth=self.max_k_blocks // 8,
+                                            init=[])
+        code_wr = codes.write_port()
+        code_rd = codes.read_port(domain="comb")
+
+        cfg = Signal(COMMAND_LAYOUT)
+        strip = Signal(16)
+        k = Signal(16)              # next block of the strip to start
+        tword = Signal(range(self.max_k_blocks // 8 + 1))
+        blk_code = Signal(2)
+        blk_first = Signal()
+        blk_last = Signal()
+        mult = Signal(64)
+        idx_store = Signal(8 * 64)  # up to N = 8: 16 x 8 nibbles
+        idx_cnt = Signal(3)
+        vwords = Signal(range(2 * BLOCK + 1))
+        vbuf = Signal(units_cap * 32)
+        vcnt = Signal(range(units_cap + 1))
+        ep = Signal(4)              # pass of the block being emitted
+        out = Signal(weight_beat_layout(K))
+        out_valid = Signal()
+
+        # ------------------------------------------------------------ emitting beats
+        pass_units = Signal(range(units_cap + 1))
+        with m.Switch(cfg.bits):
+            for bits in _BITS:
+                with m.Case(bits):
+                    m.d.comb += pass_units.eq(K * bits // 32)
+            with m.Default():
+                m.d.comb += pass_units.eq(K * 8 // 32)
+        can_emit = vcnt >= pass_units
+        emit = can_emit & (~out_valid | self.weights.ready)
+
+        beat = Signal(weight_beat_layout(K))
+        m.d.comb += [beat.code.eq(blk_code), beat.first.eq(blk_first), beat.last.eq(blk_last)]
+        for j in range(K):
+            row = Signal(4, name=f"row{j}")
+            with m.Switch(blk_code):
+                for code, n in enumerate(SPARSITY_CODES):
+                    rows = K // n
+                    with m.Case(code):
+                        m.d.comb += row.eq(ep * rows + j // n)
+            mul = Signal(5, name=f"mul{j}")
+            m.d.comb += mul.eq(Mux(cfg.gscale, mult.word_select(row, 4) + 1, 1))
+            v = Signal(signed(8), name=f"val{j}")
+            with m.Switch(cfg.bits):
+                with m.Case(2):
+                    m.d.comb += v.eq(vbuf[2 * j:2 * j + 2].as_signed() * mul)
+                with m.Case(4):
+                    m.d.comb += v.eq(vbuf[4 * j:4 * j + 4].as_signed() * mul)
+                with m.Default():
+                    m.d.comb += v.eq(vbuf[8 * j:8 * j + 8].as_signed())
+            chunk = idx_store.word_select(ep, K * 4)
+            m.d.comb += [
+                beat.w[j].eq(v),
+                beat.idx[j].eq(Mux(blk_code == 3, j % BLOCK, chunk[4 * j:4 * j + 4])),
+            ]
+        with m.If(emit):
+            m.d.sync += [out.eq(beat), out_valid.eq(1), ep.eq(ep + 1)]
+        with m.Elif(self.weights.ready):
+            m.d.sync += out_valid.eq(0)
+        m.d.comb += [self.weights.valid.eq(out_valid), self.weights.payload.eq(out)]
+
+        # ------------------------------------------------------------ value buffer
+        accept = self.words.valid & self.words.ready
+        shifted = Signal.like(vbuf)
+        m.d.comb += shifted.eq(vbuf)
+        with m.If(emit):
+            with m.Switch(cfg.bits):
+                for bits in _BITS[:-1]:
+                    with m.Case(bits):
+                        m.d.comb += shifted.eq(vbuf >> (K * bits))
+                with m.Default():
+                    m.d.comb += shifted.eq(vbuf >> (K * 8))
+        cnt_after = Signal.like(vcnt)
+        m.d.comb += cnt_after.eq(vcnt - Mux(emit, pass_units, 0))
+        in_values = Signal()
+        with m.If(in_values & accept):
+            with m.Switch(cnt_after):
+                for pos in range(units_cap - 1):
+                    with m.Case(pos):
+                        m.d.sync += vbuf.eq(shifted | (word << (32 * pos)))
+            m.d.sync += vcnt.eq(cnt_after + WORD_BITS // 32)
+        with m.Else():
+            m.d.sync += [vbuf.eq(shifted), vcnt.eq(cnt_after)]
+
+        # ------------------------------------------------------------ parser
+        table_words = (cfg.k_blocks + 7) >> 3
+        drained = (vcnt == 0) | ((vcnt == pass_units) & emit)
+        start_code = Signal(2)
+        start_n_words = Signal(range(2 * BLOCK + 1))      # value words of the starting block
+        m.d.comb += code_rd.addr.eq(k >> 3)
+        with m.If(cfg.sparse):
+            m.d.comb += start_code.eq(code_rd.data.word_select(k[:3], 2))
+        with m.Else():
+            m.d.comb += start_code.eq(3)
+        with m.Switch(start_code):
+            for code, n in enumerate(SPARSITY_CODES):
+                with m.Case(code):
+                    with m.Switch(cfg.bits):
+                        for bits in _BITS[:-1]:
+                            with m.Case(bits):
+                                m.d.comb += start_n_words.eq(n * bits // 4)
+                        with m.Default():
+                            m.d.comb += start_n_words.eq(n * 8 // 4)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    c = self.cmd.payload
+                    bad = ((c.bits != 2) & (c.bits != 4) & (c.bits != 8)
+                           | c.gscale & (c.bits == 8))
+                    m.d.sync += [cfg.eq(c), strip.eq(0), k.eq(0), tword.eq(0),
+                                 self.format_error.eq(bad)]
+                    with m.If(c.sparse):
+                        m.next = "TABLE"
+                    with m.Else():
+                        m.next = "BLOCK"
+            with m.State("TABLE"):
+                m.d.comb += self.words.ready.eq(1)
+                m.d.comb += [code_wr.addr.eq(tword), code_wr.en.eq(self.words.valid),
+                             code_wr.data.eq(Cat(word.word_select(i, 8)[:2] for i in range(8)))]
+                with m.If(self.words.valid):
+                    with m.If(Cat(word.word_select(i, 8)[2:] for i in range(8)).any()):
+                        m.d.sync += self.format_error.eq(1)
+                    m.d.sync += tword.eq(tword + 1)
+                    with m.If(tword == table_words - 1):
+                        m.next = "BLOCK"
+            with m.State("BLOCK"):
+                # Wait until the previous block's beats are out, then start block k.
+                with m.If(drained):
+                    with m.If(k == cfg.k_blocks):
+                        m.d.sync += [k.eq(0), tword.eq(0), strip.eq(strip + 1)]
+                        with m.If(strip == cfg.n_strips - 1):
+                            m.next = "IDLE"
+                        with m.Elif(cfg.sparse):
+                            m.next = "TABLE"
+                    with m.Else():
+                        m.d.sync += [
+                            blk_code.eq(start_code), blk_first.eq(k == 0),
+                            blk_last.eq(k == cfg.k_blocks - 1), k.eq(k + 1), ep.eq(0),
+                            idx_cnt.eq(0), vwords.eq(start_n_words),
+                        ]
+                        with m.If(cfg.gscale):
+                            m.next = "MULT"
+                        with m.Elif(start_code != 3):
+                            m.next = "INDEX"
+                        with m.Else():
+                            m.next = "VALUES"
+            with m.State("MULT"):
+                m.d.comb += self.words.ready.eq(1)
+                with m.If(self.words.valid):
+                    m.d.sync += mult.eq(word)
+                    with m.If(blk_code != 3):
+                        m.next = "INDEX"
+                    with m.Else():
+                        m.next = "VALUES"
+            with m.State("INDEX"):
+                m.d.comb += self.words.ready.eq(1)
+                with m.If(self.words.valid):
+                    m.d.sync += [idx_store.word_select(idx_cnt, 64).eq(word),
+                                 idx_cnt.eq(idx_cnt + 1)]
+                    with m.If(idx_cnt == (Const(2, 5) << blk_code) - 1):
+                        m.next = "VALUES"
+            with m.State("VALUES"):
+                m.d.comb += [in_values.eq(1),
+                             self.words.ready.eq(vcnt + WORD_BITS // 32 <= units_cap)]
+                with m.If(accept):
+                    m.d.sync += vwords.eq(vwords - 1)
+                    with m.If(vwords == 1):
+                        m.next = "BLOCK"
+        return m

@@ -1,0 +1,330 @@
+"""The configurable sparse DSP chain (CSD-chain): the heart of the matrix engine.
+
+One chain is ``mv_k`` packed DSP48E2 slices along K, cut into groups of ``dsp_group`` slices.
+Inside a group the slices are a fixed PCIN/PCOUT cascade. Between groups a configurable link
+either *joins* the cascade or *breaks* it: the last slice of the group feeds a reduction node
+that emits its sum, and the next group restarts from zero through its Z multiplexer
+(OPMODE ``P = M`` instead of ``P = PCIN + M``).
+
+**Sparse mapping.** The chain works on one 16x16 weight block at a time. A block row keeps N
+of 16 weights (N:16, N in 2, 4, 8, 16; 16 is dense), so it occupies N consecutive slices, and a
+pass (one cycle) covers ``mv_k / N`` rows of the block: the weight beat carries ``mv_k``
+(INT8 weight, 4-bit in-block column) pairs, rows back to back. A sparse multiplexer in front of
+every slice picks the activation ``x[idx]`` of the block's 16 for its weight. A block takes
+``16 * N / mv_k`` passes, so the useful (dense-equivalent) MACs per slice per cycle grow as
+``16 / N``. The link after slice ``j - 1`` breaks when ``j`` is a multiple of
+``min(N, CASCADE_LIMIT)``: at each row boundary and, for rows longer than
+:data:`~flightllm.hw.dsp48e2.CASCADE_LIMIT` = 8 slices, in the middle of the row (the overflow
+adjust: a packed low lane holds at most eight INT8 products, see
+:func:`~flightllm.hw.dsp48e2.split_lanes`). Reduction nodes sit only at group ends, so
+``dsp_group`` must divide 8 and every N.
+
+**Two MACs per slice.** Every slice multiplies its weight (port B) by two activations packed
+in the pre-adder (D = lane 0, A = lane 1 << 18). The activation beat carries two 16-element
+vectors: in MM mode two token rows. In MV mode (decode, one token) lane 1 is zero and the
+second MAC idles: two *rows* never share an activation under N:16 sparsity (their indices
+differ), and batch-1 decode is bound by HBM bandwidth, not by the MACs, so the MV engine is
+rated at one MAC per slice (``AcceleratorConfig.mv_macs_per_cycle``). A second decode sequence
+can ride in lane 1 for free.
+
+**Accumulation.** The reduction nodes split each packed sum into its lanes, the partial sums of
+one row are added, and 16 rows x 2 lanes INT32 accumulators sum the row over the K blocks of a
+strip (wrapping modulo 2**32). A weight beat flagged ``first`` restarts the accumulators of its
+rows; after the last pass of a beat flagged ``last`` the strip's 16 x 2 results leave as one
+result beat.
+
+**Pipeline.** A pass is accepted in cycle ``f`` when a weight beat and an activation beat are
+valid (the activation beat is consumed by the block's last pass) and, for a strip-ending pass,
+the result FIFO has a free slot counting the strips still in flight; the chain itself never
+stalls. Operands reach slice ``i`` ``i + 1`` cycles later (a triangular skew), its P is ready
+at ``f + 5 + i``, reduction outputs are deskewed to ``f + mv_k + 5``, the accumulators update
+at the end of that cycle and the strip result enters the FIFO, whose output register presents it
+one cycle later: a strip's result can be taken ``mv_k + 7`` clock edges after its last pass was
+accepted (:attr:`DSPChain.latency`; the throughput bench measures it).
+"""
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from flightllm.contract.config import BLOCK, AcceleratorConfig
+from flightllm.contract.weights import SPARSITY_CODES
+
+from .dsp48e2 import (
+    ALUMODE_SUM, CASCADE_LIMIT, CTRL_LEAD, DSP48E2, IMPLEMENTATIONS, INMODE_A_PLUS_D, LATENCY,
+    OPMODE_M, OPMODE_PCIN_M, pack_lanes, split_lanes,
+)
+
+__all__ = [
+    "DSPChain", "LANES", "act_beat_layout", "result_beat_layout", "weight_beat_layout",
+    "passes_per_block", "rows_per_pass", "cascade_restarts", "reduction_taps",
+    "check_chain_config",
+]
+
+#: Packed MACs per slice: activation vectors per beat (token rows in MM mode).
+LANES = 2
+
+
+def weight_beat_layout(mv_k: int) -> data.StructLayout:
+    """One pass of weights: ``mv_k`` slots of (INT8 weight, 4-bit column in the block).
+
+    Slot ``j`` of pass ``p`` holds entry ``j % N`` of block row ``p * mv_k / N + j // N``.
+    ``code`` is the block's sparsity code (contract/weights.py: 0..3 for N = 2, 4, 8, 16);
+    ``first`` / ``last`` mark the first and last K block of a strip on every pass of the block.
+    """
+    return data.StructLayout({
+        "w": data.ArrayLayout(signed(8), mv_k),
+        "idx": data.ArrayLayout(unsigned(4), mv_k),
+        "code": unsigned(2),
+        "first": unsigned(1),
+        "last": unsigned(1),
+    })
+
+
+def act_beat_layout() -> data.StructLayout:
+    """The activations of one K block: ``x[lane][k]``, INT8, 16 per lane."""
+    return data.StructLayout({"x": data.ArrayLayout(data.ArrayLayout(signed(8), BLOCK), LANES)})
+
+
+def result_beat_layout() -> data.StructLayout:
+    """One strip's results: ``y[lane][row]``, INT32."""
+    return data.StructLayout({"y": data.ArrayLayout(data.ArrayLayout(signed(32), BLOCK), LANES)})
+
+
+def passes_per_block(n: int, mv_k: int) -> int:
+    """Cycles the chain spends on one 16x16 block that keeps ``n`` weights per row."""
+    return BLOCK * n // mv_k
+
+
+def rows_per_pass(n: int, mv_k: int) -> int:
+    return mv_k // n
+
+
+def cascade_restarts(n: int, mv_k: int) -> list[int]:
+    """Slices whose Z multiplexer restarts from zero for sparsity ``n`` (slice 0 always does)."""
+    return [j for j in range(mv_k) if j % min(n, CASCADE_LIMIT) == 0]
+
+
+def reduction_taps(n: int, mv_k: int) -> list[list[int]]:
+    """Per row of a pass, the slices whose P a reduction node reads (one per cascade)."""
+    span = min(n, CASCADE_LIMIT)
+    return [[e for e in range(r * n, (r + 1) * n) if (e + 1) % span == 0]
+            for r in range(rows_per_pass(n, mv_k))]
+
+
+def check_chain_config(config: AcceleratorConfig) -> None:
+    """Raise ValueError naming the field when the chain cannot be built for ``config``."""
+    if not isinstance(config, AcceleratorConfig):
+        raise TypeError(f"expected an AcceleratorConfig, not {config!r}")
+    if CASCADE_LIMIT % config.dsp_group:
+        raise ValueError(f"dsp_group = {config.dsp_group} must divide the packed cascade limit "
+                         f"{CASCADE_LIMIT} (reduction nodes sit at group ends)")
+    for n in config.sparsity_codes:
+        rows = config.mv_k // n
+        if config.mv_k % n or BLOCK % rows:
+            raise ValueError(f"mv_k = {config.mv_k} must hold a whole number of N = {n} rows "
+                             f"that divides the {BLOCK} rows of a block")
+
+
+_CTL = data.StructLayout({
+    "valid": unsigned(1), "code": unsigned(2), "pidx": unsigned(4), "first": unsigned(1),
+    "last": unsigned(1),
+})
+_OPERAND = data.StructLayout({"w": signed(8), "x0": signed(8), "x1": signed(8)})
+_PART = data.StructLayout({"lo": signed(19), "hi": signed(31)})
+
+
+class DSPChain(wiring.Component):
+    """A configurable sparse DSP chain of ``config.mv_k`` packed slices.
+
+    Args:
+        config: the accelerator configuration (``mv_k``, ``dsp_group``, ``sparsity_codes``).
+        dsp_impl: ``"twin"`` (simulation) or ``"xilinx"`` (the primitive), see
+            :class:`~flightllm.hw.dsp48e2.DSP48E2`.
+        result_depth: strips whose results the output FIFO holds; strips still in the pipeline
+            count against it, so short strips need ``~(mv_k + 6) / passes_per_strip`` slots to
+            run without bubbles.
+
+    Ports:
+        weights (In stream of :func:`weight_beat_layout`): one pass per beat.
+        acts (In stream of :func:`act_beat_layout`): one K block per beat, held for all the
+            passes of the block.
+        results (Out stream of :func:`result_beat_layout`): one strip per beat.
+
+    Sparsity codes the configuration does not list are not built; a beat carrying one
+    contributes nothing.
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, dsp_impl: str = "twin",
+                 result_depth: int = 4):
+        check_chain_config(config)
+        if dsp_impl not in IMPLEMENTATIONS:
+            raise ValueError(f"dsp_impl must be one of {IMPLEMENTATIONS}, not {dsp_impl!r}")
+        if not isinstance(result_depth, int) or result_depth < 1:
+            raise ValueError(f"result_depth must be a positive integer, not {result_depth!r}")
+        self.config = config
+        self.mv_k = config.mv_k
+        self.dsp_impl = dsp_impl
+        self.result_depth = result_depth
+        #: (code, N) pairs the chain is built for.
+        self.codes = [(c, n) for c, n in enumerate(SPARSITY_CODES) if n in config.sparsity_codes]
+        super().__init__({
+            "weights": In(stream.Signature(weight_beat_layout(self.mv_k))),
+            "acts": In(stream.Signature(act_beat_layout())),
+            "results": Out(stream.Signature(result_beat_layout())),
+        })
+
+    @property
+    def latency(self) -> int:
+        """Clock edges from accepting a strip's last pass to the earliest edge that can take
+        its result beat."""
+        return self.mv_k + LATENCY + 3
+
+    def elaborate(self, platform):
+        m = Module()
+        K = self.mv_k
+        wp = self.weights.p
+        xp = self.acts.p
+
+        # ---------------------------------------------------------------- flow control
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=result_beat_layout().size,
+                                                    depth=self.result_depth)
+        pidx = Signal(4)
+        last_pass = Signal()
+        with m.Switch(wp.code):
+            for code, n in self.codes:
+                with m.Case(code):
+                    m.d.comb += last_pass.eq(pidx == passes_per_block(n, K) - 1)
+            with m.Default():
+                m.d.comb += last_pass.eq(1)
+        ends_strip = wp.last & last_pass
+        pending = Signal(range(self.result_depth + 1))
+        room = fifo.level + pending < self.result_depth
+        go = room | ~ends_strip
+        m.d.comb += [
+            self.weights.ready.eq(self.acts.valid & go),
+            self.acts.ready.eq(self.weights.valid & last_pass & go),
+        ]
+        fire = self.weights.valid & self.weights.ready
+        with m.If(fire):
+            m.d.sync += pidx.eq(Mux(last_pass, 0, pidx + 1))
+
+        # ---------------------------------------------------------------- control line
+        # ctl[k] holds the pass accepted k + 1 cycles earlier.
+        ctl = [Signal(_CTL, name=f"ctl{k}") for k in range(K + LATENCY + 1)]
+        m.d.sync += [
+            ctl[0].valid.eq(fire), ctl[0].code.eq(wp.code), ctl[0].pidx.eq(pidx),
+            ctl[0].first.eq(wp.first), ctl[0].last.eq(wp.last),
+        ]
+        for k in range(1, len(ctl)):
+            m.d.sync += ctl[k].eq(ctl[k - 1])
+
+        # ---------------------------------------------------------------- sparse mux + skew
+        operands = []
+        for i in range(K):
+            stage = Signal(_OPERAND, name=f"op{i}_0")
+            with m.If(fire):
+                col = wp.idx[i]
+                m.d.sync += [stage.w.eq(wp.w[i]), stage.x0.eq(xp.x[0][col]),
+                             stage.x1.eq(xp.x[1][col])]
+            with m.Else():
+                m.d.sync += stage.eq(0)
+            for s in range(1, i + 1):
+                nxt = Signal(_OPERAND, name=f"op{i}_{s}")
+                m.d.sync += nxt.eq(stage)
+                stage = nxt
+            operands.append(stage)
+
+        # ---------------------------------------------------------------- DSP cascade
+        dsps = []
+        for i in range(K):
+            dsp = m.submodules[f"dsp{i}"] = DSP48E2(impl=self.dsp_impl)
+            op = operands[i]
+            a, d = pack_lanes(op.x0, op.x1)
+            m.d.comb += [
+                dsp.a.eq(a), dsp.d.eq(d), dsp.b.eq(op.w), dsp.c.eq(0),
+                dsp.inmode.eq(INMODE_A_PLUS_D), dsp.alumode.eq(ALUMODE_SUM),
+                dsp.pcin.eq(dsps[i - 1].pcout if i else 0),
+            ]
+            if i == 0:
+                m.d.comb += dsp.opmode.eq(OPMODE_M)
+            elif i % self.config.dsp_group:
+                m.d.comb += dsp.opmode.eq(OPMODE_PCIN_M)     # fixed link inside a group
+            else:
+                # Configurable link. OPMODE acts CTRL_LEAD cycles after the operands it goes
+                # with; slice i's operands arrive i + 1 cycles after acceptance, as ctl[i].
+                sel = ctl[i + CTRL_LEAD]
+                with m.Switch(sel.code):
+                    for code, n in self.codes:
+                        with m.Case(code):
+                            restart = i in cascade_restarts(n, K)
+                            m.d.comb += dsp.opmode.eq(OPMODE_M if restart else OPMODE_PCIN_M)
+                    with m.Default():
+                        m.d.comb += dsp.opmode.eq(OPMODE_M)
+            dsps.append(dsp)
+
+        # ---------------------------------------------------------------- reduction nodes
+        # A node at slice e splits P (ready LATENCY + 1 + e cycles after acceptance) into lanes
+        # and is deskewed by K - e registers so that every node of a pass is seen together
+        # with ctl[K + LATENCY].
+        taps = sorted({e for _, n in self.codes for row in reduction_taps(n, K) for e in row})
+        parts = {}
+        for e in taps:
+            lo, hi = split_lanes(dsps[e].p)
+            stage = Signal(_PART, name=f"red{e}_0")
+            m.d.sync += [stage.lo.eq(lo), stage.hi.eq(hi)]
+            for s in range(1, K - e):
+                nxt = Signal(_PART, name=f"red{e}_{s}")
+                m.d.sync += nxt.eq(stage)
+                stage = nxt
+            parts[e] = stage
+
+        # ---------------------------------------------------------------- accumulators
+        done = ctl[K + LATENCY]
+        row_sums = {}
+        for code, n in self.codes:
+            sums = []
+            for r, row_taps in enumerate(reduction_taps(n, K)):
+                lo = Signal(signed(32), name=f"sum_c{code}_r{r}_lo")
+                hi = Signal(signed(32), name=f"sum_c{code}_r{r}_hi")
+                m.d.comb += [lo.eq(sum(parts[e].lo for e in row_taps)),
+                             hi.eq(sum(parts[e].hi for e in row_taps))]
+                sums.append((lo, hi))
+            row_sums[code] = sums
+
+        result = Signal(result_beat_layout())
+        for r in range(BLOCK):
+            update = Signal(name=f"upd{r}")
+            add = [Signal(signed(32), name=f"add{r}_{lane}") for lane in range(LANES)]
+            with m.Switch(done.code):
+                for code, n in self.codes:
+                    rows = rows_per_pass(n, K)
+                    with m.Case(code):
+                        m.d.comb += update.eq(done.valid & (done.pidx == r // rows))
+                        m.d.comb += [add[lane].eq(row_sums[code][r % rows][lane])
+                                     for lane in range(LANES)]
+            for lane in range(LANES):
+                acc = Signal(signed(32), name=f"acc{r}_{lane}")
+                base = Mux(done.first, 0, acc)
+                nxt = result.y[lane][r]
+                m.d.comb += nxt.eq(Mux(update, base + add[lane], acc))
+                m.d.sync += acc.eq(nxt)
+
+        push = Signal()
+        with m.Switch(done.code):
+            for code, n in self.codes:
+                with m.Case(code):
+                    m.d.comb += push.eq(done.valid & done.last
+                                        & (done.pidx == passes_per_block(n, K) - 1))
+            with m.Default():
+                m.d.comb += push.eq(done.valid & done.last)
+        m.d.comb += [fifo.w_en.eq(push), fifo.w_data.eq(result)]
+        m.d.sync += pending.eq(pending + (fire & ends_strip) - push)
+
+        m.d.comb += [
+            self.results.valid.eq(fifo.r_rdy),
+            self.results.payload.eq(fifo.r_data),
+            fifo.r_en.eq(self.results.ready),
+        ]
+        return m
