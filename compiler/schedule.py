@@ -27,15 +27,14 @@ class ScheduleError(ValueError):
     """The input already carries tokens, or a hazard cannot be expressed."""
 
 
-def assign_tokens(stream: list[Instruction], max_regs: Mapping[LengthReg, int], *,
-                  cores: int = 1) -> list[Instruction]:
+def assign_tokens(stream: list[Instruction], max_regs: Mapping[LengthReg, int]
+                  ) -> list[Instruction]:
     """One core's instructions in program order -> the same with wait/release masks set.
 
     Args:
         stream: instructions without tokens, in program order.
         max_regs: the largest length-register values the program will run with (bound
             offsets are widened to them).
-        cores: the core count (SYS GATHER footprints span every core's slice).
     """
     nq = len(Opcode)
     qindex = [0] * nq                      # next index within each queue
@@ -52,7 +51,7 @@ def assign_tokens(stream: list[Instruction], max_regs: Mapping[LengthReg, int], 
         where.append((q, qindex[q]))
         by_queue[q].append(pos)
         qindex[q] += 1
-        accesses = footprint(ins, max_regs, cores=cores)
+        accesses = footprint(ins, max_regs)
         newest = [-1] * nq  # per producer queue: latest conflicting queue index
         for acc in accesses:
             for other, opos in live.get(acc.space, ()):

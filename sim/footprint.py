@@ -60,8 +60,7 @@ def _acc(space, span, write=False) -> list[Access]:
     return [Access(space, start, end, write)] if end > start else []
 
 
-def footprint(ins: Instruction, max_regs: Mapping[LengthReg, int], *,
-              cores: int = 1) -> list[Access]:
+def footprint(ins: Instruction, max_regs: Mapping[LengthReg, int]) -> list[Access]:
     """Conservative accesses of one instruction (bindings at their widest)."""
     ins = widest(ins, max_regs)
     op = ins.op
@@ -72,9 +71,9 @@ def footprint(ins: Instruction, max_regs: Mapping[LengthReg, int], *,
     if op == Opcode.MISC:
         return _misc(ins)
     if ins.sync_op == SysOp.GATHER:
-        span = (ins.addr, ins.addr + ins.len * cores)  # every core's slice
+        # Other cores' slices land anywhere in the buffer: order it against all its users.
         buf = Buffer(ins.buf).name
-        return _acc(buf, span) + _acc(buf, span, True)
+        return [Access(buf, 0, 1 << 24, False), Access(buf, 0, 1 << 24, True)]
     return []
 
 

@@ -29,7 +29,7 @@ from flightllm.contract.isa import (
 )
 from flightllm.sim.execute import Counters, exec_matrix, exec_misc, exec_transfer
 from flightllm.sim.hbm import HBM
-from flightllm.sim.machine import CoreBuffers, ProgramError
+from flightllm.sim.machine import CoreBuffers, ProgramError, check_size
 
 __all__ = [
     "GoldenSimulator", "ProgramError", "DeadlockError", "TokenBalanceError",
@@ -228,13 +228,22 @@ class _Run:
             self.heads[c, Opcode.SYS] += 1
 
     def _gather(self, heads) -> None:
-        ins = heads[0].ins
-        buf = Buffer(ins.buf)
-        parts = [core.read_bytes(buf, ins.addr + c * ins.len, ins.len, self._where(c, heads[c]))
-                 for c, core in enumerate(self.sim.cores)]
+        # Each core's own instruction names the slice it broadcasts.
+        slices = []
+        for c, h in enumerate(heads):
+            ins = apply_bindings(h.ins, self.regs)
+            where = self._where(c, h)
+            buf, rows = Buffer(ins.buf), max(ins.rows, 1)
+            check_size(rows * ins.len, where)
+            data = [self.sim.cores[c].read_bytes(buf, ins.addr + r * ins.stride, ins.len, where)
+                    for r in range(rows)]
+            slices.append((buf, ins, rows, data))
         for c, core in enumerate(self.sim.cores):
-            for src, data in enumerate(parts):
-                core.write_bytes(buf, ins.addr + src * ins.len, data, self._where(c, heads[c]))
+            for src, (buf, ins, rows, data) in enumerate(slices):
+                if src != c:
+                    for r in range(rows):
+                        core.write_bytes(buf, ins.addr + r * ins.stride, data[r],
+                                         self._where(c, heads[c]))
 
     def _execute(self, c: int, slot: _Slot, *, tokens: bool = True) -> None:
         if tokens:

@@ -115,7 +115,7 @@ class MiscFunc(enum.IntEnum):
 
 class SysOp(enum.IntEnum):
     BARRIER = 0  # every core waits until all cores reach the barrier with the same id
-    GATHER = 1   # all-gather: core c's slice [addr + c*len, +len) is copied to every core
+    GATHER = 1   # all-gather: each core's own slice (its fields) is copied to every core
 
 
 class LengthReg(enum.IntEnum):
@@ -248,8 +248,10 @@ _SYS = (
     F("sync_op", 2, "synchronisation operation", enum=SysOp),
     F("sync_id", 8, "barrier id; every core must use the same sequence"),
     F("buf", 2, "GATHER: buffer", enum=Buffer),
-    F("addr", _ADDR, "GATHER: byte address of core 0's slice"),
-    F("len", _ADDR, "GATHER: bytes per core"),
+    F("addr", _ADDR, "GATHER: byte address of this core's slice in its first row"),
+    F("len", _ADDR, "GATHER: bytes of this core's slice per row (0: contributes nothing)"),
+    F("rows", _CNT, "GATHER: rows (0 is read as 1)", bindable=True),
+    F("stride", _ADDR, "GATHER: bytes between rows"),
 )
 
 
@@ -323,7 +325,10 @@ OPCODES: Mapping[Opcode, OpSpec] = MappingProxyType({
                       _MATRIX_COMMON),
     Opcode.MISC: OpSpec(Opcode.MISC, "Special-function unit operation over m rows of n elements.",
                         _MISC),
-    Opcode.SYS: OpSpec(Opcode.SYS, "Cross-core synchronisation.", _SYS),
+    Opcode.SYS: OpSpec(Opcode.SYS, "Cross-core synchronisation. Every core executes its SYS "
+                       "instructions in the same sequence (op and id); GATHER copies each "
+                       "core's slice (rows of len bytes at addr + row*stride in buf) to the "
+                       "same addresses on every other core.", _SYS),
 })
 
 _BINDING = (

@@ -69,14 +69,38 @@ def test_two_cores_gather_and_barrier():
     sim = GoldenSimulator(cfg)
     for c in range(2):
         sim.cores[c].mem[Buffer.ABUF][16 * c:16 * c + 16] = c + 1
-    gather = Instruction(Opcode.SYS, sync_op=SysOp.GATHER, sync_id=1, buf=Buffer.ABUF, addr=0, len=16,
-                         release=bit(Q.ST))
     barrier = Instruction(Opcode.SYS, sync_op=SysOp.BARRIER, sync_id=2)
-    prog = [[gather, store(Buffer.ABUF, 0, 32, chan=0, hbm_addr=0, wait=bit(Q.SYS)), barrier]
-            for _ in range(2)]
+    prog = [[Instruction(Opcode.SYS, sync_op=SysOp.GATHER, sync_id=1, buf=Buffer.ABUF,
+                         addr=16 * c, len=16, release=bit(Q.ST)),
+             store(Buffer.ABUF, 0, 32, chan=0, hbm_addr=0, wait=bit(Q.SYS)), barrier]
+            for c in range(2)]
     sim.run(prog)
     for c in range(2):
         np.testing.assert_array_equal(sim.cores[c].mem[Buffer.ABUF][:32], [1] * 16 + [2] * 16)
         # Core c's local channel 0 is physical channel c * hbm_channels_per_core.
         np.testing.assert_array_equal(sim.hbm.read(c * cfg.hbm_channels_per_core, 0, 32),
                                       [1] * 16 + [2] * 16)
+
+
+def test_gather_of_uneven_row_slices():
+    """Prefill rows: three cores broadcast column slices of different widths of each row."""
+    cfg = preset("tiny").replace(cores=3)
+    sim = GoldenSimulator(cfg)
+    widths, rows, stride = (16, 32, 0), 4, 64
+    starts = (0, 16, 48)
+    for c in range(3):
+        for r in range(rows):
+            a = r * stride + starts[c]
+            sim.cores[c].mem[Buffer.RBUF][a:a + widths[c]] = 10 * c + r + 1
+    prog = [[Instruction(Opcode.SYS, sync_op=SysOp.GATHER, sync_id=7, buf=Buffer.RBUF,
+                         addr=starts[c], len=widths[c], rows=8, stride=stride,
+                         bindings=[Binding(BindKind.COUNT, LengthReg.SEQ, "rows")])]
+            for c in range(3)]
+    sim.run(prog, seq=rows, kv=rows)
+    want = np.zeros((rows, stride), dtype=np.uint8)
+    for c in range(3):
+        for r in range(rows):
+            want[r, starts[c]:starts[c] + widths[c]] = 10 * c + r + 1
+    for c in range(3):
+        got = sim.cores[c].mem[Buffer.RBUF][:rows * stride].reshape(rows, stride)
+        np.testing.assert_array_equal(got, want)
