@@ -21,12 +21,17 @@ def _user_errors(fn):
     """Turn the project's input errors into a clean message and a non-zero exit."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from flightllm.compiler.ir import IRError
+        from flightllm.compiler.layout import CompileError
+        from flightllm.compiler.onnx_patterns import FrontendError
         from flightllm.contract.config import ConfigError
         from flightllm.contract.isa import IsaError, ProgramFileError
+        from flightllm.host.build import BuildError
         from flightllm.sim.machine import ProgramError
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, IsaError, ProgramFileError, ProgramError, OSError) as exc:
+        except (ConfigError, IsaError, ProgramFileError, ProgramError, OSError, IRError,
+                CompileError, FrontendError, BuildError) as exc:
             raise click.ClickException(str(exc)) from None
     return wrapper
 
@@ -63,6 +68,85 @@ def disasm(program: Path, core: int | None, raw: bool):
     else:
         lines = disassemble_program(data)
     click.echo("\n".join(lines))
+
+
+@main.command("compile")
+@click.argument("model")
+@click.option("--arch", default="tiny", show_default=True,
+              help="Accelerator configuration: a preset (tiny, u280, vhk158) or a YAML/JSON file.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Build directory to write (replaced atomically if it exists).")
+@click.option("--weight-bits", type=click.Choice(["2", "4", "8"]), default="8",
+              show_default=True, help="Weight bit width of every projection.")
+@click.option("--sparsity", default=None,
+              help="N:16 sparsity: N for every projection, 'q=8,k=8,...', or a YAML recipe.")
+@click.option("--max-len", type=int, default=128, show_default=True,
+              help="Longest sequence (prompt plus generated tokens) the build serves.")
+@click.option("--chunk", type=int, default=None,
+              help="Tokens per prefill call (default: the most the buffers hold, up to 64).")
+@click.option("--weights", type=click.Choice(["synthetic", "none"]), default="synthetic",
+              show_default=True, help="For presets and config.json: seeded random weights.")
+@click.option("--smooth", "smooth_alpha", type=float, default=None,
+              help="SmoothQuant migration strength alpha (off by default).")
+@click.option("--calibration-seqs", type=int, default=8, show_default=True,
+              help="Random calibration sequences of 64 tokens.")
+@click.option("--dump-dir", type=click.Path(path_type=Path), default=None,
+              help="Write every pipeline step's result and time here.")
+@_user_errors
+def compile_cmd(model, arch, out, weight_bits, sparsity, max_len, chunk, weights, smooth_alpha,
+                calibration_seqs, dump_dir):
+    """Compile MODEL (an .onnx file, a config.json, or a preset) into a build directory."""
+    from flightllm.compiler.build import CompileOptions, compile_model
+    from flightllm.compiler.sources import load_model, parse_sparsity
+    from flightllm.contract.config import load_config
+    cfg = load_config(arch)
+    ir = load_model(model, weights=weights)
+    opts = CompileOptions(weight_bits=int(weight_bits), sparsity=parse_sparsity(sparsity),
+                          max_len=max_len, chunk=chunk, smooth_alpha=smooth_alpha,
+                          calibration_sequences=calibration_seqs)
+    report = compile_model(ir, cfg, out, opts, dump_dir=dump_dir)
+    click.echo(f"wrote {out}: {report['instruction_bytes_total']} instruction bytes for every "
+               f"length up to {max_len} (a program per length: "
+               f"{report['instruction_bytes_per_length_baseline']}), "
+               f"{report['weight_bytes']} weight bytes at {report['avg_weight_bits']} bits, "
+               f"{report['compile_seconds']} s")
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated integers") from None
+    if not ids:
+        raise click.BadParameter("at least one token id is needed")
+    return ids
+
+
+@main.command()
+@click.argument("build", type=click.Path(path_type=Path))
+@click.option("--input-ids", required=True, help="Prompt token ids, comma-separated.")
+@click.option("--decode-steps", type=int, default=0, show_default=True,
+              help="Greedy decode steps after the prefill.")
+@click.option("--engine", type=click.Choice(["golden"]), default="golden", show_default=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {tokens, logits, counters} as JSON.")
+@_user_errors
+def simulate(build, input_ids, decode_steps, engine, as_json):
+    """Run BUILD on the golden simulator: prefill, then greedy decoding."""
+    from flightllm.host.build import load_build
+    from flightllm.host.session import GoldenDevice, Session
+    b = load_build(build)
+    session = Session(b, GoldenDevice(b))
+    tokens, logits = [], []
+    for token, row in session.generate(_ids(input_ids), decode_steps):
+        tokens.append(token)
+        logits.append(row)
+        if not as_json:
+            click.echo(f"token {token}")
+    if as_json:
+        counters = [c.to_dict() for c in session.counters]
+        click.echo(json.dumps({"tokens": tokens, "logits": [r.tolist() for r in logits],
+                               "engine": engine, "counters": counters}))
 
 
 @main.group()

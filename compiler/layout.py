@@ -1,0 +1,117 @@
+"""Where everything lives: HBM placement of weights, caches and I/O, and on-chip regions.
+
+The HBM image is built per channel (core-local numbering, single core for now). Weights are
+*striped*: each chunk of a matrix (as many 16-row strips as fit half the weight buffer) is
+split evenly across the core's channels at the same address on each, so one LD with ``nch``
+channels streams it from all of them in parallel. Caches, parameters and I/O are placed round
+robin. Every placed tensor is recorded (channel, offset, bytes, checksum) for the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+__all__ = ["CompileError", "HBMImage", "Placement", "Arena", "align"]
+
+
+class CompileError(ValueError):
+    """The model cannot be compiled for this configuration; the message says why."""
+
+
+def align(value: int, to: int) -> int:
+    return -(-value // to) * to
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A tensor in HBM: same ``offset`` on each of ``channels`` holding ``part_bytes`` each."""
+
+    name: str
+    channels: tuple[int, ...]
+    offset: int
+    part_bytes: int
+    dtype: str
+    shape: tuple[int, ...]
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "channels": list(self.channels), "offset": self.offset,
+                "bytes_per_channel": self.part_bytes, "dtype": self.dtype,
+                "shape": list(self.shape), "sha256": self.sha256}
+
+
+@dataclass
+class HBMImage:
+    """Per-channel byte images under construction."""
+
+    channels: int
+    capacity: int
+    data: list[bytearray] = field(default_factory=list)
+    placements: dict[str, Placement] = field(default_factory=dict)
+    _rr: int = 0
+
+    def __post_init__(self):
+        self.data = [bytearray() for _ in range(self.channels)]
+
+    def _reserve(self, chans: tuple[int, ...], nbytes: int) -> int:
+        offset = align(max(len(self.data[c]) for c in chans), 64)
+        for c in chans:
+            if offset + nbytes > self.capacity:
+                raise CompileError(f"HBM channel {c} is full: {offset + nbytes} bytes needed, "
+                                   f"{self.capacity} available")
+            self.data[c].extend(bytes(offset + nbytes - len(self.data[c])))
+        return offset
+
+    def place(self, name: str, data: bytes, *, dtype: str, shape, channel: int | None = None,
+              reserve_only: bool = False) -> Placement:
+        """Put ``data`` on one channel (round robin unless given); ``reserve_only`` leaves the
+        bytes zero (caches, outputs)."""
+        if channel is None:
+            channel, self._rr = self._rr, (self._rr + 1) % self.channels
+        offset = self._reserve((channel,), len(data))
+        if not reserve_only:
+            self.data[channel][offset:offset + len(data)] = data
+        return self._record(name, (channel,), offset, len(data), dtype, shape, data)
+
+    def place_striped(self, name: str, parts: list[bytes], *, dtype: str, shape) -> Placement:
+        """Equal-length parts, part c on channel c, all at one offset."""
+        chans = tuple(range(len(parts)))
+        size = len(parts[0])
+        if any(len(p) != size for p in parts):
+            raise AssertionError("striped parts must have equal lengths")
+        offset = self._reserve(chans, size)
+        for c, part in zip(chans, parts):
+            self.data[c][offset:offset + size] = part
+        return self._record(name, chans, offset, size, dtype, shape, b"".join(parts))
+
+    def _record(self, name, chans, offset, size, dtype, shape, data) -> Placement:
+        if name in self.placements:
+            raise AssertionError(f"tensor {name} placed twice")
+        p = Placement(name, chans, offset, size, dtype, tuple(shape),
+                      hashlib.sha256(data).hexdigest())
+        self.placements[name] = p
+        return p
+
+
+class Arena:
+    """A bump allocator over one on-chip buffer; regions may be released in stack order."""
+
+    def __init__(self, name: str, size: int, alignment: int = 16):
+        self.name, self.size, self.alignment = name, size, alignment
+        self.top = 0
+
+    def take(self, nbytes: int, what: str) -> int:
+        addr = align(self.top, self.alignment)
+        if addr + nbytes > self.size:
+            raise CompileError(f"{self.name} too small: {what} needs {nbytes} bytes at {addr}, "
+                               f"the buffer holds {self.size}; use a smaller --max-len or a "
+                               "configuration with a larger buffer")
+        self.top = addr + nbytes
+        return addr
+
+    def mark(self) -> int:
+        return self.top
+
+    def reset(self, mark: int) -> None:
+        self.top = mark

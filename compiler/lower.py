@@ -1,0 +1,519 @@
+"""Lowering: a :class:`~flightllm.compiler.qmodel.QModel` to instruction programs and HBM images.
+
+Two programs serve every length (length-adaptive compilation through the ISA's binding words):
+
+* **prefill** handles up to ``chunk`` tokens per call: token rows are bound to SEQ, so a call
+  with fewer tokens does only their work; longer prompts are fed in chunks, POS advancing;
+* **decode** handles one token at any KV length 1..max_len: the score rows, the softmax width
+  and the P.V reduction are bound to KV, the cache writes and the causal mask to POS.
+
+Each program mirrors :func:`~flightllm.compiler.qmodel.qforward` step for step, and nothing but
+weights, parameters and the KV cache moves between HBM and the chip: activations stay in ABUF
+and RBUF from the input rows to the logits. Instructions are emitted in program order without
+tokens; :func:`~flightllm.compiler.schedule.assign_tokens` adds them.
+
+With several cores, core c owns a contiguous range of KV heads (their query heads, their cache
+on its own channels: q, k and v need no exchange) and an even share of the output strips of
+every other projection; SYS GATHERs after the attention context, each residual update, the
+MLP hidden and the logits give every core the whole vector again, on chip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flightllm.contract.config import AcceleratorConfig
+from flightllm.contract.isa import (
+    Binding, BindKind, Buffer, Instruction, LengthReg, MiscFunc, Opcode, OutMode, SysOp,
+    WeightBits,
+)
+from flightllm.contract.params import pack_norm_params, pack_requant_records, pack_rope_rows
+from flightllm.contract.weights import strip_bytes
+
+from .layout import Arena, CompileError, HBMImage, align
+from .qmodel import QLinear, QModel, QNorm
+from .schedule import assign_tokens
+
+__all__ = ["Lowered", "lower"]
+
+_WB = {2: WeightBits.INT2, 4: WeightBits.INT4, 8: WeightBits.INT8}
+_NORM = {"rms": MiscFunc.RMSNORM, "layer": MiscFunc.LAYERNORM}
+_ACT = {"silu": MiscFunc.SILU, "gelu_tanh": MiscFunc.GELU_TANH, "gelu_erf": MiscFunc.GELU_ERF}
+
+
+@dataclass
+class Lowered:
+    """Programs and HBM images (one per core) and the host's I/O layout (per core)."""
+
+    prefill: list[list[Instruction]]
+    decode: list[list[Instruction]]
+    chunk: int
+    images: list[HBMImage]
+    io: list[dict]
+
+
+@dataclass
+class _Matrix:
+    """A placed weight matrix: chunks of strips striped over the channels."""
+
+    linear: QLinear
+    chunks: list[tuple[int, int, int]]  # (first strip, strips, HBM offset)
+    part_bytes: list[int]
+    strip: int
+    nch: int
+    lo: int  # the strips this core computes
+    hi: int
+
+
+def _split(total: int, parts: int, index: int) -> tuple[int, int]:
+    """The index-th of ``parts`` balanced contiguous ranges of ``range(total)``."""
+    return total * index // parts, total * (index + 1) // parts
+
+
+def _count(reg: LengthReg, field: str, shift: int = 0) -> Binding:
+    return Binding(BindKind.COUNT, reg, field, shift=shift)
+
+
+def _offset(reg: LengthReg, field: str, shift: int) -> Binding:
+    return Binding(BindKind.OFFSET, reg, field, shift=shift)
+
+
+class _Placer:
+    """Builds the shared HBM image: weights, parameter blobs, caches, RoPE table, I/O."""
+
+    def __init__(self, qm: QModel, cfg: AcceleratorConfig, slot_bytes: int):
+        self.qm, self.cfg, self.slot = qm, cfg, slot_bytes
+        self.image = HBMImage(cfg.hbm_channels_per_core, cfg.hbm_channel_bytes)
+
+    def matrix(self, name: str, lin: QLinear, lo: int, hi: int) -> _Matrix:
+        """Place strips ``[lo, hi)`` of ``lin`` on this core's channels."""
+        w = lin.weight
+        kb = w.q.shape[1] // 16
+        codes = [16] * kb if w.codes is None else list(w.codes[0])
+        if w.codes is not None and not (w.codes == w.codes[0, 0]).all():
+            raise CompileError(f"{name}: mixed N:16 codes within one matrix are not placed yet")
+        sb = strip_bytes(codes, w.bits, w.mult is not None, w.codes is not None)
+        nch = self.cfg.hbm_channels_per_core
+        per_chunk = (self.slot // sb) // nch * nch or self.slot // sb
+        if per_chunk == 0:
+            raise CompileError(f"{name}: one 16-row strip takes {sb} bytes, more than the "
+                               f"{self.slot}-byte weight slot (K-splitting is not implemented)")
+        packed = w.packed()
+        chunks, sizes = [], []
+        for first in range(lo, hi, per_chunk):
+            count = min(per_chunk, hi - first)
+            use = min(nch, count)
+            part = -(-count // use)
+            blob = packed[first * sb:(first + count) * sb]
+            parts = [blob[c * part * sb:(c + 1) * part * sb].ljust(part * sb, b"\0")
+                     for c in range(use)]
+            if use < nch:
+                parts += [bytes(part * sb)] * (nch - use)
+            p = self.image.place_striped(f"{name}.chunk{len(chunks)}", parts, dtype="blocks",
+                                         shape=(count * 16, kb * 16))
+            chunks.append((first, count, p.offset))
+            sizes.append(part * sb)
+        return _Matrix(lin, chunks, sizes, sb, nch, lo, hi)
+
+
+class _Program:
+    """Emits one program (prefill with ``rows`` token rows, or decode with one)."""
+
+    def __init__(self, qm: QModel, cfg: AcceleratorConfig, rows: int, prefill: bool, plan,
+                 core: int):
+        self.qm, self.cfg, self.rows, self.prefill, self.plan = qm, cfg, rows, prefill, plan
+        self.core, self.cores = core, cfg.cores
+        self.out: list[Instruction] = []
+        self.slot_flip = 0
+        self.sync_id = 0
+        c = qm.config
+        self.kv_lo, self.kv_hi = _split(c.num_kv_heads, self.cores, core)
+        self.io = plan["io"][core]
+
+    def strips(self, mat: _Matrix) -> tuple[int, int]:
+        return mat.lo, mat.hi
+
+    def gather(self, buf: Buffer, addr: int, stride: int, lo: int, nbytes: int) -> None:
+        """All-gather this core's column slice ``[lo, lo + nbytes)`` of every row."""
+        if self.cores == 1:
+            return
+        self.emit(Opcode.SYS, sync_op=SysOp.GATHER, sync_id=self.sync_id % 256, buf=buf,
+                  addr=addr + lo, len=nbytes, rows=self.rows, stride=stride,
+                  bindings=self.row_bind("rows"))
+        self.sync_id += 1
+
+    # -- helpers
+    def emit(self, op, **fields) -> None:
+        self.out.append(Instruction(op, **fields))
+
+    def row_bind(self, field: str) -> list[Binding]:
+        return [_count(LengthReg.SEQ, field)] if self.prefill else []
+
+    def matmul(self, mat: _Matrix, x_addr: int, x_stride: int, out_addr: int, out_stride: int,
+               p_addr: int) -> None:
+        lin, w = mat.linear, mat.linear.weight
+        if not mat.chunks:
+            return
+        mode = {"q8": OutMode.Q8, "q32": OutMode.Q32}[lin.out]
+        esize = 1 if mode == OutMode.Q8 else 4
+        plan = self.plan
+        for (first, count, hbm), part in zip(mat.chunks, mat.part_bytes):
+            slot = plan["wslot"][self.slot_flip]
+            self.slot_flip ^= 1
+            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=slot, chan=0, nch=mat.nch,
+                      ch_stride=part, hbm_addr=hbm, len=part, n1=1, n2=1)
+            fields = dict(w_addr=slot, wbits=_WB[w.bits], sparse=int(w.codes is not None),
+                          gscale=int(w.mult is not None), n_strips=count,
+                          k_blocks=w.q.shape[1] // 16, x_addr=x_addr, out_mode=mode,
+                          out_addr=out_addr + 16 * first * esize, p_addr=p_addr + 128 * first,
+                          residual=int(lin.residual), relu=int(lin.relu))
+            if self.prefill:
+                self.emit(Opcode.MM, m_rows=self.rows, x_stride=x_stride, out_stride=out_stride,
+                          bindings=self.row_bind("m_rows"), **fields)
+            else:
+                self.emit(Opcode.MV, **fields)
+
+    def misc(self, func: MiscFunc, **fields) -> None:
+        binds = list(fields.pop("bindings", ())) + self.row_bind("m")
+        self.emit(Opcode.MISC, func=func, m=self.rows, bindings=binds, **fields)
+
+    def norm(self, qn: QNorm, p_addr: int, src: int, dst: int) -> None:
+        P = self.plan
+        self.misc(_NORM[qn.kind], a_buf=Buffer.RBUF, a_addr=src, a_stride=P["r_stride"],
+                  d_buf=Buffer.ABUF, d_addr=dst, d_stride=P["h_stride"], p_addr=p_addr,
+                  n=self.qm.config.hidden_size, s1=qn.shift, aux=qn.eps,
+                  beta=int(qn.beta is not None))
+
+    # -- the model
+    def build(self) -> list[Instruction]:
+        qm, P, c = self.qm, self.plan, self.qm.config
+        io = self.io
+        self.emit(Opcode.LD, buf=Buffer.RBUF, buf_addr=P["r"], chan=io["input"].channels[0],
+                  hbm_addr=io["input"].offset, len=4 * c.hidden_size, n1=self.rows,
+                  hbm_stride1=P["in_row"], buf_stride1=P["r_stride"], n2=1,
+                  bindings=self.row_bind("n1"))
+        if c.position == "rope":
+            rope = io["rope"]
+            self.emit(Opcode.LD, buf=Buffer.PBUF, buf_addr=P["rope"], chan=rope.channels[0],
+                      hbm_addr=rope.offset, len=P["rope_row"], n1=self.rows,
+                      hbm_stride1=P["rope_row"], buf_stride1=P["rope_row"], n2=1,
+                      bindings=[_offset(LengthReg.POS, "hbm_addr", P["rope_shift"])]
+                      + self.row_bind("n1"))
+        for li, layer in enumerate(qm.layers):
+            self.layer(li, layer)
+        fin = io["final"]
+        self.emit(Opcode.LD, buf=Buffer.PBUF, buf_addr=P["pslot"][0], chan=fin.channels[0],
+                  hbm_addr=fin.offset, len=fin.part_bytes, n1=1, n2=1)
+        self.norm(qm.final_norm, P["pslot"][0] + P["final_norm"], P["r"], P["h"])
+        head = P["mats"]["lm_head"][self.core]
+        self.matmul(head, P["h"], P["h_stride"], P["logits"], P["logit_stride"],
+                    P["pslot"][0] + P["final_head"])
+        self.gather(Buffer.RBUF, P["logits"], P["logit_stride"], 64 * head.lo,
+                    64 * (head.hi - head.lo))
+        if self.core:
+            return self.out
+        out = io["logits"]
+        self.emit(Opcode.ST, buf=Buffer.RBUF, buf_addr=P["logits"], chan=out.channels[0],
+                  hbm_addr=out.offset, len=P["logit_stride"], n1=self.rows,
+                  hbm_stride1=P["logit_stride"], buf_stride1=P["logit_stride"], n2=1,
+                  bindings=self.row_bind("n1"))
+        return self.out
+
+    def layer(self, li: int, layer) -> None:
+        P, c = self.plan, self.qm.config
+        blob = self.io["layer_params"][li]
+        pbase = P["pslot"][li % 2]
+        offs = P["param_offsets"]
+        self.emit(Opcode.LD, buf=Buffer.PBUF, buf_addr=pbase, chan=blob.channels[0],
+                  hbm_addr=blob.offset, len=blob.part_bytes, n1=1, n2=1)
+        mats = {k: v[self.core] for k, v in P["mats"].items()}
+        self.norm(layer.norm1, pbase + offs["norm1"], P["r"], P["h"])
+        rope = c.position == "rope"
+        H, kvh, hd, G = c.num_heads, c.num_kv_heads, c.head_dim, c.group_size
+        for name, wide, narrow, heads, mult, per in (
+                ("q", "q32", "q8", H, layer.rope_q, G), ("k", "k32", "k8", kvh, layer.rope_k, 1)):
+            width = heads * hd
+            first = self.kv_lo * per * hd  # this core's heads start here in the row
+            count = (self.kv_hi - self.kv_lo) * per * hd
+            if rope:
+                self.matmul(mats[f"{li}.{name}"], P["h"], P["h_stride"], P[wide], 4 * width,
+                            pbase + offs[name])
+                if count:
+                    self.misc(MiscFunc.ROPE, a_buf=Buffer.RBUF, a_addr=P[wide] + 4 * first,
+                              a_stride=4 * width, d_buf=Buffer.ABUF, d_addr=P[narrow] + first,
+                              d_stride=width, p_addr=P["rope"], p_stride=P["rope_row"],
+                              n=count, group=hd, m1=mult[0], s1=mult[1],
+                              interleaved=int(c.rope_interleaved))
+            else:
+                self.matmul(mats[f"{li}.{name}"], P["h"], P["h_stride"], P[narrow], width,
+                            pbase + offs[name])
+        self.matmul(mats[f"{li}.v"], P["h"], P["h_stride"], P["v8"], kvh * hd, pbase + offs["v"])
+        self.cache_store(li, "k8", self.io["k_cache"][li])
+        self.cache_store(li, "v8", self.io["v_cache"][li])
+        for g in range(self.kv_lo, self.kv_hi):
+            self.attention(li, layer, g)
+        self.gather(Buffer.ABUF, P["ctx"], H * hd, self.kv_lo * G * hd,
+                    (self.kv_hi - self.kv_lo) * G * hd)
+        self.residual_matmul(mats[f"{li}.o"], P["ctx"], H * hd, pbase + offs["o"])
+        self.norm(layer.norm2, pbase + offs["norm2"], P["r"], P["h"])
+        self.mlp(li, layer, pbase, mats)
+
+    def residual_matmul(self, mat: _Matrix, x_addr: int, x_stride: int, p_addr: int) -> None:
+        """A projection added into this core's strips of the residual, then shared."""
+        P = self.plan
+        self.matmul(mat, x_addr, x_stride, P["r"], P["r_stride"], p_addr)
+        self.gather(Buffer.RBUF, P["r"], P["r_stride"], 64 * mat.lo, 64 * (mat.hi - mat.lo))
+
+    def cache_store(self, li: int, src: str, cache) -> None:
+        """New rows of K or V into the cache layout [head][hd/16][max_len][16] at POS."""
+        P, c = self.plan, self.qm.config
+        hd, L = c.head_dim, self.qm.max_len
+        for g in range(self.kv_lo, self.kv_hi):
+            local = g - self.kv_lo  # heads are numbered from zero in this core's cache
+            self.emit(Opcode.ST, buf=Buffer.ABUF, buf_addr=P[src] + g * hd, chan=cache.channels[0],
+                      hbm_addr=cache.offset + local * hd * L, len=16, n1=hd // 16,
+                      hbm_stride1=16 * L, buf_stride1=16, n2=self.rows, hbm_stride2=16,
+                      buf_stride2=c.num_kv_heads * hd,
+                      bindings=[_offset(LengthReg.POS, "hbm_addr", 4)] + (
+                          [_count(LengthReg.SEQ, "n2")] if self.prefill else []))
+
+    def attention(self, li: int, layer, g: int) -> None:
+        P, c = self.plan, self.qm.config
+        hd, L, io = c.head_dim, self.qm.max_len, self.io
+        kb = hd // 16
+        kc, vc = io["k_cache"][li], io["v_cache"][li]
+        local = g - self.kv_lo
+        # K tile: position strips x head-dim blocks; V^T tile: head-dim strips x position blocks.
+        self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["ktile"], chan=kc.channels[0],
+                  hbm_addr=kc.offset + local * hd * L, len=256, n1=kb, hbm_stride1=16 * L,
+                  buf_stride1=256, n2=L // 16, hbm_stride2=256, buf_stride2=256 * kb,
+                  bindings=[_count(LengthReg.KV, "n2", 4)])
+        self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["vtile"], chan=vc.channels[0],
+                  hbm_addr=vc.offset + local * hd * L, len=256, n1=L // 16, hbm_stride1=256,
+                  buf_stride1=256, n2=kb, hbm_stride2=16 * L, buf_stride2=16 * L, transpose=1,
+                  bindings=[_count(LengthReg.KV, "n1", 4)])
+        for head in range(g * c.group_size, (g + 1) * c.group_size):
+            q_addr = P["q8"] + head * hd
+            score = dict(w_addr=P["ktile"], wbits=WeightBits.INT8, n_strips=L // 16,
+                         k_blocks=kb, x_addr=q_addr, out_mode=OutMode.ACC32,
+                         out_addr=P["scores"])
+            kv_rows = [_count(LengthReg.KV, "n_strips", 4)]
+            pv = dict(w_addr=P["vtile"], w_stride=16 * L, wbits=WeightBits.INT8, n_strips=kb,
+                      k_blocks=L // 16, x_addr=P["probs"], out_mode=OutMode.ACC32,
+                      out_addr=P["pv"])
+            kv_cols = [_count(LengthReg.KV, "k_blocks", 4)]
+            if self.prefill:
+                self.emit(Opcode.MM, m_rows=self.rows, x_stride=c.num_heads * hd,
+                          out_stride=4 * L, bindings=kv_rows + self.row_bind("m_rows"), **score)
+            else:
+                self.emit(Opcode.MV, bindings=kv_rows, **score)
+            self.misc(MiscFunc.SOFTMAX, a_buf=Buffer.RBUF, a_addr=P["scores"], a_stride=4 * L,
+                      d_buf=Buffer.ABUF, d_addr=P["probs"], d_stride=L, b_buf=Buffer.RBUF,
+                      b_addr=P["recip"], b_stride=4, n=L, m1=layer.softmax[0],
+                      s1=layer.softmax[1], causal=1, defer=1,
+                      bindings=[_count(LengthReg.KV, "n"), _offset(LengthReg.POS, "aux", 0)])
+            if self.prefill:
+                self.emit(Opcode.MM, m_rows=self.rows, x_stride=L, out_stride=4 * hd,
+                          bindings=kv_cols + self.row_bind("m_rows"), **pv)
+            else:
+                self.emit(Opcode.MV, bindings=kv_cols, **pv)
+            s1, m2, s2 = layer.ctx
+            self.misc(MiscFunc.MUL, rowscalar=1, a_buf=Buffer.RBUF, a_addr=P["pv"],
+                      a_stride=4 * hd, b_buf=Buffer.RBUF, b_addr=P["recip"], b_stride=4,
+                      d_buf=Buffer.ABUF, d_addr=P["ctx"] + head * hd,
+                      d_stride=c.num_heads * hd, n=hd, s1=s1, m2=m2, s2=s2)
+
+    def mlp(self, li: int, layer, pbase: int, mats) -> None:
+        P, c = self.plan, self.qm.config
+        offs = P["param_offsets"]
+        f = c.intermediate_size
+        first = mats[f"{li}.gate" if c.gated_mlp else f"{li}.fc1"]
+        lo, n = 16 * first.lo, 16 * (first.hi - first.lo)  # this core's hidden columns
+        if c.gated_mlp:
+            self.matmul(mats[f"{li}.gate"], P["h"], P["h_stride"], P["g32"], 4 * f,
+                        pbase + offs["gate"])
+            self.matmul(mats[f"{li}.up"], P["h"], P["h_stride"], P["u32"], 4 * f,
+                        pbase + offs["up"])
+            m1, s1, m2, s2 = layer.act
+            if n:
+                self.misc(_ACT[c.activation], a_buf=Buffer.RBUF, a_addr=P["g32"] + 4 * lo,
+                          a_stride=4 * f, d_buf=Buffer.RBUF, d_addr=P["a32"] + 4 * lo,
+                          d_stride=4 * f, n=n, m1=m1, s1=s1, m2=m2, s2=s2)
+                s1, m2, s2 = layer.gate_mul
+                self.misc(MiscFunc.MUL, a_buf=Buffer.RBUF, a_addr=P["a32"] + 4 * lo,
+                          a_stride=4 * f, b_buf=Buffer.RBUF, b_addr=P["u32"] + 4 * lo,
+                          b_stride=4 * f, d_buf=Buffer.ABUF, d_addr=P["m"] + lo, d_stride=f,
+                          n=n, s1=s1, m2=m2, s2=s2)
+            down = "down"
+        elif layer.act is None:
+            self.matmul(mats[f"{li}.fc1"], P["h"], P["h_stride"], P["m"], f, pbase + offs["fc1"])
+            down = "fc2"
+        else:
+            self.matmul(mats[f"{li}.fc1"], P["h"], P["h_stride"], P["g32"], 4 * f,
+                        pbase + offs["fc1"])
+            m1, s1, m2, s2 = layer.act
+            if n:
+                self.misc(_ACT[c.activation], a_buf=Buffer.RBUF, a_addr=P["g32"] + 4 * lo,
+                          a_stride=4 * f, d_buf=Buffer.ABUF, d_addr=P["m"] + lo, d_stride=f,
+                          n=n, m1=m1, s1=s1, m2=m2, s2=s2)
+            down = "fc2"
+        self.gather(Buffer.ABUF, P["m"], f, lo, n)
+        self.residual_matmul(mats[f"{li}.{down}"], P["m"], f, pbase + offs[down])
+
+
+def _layer_blob(layer, offsets: dict) -> bytes:
+    blob = bytearray()
+    for key, lin in [("q", layer.q), ("k", layer.k), ("v", layer.v), ("o", layer.o),
+                     *layer.mlp.items()]:
+        offsets[key] = len(blob)
+        blob += pack_requant_records(lin.bias, lin.mult, lin.shift)
+    for key, qn in (("norm1", layer.norm1), ("norm2", layer.norm2)):
+        offsets[key] = align(len(blob), 8)
+        blob += bytes(offsets[key] - len(blob)) + pack_norm_params(qn.gamma, qn.beta)
+    return bytes(blob)
+
+
+def _matrices(qm: QModel):
+    """Every projection by program key, with how its strips split over cores: "heads" (q, k,
+    v follow the cores' KV heads) or "even"."""
+    c = qm.config
+    for li, layer in enumerate(qm.layers):
+        yield f"{li}.q", f"layers.{li}.q", layer.q, c.group_size
+        yield f"{li}.k", f"layers.{li}.k", layer.k, 1
+        yield f"{li}.v", f"layers.{li}.v", layer.v, 1
+        for key, lin in [("o", layer.o), *layer.mlp.items()]:
+            yield f"{li}.{key}", f"layers.{li}.{key}", lin, None
+    yield "lm_head", "lm_head", qm.lm_head, None
+
+
+def lower(qm: QModel, cfg: AcceleratorConfig, *, chunk: int | None = None) -> Lowered:
+    """Lower a quantised model for every core of ``cfg``."""
+    c = qm.config
+    for name, value in (("head_dim", c.head_dim), ("hidden_size", c.hidden_size),
+                        ("intermediate_size", c.intermediate_size)):
+        if value % 16:
+            raise CompileError(f"model {name} = {value} is not a multiple of 16")
+    L, hd, kvh = qm.max_len, c.head_dim, c.num_kv_heads
+    if L % 16:
+        raise CompileError(f"max_len {L} is not a multiple of 16")
+    wbuf = cfg.wbuf.bytes
+    ktile = vtile = L * hd
+    slot = (wbuf - ktile - vtile) // 2 // 256 * 256
+    if slot <= 0:
+        raise CompileError(f"WBUF ({wbuf} bytes) cannot hold the K and V tiles of max_len {L}")
+    placers = [_Placer(qm, cfg, slot) for _ in range(cfg.cores)]
+    mats: dict[str, list[_Matrix]] = {}
+    for key, name, lin, per_head in _matrices(qm):
+        strips = lin.weight.q.shape[0] // 16
+        mats[key] = []
+        for core, placer in enumerate(placers):
+            if per_head is None:
+                lo, hi = _split(strips, cfg.cores, core)
+            else:  # q, k, v: the rows of this core's heads
+                g_lo, g_hi = _split(kvh, cfg.cores, core)
+                lo, hi = (g * per_head * hd // 16 for g in (g_lo, g_hi))
+            mats[key].append(placer.matrix(name, lin, lo, hi))
+    offsets: dict[str, int] = {}
+    blobs = [_layer_blob(layer, offsets) for layer in qm.layers]
+    fin = pack_norm_params(qm.final_norm.gamma, qm.final_norm.beta)
+    head_off = align(len(fin), 8)
+    fin = fin + bytes(head_off - len(fin)) + pack_requant_records(
+        qm.lm_head.bias, qm.lm_head.mult, qm.lm_head.shift)
+    rope_row = 1 << max(2 * hd - 1, 1).bit_length()  # 2*hd bytes, padded to a power of two
+    table = None
+    if c.position == "rope":
+        cos, sin = qm.rope_rows(list(range(L)))
+        rows = pack_rope_rows(cos, sin)
+        table = b"".join(rows[i * 2 * hd:(i + 1) * 2 * hd].ljust(rope_row, b"\0")
+                         for i in range(L))
+    vocab_pad = qm.lm_head.weight.q.shape[0]
+    chunk = chunk or _default_chunk(cfg, qm)
+    ios = []
+    for core, placer in enumerate(placers):
+        image = placer.image
+        g_lo, g_hi = _split(kvh, cfg.cores, core)
+        io: dict = {"k_cache": [], "v_cache": [], "kv_heads": [g_lo, g_hi]}
+        # Parameters, the RoPE table and the input rows are replicated: every core normalises
+        # the whole residual and rotates its own heads.
+        io["layer_params"] = [image.place(f"layers.{li}.params", blob, dtype="params",
+                                          shape=(len(blob),)) for li, blob in enumerate(blobs)]
+        for li in range(len(qm.layers)):
+            for kind in ("k_cache", "v_cache"):
+                io[kind].append(image.place(
+                    f"layers.{li}.{kind}", bytes((g_hi - g_lo) * hd * L), dtype="int8",
+                    shape=(g_hi - g_lo, hd // 16, L, 16), reserve_only=True))
+        if table is not None:
+            io["rope"] = image.place("rope_table", table, dtype="int16", shape=(L, rope_row // 2))
+        io["final"] = image.place("final.params", fin, dtype="params", shape=(len(fin),))
+        io["input"] = image.place("input", bytes(4 * c.hidden_size * chunk), dtype="int32",
+                                  shape=(chunk, c.hidden_size), reserve_only=True)
+        if core == 0:  # core 0 stores the gathered logits
+            io["logits"] = image.place("logits", bytes(4 * vocab_pad * chunk), dtype="int32",
+                                       shape=(chunk, vocab_pad), reserve_only=True)
+        ios.append(io)
+    progs = {}
+    for phase, rows in (("prefill", chunk), ("decode", 1)):
+        plan = _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad)
+        plan.update(mats=mats, io=ios, param_offsets=offsets, final_norm=0,
+                    final_head=head_off, in_row=4 * c.hidden_size, rope_row=rope_row,
+                    rope_shift=rope_row.bit_length() - 1)
+        regs = {LengthReg.SEQ: rows, LengthReg.KV: L, LengthReg.POS: L - 1}
+        progs[phase] = [assign_tokens(_Program(qm, cfg, rows, phase == "prefill", plan,
+                                               core).build(), regs)
+                        for core in range(cfg.cores)]
+    return Lowered(progs["prefill"], progs["decode"], chunk, [p.image for p in placers], ios)
+
+
+def _default_chunk(cfg: AcceleratorConfig, qm: QModel) -> int:
+    for chunk in (64, 32, 16, 8, 4, 2, 1):
+        try:
+            _onchip(cfg, qm, chunk, 0, 0, 0, 0, qm.lm_head.weight.q.shape[0])
+            return chunk
+        except CompileError:
+            continue
+    raise CompileError("not even one token's activations fit the on-chip buffers")
+
+
+def _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad) -> dict:
+    """Addresses of every on-chip region for ``rows`` token rows."""
+    c = qm.config
+    L, hd, H, kvh, d, f = (qm.max_len, c.head_dim, c.num_heads, c.num_kv_heads, c.hidden_size,
+                           c.intermediate_size)
+    a = Arena("ABUF", cfg.abuf.bytes)
+    r = Arena("RBUF", cfg.rbuf.bytes)
+    w = Arena("WBUF", cfg.wbuf.bytes, 256)
+    p = Arena("PBUF", cfg.pbuf.bytes, 8)
+    plan = {"r_stride": 4 * d, "h_stride": d, "logit_stride": 4 * vocab_pad}
+    plan["h"] = a.take(rows * d, "normed rows")
+    plan["q8"] = a.take(rows * H * hd, "queries")
+    plan["k8"] = a.take(rows * kvh * hd, "new keys")
+    plan["v8"] = a.take(rows * kvh * hd, "new values")
+    plan["probs"] = a.take(rows * L, "attention weights")
+    plan["ctx"] = a.take(rows * H * hd, "attention context")
+    plan["m"] = a.take(rows * f, "MLP hidden rows")
+    plan["r"] = r.take(rows * 4 * d, "the residual stream")
+    top = r.mark()  # attention and MLP temporaries share what follows
+    plan["q32"] = r.take(rows * 4 * H * hd, "INT32 queries")
+    plan["k32"] = r.take(rows * 4 * kvh * hd, "INT32 keys")
+    plan["scores"] = r.take(rows * 4 * L, "attention scores")
+    plan["pv"] = r.take(rows * 4 * hd, "P.V accumulators")
+    plan["recip"] = r.take(rows * 4, "softmax reciprocals")
+    r.reset(top)
+    plan["g32"] = r.take(rows * 4 * f, "INT32 gate / fc1 rows")
+    plan["u32"] = r.take(rows * 4 * f, "INT32 up rows")
+    plan["a32"] = r.take(rows * 4 * f, "activated gate rows")
+    r.reset(top)
+    plan["logits"] = r.take(rows * 4 * vocab_pad, "logits")
+    plan["wslot"] = (w.take(slot, "weight slot 0"), w.take(slot, "weight slot 1"))
+    plan["ktile"] = w.take(ktile, "key tile")
+    plan["vtile"] = w.take(vtile, "value tile")
+    blob = _largest_param_blob(qm)
+    plan["pslot"] = (p.take(blob, "layer parameters (even)"), p.take(blob, "layer parameters (odd)"))
+    plan["rope"] = p.take(rows * rope_row, "RoPE rows")
+    return plan
+
+
+def _largest_param_blob(qm: QModel) -> int:
+    sizes = [len(_layer_blob(layer, {})) for layer in qm.layers]
+    head = 8 * qm.lm_head.n_out + align(6 * qm.config.hidden_size + 8, 8)
+    return align(max(sizes + [head]), 8)

@@ -1,0 +1,330 @@
+"""The quantised model: every integer parameter the programs use, and its numpy reference.
+
+:func:`build_qmodel` turns a float IR plus calibrated activation ranges into a :class:`QModel`:
+packed low-bit weights, per-channel requantisation records, norm gains, and the multipliers of
+every special function. :func:`qforward` executes that integer model directly with the contract's
+numerics (no ISA, no buffers): the compiled programs run on the golden simulator must give
+exactly its logits and KV cache. The dataflow, per block (docs/compiler.md):
+
+    r (INT32 residual) -> norm -> h (INT8) -> q/k/v projections -> RoPE -> K/V cache (INT8)
+      -> scores = q.K^T (INT32) -> deferred softmax -> P.V -> x R -> ctx (INT8)
+      -> o projection added into r -> norm -> MLP -> down projection added into r
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flightllm.contract import numerics as nm
+
+from .ir import ModelConfig, TransformerIR
+from .quantize import QuantWeight, quantize_weight
+
+__all__ = ["QLinear", "QNorm", "QLayer", "QModel", "QuantRecipe", "build_qmodel", "qforward",
+           "KVState", "RESIDUAL_BITS", "WIDE_BITS"]
+
+#: The residual stream uses this many bits of INT32 at its calibrated maximum (headroom to the
+#: norm's 24-bit input saturation).
+RESIDUAL_BITS = 22
+#: INT32 intermediates (pre-RoPE q/k, SwiGLU gate/up, GELU input, logits) use this many bits.
+WIDE_BITS = 20
+
+
+@dataclass
+class QuantRecipe:
+    """How to quantise: bits and N:16 sparsity per matrix kind (``q k v o gate up down fc1
+    fc2 lm_head``), group multipliers on or off."""
+
+    weight_bits: int = 8
+    bits: dict[str, int] = field(default_factory=dict)
+    sparsity: dict[str, int] = field(default_factory=dict)
+    group_scales: bool = True
+
+    def bits_for(self, kind: str) -> int:
+        return self.bits.get(kind, self.weight_bits)
+
+    def sparsity_for(self, kind: str) -> int:
+        return self.sparsity.get(kind, 16)
+
+
+@dataclass
+class QLinear:
+    """A quantised projection and how its accumulators leave the engine.
+
+    ``out`` is "q8" (INT8 at ``s_out``), "q32" (INT32 at ``s_out``, or added into the residual
+    when ``residual``) or "acc32"; ``bias``/``mult``/``shift`` are the per-channel records.
+    """
+
+    weight: QuantWeight
+    s_in: float
+    s_out: float
+    out: str
+    bias: np.ndarray
+    mult: np.ndarray
+    shift: np.ndarray
+    relu: bool = False
+    residual: bool = False
+
+    @property
+    def n_out(self) -> int:
+        return self.weight.q.shape[0]
+
+    def apply(self, x: np.ndarray, resid: np.ndarray | None = None) -> np.ndarray:
+        """Integer semantics of the matrix engine's output stage for INT8 rows ``x``."""
+        k = self.weight.q.shape[1]
+        xp = np.zeros((x.shape[0], k), dtype=np.int64)
+        xp[:, :x.shape[1]] = x
+        acc = xp @ self.weight.dequantized.T
+        y = nm.requantize(acc + self.bias, self.mult, self.shift,
+                          out_bits=8 if self.out == "q8" else 32, relu=self.relu)
+        if self.residual:
+            y = nm.sat32(y + resid)
+        return y
+
+
+@dataclass
+class QNorm:
+    kind: str  # "rms" or "layer"
+    gamma: np.ndarray
+    beta: np.ndarray | None
+    shift: int
+    eps: int
+    s_out: float
+
+    def apply(self, r: np.ndarray) -> np.ndarray:
+        fn = nm.rmsnorm if self.kind == "rms" else nm.layernorm
+        return nm.sat8(fn(r, self.gamma, self.shift, self.eps, self.beta))
+
+
+@dataclass
+class QLayer:
+    norm1: QNorm
+    q: QLinear
+    k: QLinear
+    v: QLinear
+    o: QLinear
+    norm2: QNorm
+    mlp: dict[str, QLinear]
+    s_q: float
+    s_k: float
+    s_v: float
+    s_ctx: float
+    rope_q: tuple[int, int] | None  # (m1, s1) INT32 q -> INT8 q after rotation
+    rope_k: tuple[int, int] | None
+    softmax: tuple[int, int]  # (m1, s1)
+    ctx: tuple[int, int, int]  # MUL rowscalar (s1, m2, s2)
+    act: tuple[int, int, int, int] | None  # (m1, s1, m2, s2) of SILU or GELU
+    gate_mul: tuple[int, int, int] | None  # MUL (s1, m2, s2) of act(gate) * up
+
+
+@dataclass
+class QModel:
+    config: ModelConfig
+    recipe: QuantRecipe
+    s_resid: float
+    layers: list[QLayer]
+    final_norm: QNorm
+    lm_head: QLinear
+    embed: np.ndarray  # float32 [vocab, hidden]; the host embeds tokens
+    pos_embed: np.ndarray | None
+    max_len: int
+
+    def embed_tokens(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The host's part: INT32 residual rows for ``tokens`` at ``positions``."""
+        x = self.embed[tokens].astype(np.float64)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[positions + self.config.position_offset]
+        lim = (1 << (nm.NORM_INPUT_BITS - 1)) - 1
+        return np.clip(np.round(x / self.s_resid), -lim, lim).astype(np.int64)
+
+    def rope_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return nm.rope_table(positions, self.config.head_dim, self.config.rope_theta)
+
+
+# --------------------------------------------------------------------------- building
+def _records(w: QuantWeight, s_in: float, s_out: float, bias: np.ndarray | None):
+    n = w.q.shape[0]
+    mult = np.zeros(n, dtype=np.int64)
+    shift = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        mult[i], shift[i] = nm.quantize_multiplier(s_in * w.scale[i] / s_out) \
+            if w.scale[i] > 0 else (0, 0)
+    b = np.zeros(n, dtype=np.int64)
+    if bias is not None:
+        step = s_in * w.scale[:len(bias)]
+        b[:len(bias)] = np.where(step > 0, np.round(bias / np.where(step > 0, step, 1)), 0)
+        b = np.clip(b, nm.INT32_MIN, nm.INT32_MAX)
+    return b, mult, shift
+
+
+def _linear(weight, bias, kind, recipe, s_in, s_out, out, **kw) -> QLinear:
+    bits = recipe.bits_for(kind)
+    qw = quantize_weight(weight, bits, sparsity=recipe.sparsity_for(kind),
+                         group_scales=recipe.group_scales)
+    b, mult, shift = _records(qw, s_in, s_out, bias)
+    return QLinear(qw, s_in, s_out, out, b, mult, shift, **kw)
+
+
+def _norm(kind: str, weight, bias, eps: float, s_in: float, s_out: float) -> QNorm:
+    g = np.asarray(weight, dtype=np.float64) / s_out
+    top = float(np.max(np.abs(g))) or 1.0
+    shift = int(min(max(math.floor(math.log2(32767 / top)), 0), 30))
+    gamma = np.round(g * 2.0**shift).astype(np.int64)
+    beta = None
+    if bias is not None:
+        beta = np.clip(np.round(np.asarray(bias, np.float64) / s_out * 2.0**shift),
+                       nm.INT32_MIN, nm.INT32_MAX).astype(np.int64)
+    return QNorm(kind, gamma, beta, shift, int(min(round(eps / s_in**2), nm.INT32_MAX)), s_out)
+
+
+def _scale8(amax: float) -> float:
+    return max(amax, 1e-8) / 127.0
+
+
+def _scale_wide(amax: float, bits: int = WIDE_BITS) -> float:
+    return max(amax, 1e-8) / float(1 << bits)
+
+
+def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecipe, *,
+                 max_len: int) -> QModel:
+    """Quantise ``ir`` with activation ranges (max |value| per point, from calibration)."""
+    cfg = ir.config
+    s_r = _scale_wide(ranges["resid"], RESIDUAL_BITS)
+    layers = []
+    for i, t in ir.layers():
+        def rng(key):
+            return ranges[f"layers.{i}.{key}"]
+        s_h1, s_h2 = _scale8(rng("h1")), _scale8(rng("h2"))
+        s_q, s_k, s_v, s_ctx = (_scale8(rng(k)) for k in ("q", "k", "v", "ctx"))
+        rope = cfg.position == "rope"
+        s_q32 = _scale_wide(rng("q_pre")) if rope else s_q
+        s_k32 = _scale_wide(rng("k_pre")) if rope else s_k
+        norm1 = _norm(cfg.norm, t["attn_norm.weight"], t.get("attn_norm.bias"), cfg.norm_eps,
+                      s_r, s_h1)
+        q = _linear(t["q.weight"], t.get("q.bias"), "q", recipe, s_h1, s_q32,
+                    "q32" if rope else "q8")
+        k = _linear(t["k.weight"], t.get("k.bias"), "k", recipe, s_h1, s_k32,
+                    "q32" if rope else "q8")
+        v = _linear(t["v.weight"], t.get("v.bias"), "v", recipe, s_h1, s_v, "q8")
+        o = _linear(t["o.weight"], t.get("o.bias"), "o", recipe, s_ctx, s_r, "q32",
+                    residual=True)
+        norm2 = _norm(cfg.norm, t["mlp_norm.weight"], t.get("mlp_norm.bias"), cfg.norm_eps,
+                      s_r, s_h2)
+        s_m = _scale8(rng("mlp_hidden"))
+        act = gate_mul = None
+        if cfg.gated_mlp:
+            s_g, s_u = _scale_wide(rng("gate")), _scale_wide(rng("up"))
+            mlp = {"gate": _linear(t["gate.weight"], t.get("gate.bias"), "gate", recipe,
+                                   s_h2, s_g, "q32"),
+                   "up": _linear(t["up.weight"], t.get("up.bias"), "up", recipe, s_h2, s_u,
+                                 "q32")}
+            # act(gate) stays at the gate's INT32 scale; the product comes down to INT8.
+            act = (*nm.quantize_multiplier(s_g * (1 << nm.ACT_FRAC_BITS)), 1 << 14, 14)
+            gate_mul = (WIDE_BITS, *nm.quantize_multiplier(s_g * s_u * 2.0**WIDE_BITS / s_m))
+            down_kind, up_key = "down", "down"
+        elif cfg.activation == "relu":
+            mlp = {"fc1": _linear(t["fc1.weight"], t.get("fc1.bias"), "fc1", recipe, s_h2,
+                                  s_m, "q8", relu=True)}
+            down_kind, up_key = "fc2", "fc2"
+        else:
+            s_f = _scale_wide(rng("fc1"))
+            mlp = {"fc1": _linear(t["fc1.weight"], t.get("fc1.bias"), "fc1", recipe, s_h2,
+                                  s_f, "q32")}
+            act = (*nm.quantize_multiplier(s_f * (1 << nm.ACT_FRAC_BITS)),
+                   *nm.quantize_multiplier(s_f / s_m))
+            down_kind, up_key = "fc2", "fc2"
+        mlp[up_key] = _linear(t[f"{down_kind}.weight"], t.get(f"{down_kind}.bias"), down_kind,
+                              recipe, s_m, s_r, "q32", residual=True)
+        soft = nm.quantize_multiplier(s_q * s_k / math.sqrt(cfg.head_dim) * math.log2(math.e)
+                                      * (1 << nm.EXP2_FRAC_BITS))
+        # ctx = (P.V) * R / 2**37 in units of s_v: keep 8 fraction bits, then rescale to s_ctx.
+        ctx = (29, *nm.quantize_multiplier(s_v / 2.0**8 / s_ctx))
+        layers.append(QLayer(
+            norm1=norm1, q=q, k=k, v=v, o=o, norm2=norm2, mlp=mlp, s_q=s_q, s_k=s_k, s_v=s_v,
+            s_ctx=s_ctx, rope_q=nm.quantize_multiplier(s_q32 / s_q) if rope else None,
+            rope_k=nm.quantize_multiplier(s_k32 / s_k) if rope else None, softmax=soft,
+            ctx=ctx, act=act, gate_mul=gate_mul))
+    s_f = _scale8(ranges["final_h"])
+    final_bias = ir.tensor("final_norm.bias") if cfg.norm == "layer" else None
+    final = _norm(cfg.norm, ir.tensor("final_norm.weight"), final_bias, cfg.norm_eps, s_r, s_f)
+    head = _linear(ir.lm_head_weight(), None, "lm_head", recipe, s_f,
+                   _scale_wide(ranges["logits"]), "q32")
+    pos = ir.tensor("pos_embed.weight") if cfg.position == "learned" else None
+    return QModel(cfg, recipe, s_r, layers, final, head, ir.tensor("embed.weight"), pos,
+                  max_len)
+
+
+# --------------------------------------------------------------------------- reference
+@dataclass
+class KVState:
+    """The INT8 key/value cache per layer: ``[max_len, kv_heads, head_dim]``."""
+
+    keys: list[np.ndarray]
+    values: list[np.ndarray]
+
+    @classmethod
+    def empty(cls, qm: QModel) -> KVState:
+        shape = (qm.max_len, qm.config.num_kv_heads, qm.config.head_dim)
+        return cls([np.zeros(shape, np.int64) for _ in qm.layers],
+                   [np.zeros(shape, np.int64) for _ in qm.layers])
+
+
+def _rope(x32: np.ndarray, qm: QModel, positions, heads: int, m1: int, s1: int):
+    cos, sin = qm.rope_rows(positions)
+    return nm.sat8(nm.rope(x32, cos, sin, m1, s1, group=qm.config.head_dim,
+                           interleaved=qm.config.rope_interleaved)).reshape(len(positions), heads,
+                                                                             -1)
+
+
+def qforward(qm: QModel, tokens, pos: int, kv: KVState) -> np.ndarray:
+    """Run ``tokens`` at positions ``pos..`` through the integer model; ``kv`` grows in place.
+
+    Returns:
+        INT32 logits ``[len(tokens), vocab]`` (real logits are these times ``lm_head.s_out``).
+    """
+    cfg = qm.config
+    tokens = np.asarray(tokens, dtype=np.int64)
+    seq = len(tokens)
+    positions = np.arange(pos, pos + seq)
+    if pos + seq > qm.max_len:
+        raise ValueError(f"positions up to {pos + seq} exceed the build's max_len {qm.max_len}")
+    H, G, hd, kvh = cfg.num_heads, cfg.group_size, cfg.head_dim, cfg.num_kv_heads
+    r = qm.embed_tokens(tokens, positions)
+    for li, layer in enumerate(qm.layers):
+        h = layer.norm1.apply(r)
+        if layer.rope_q is not None:
+            q = _rope(layer.q.apply(h)[:, :H * hd], qm, positions, H, *layer.rope_q)
+            k = _rope(layer.k.apply(h)[:, :kvh * hd], qm, positions, kvh, *layer.rope_k)
+        else:
+            q = layer.q.apply(h)[:, :H * hd].reshape(seq, H, hd)
+            k = layer.k.apply(h)[:, :kvh * hd].reshape(seq, kvh, hd)
+        v = layer.v.apply(h)[:, :kvh * hd].reshape(seq, kvh, hd)
+        kv.keys[li][pos:pos + seq] = k
+        kv.values[li][pos:pos + seq] = v
+        n = pos + seq
+        ctx = np.zeros((seq, H * hd), dtype=np.int64)
+        causal = np.arange(n)[None, :] <= positions[:, None]
+        for head in range(H):
+            keys = kv.keys[li][:n, head // G]          # [n, hd]
+            scores = q[:, head] @ keys.T               # [seq, n]
+            p, recip = nm.softmax_deferred(scores, *layer.softmax, valid=causal)
+            pv = p @ kv.values[li][:n, head // G]      # [seq, hd]
+            ctx[:, head * hd:(head + 1) * hd] = nm.sat8(nm.mul(pv, recip, *layer.ctx))
+        r = layer.o.apply(ctx, r)
+        h2 = layer.norm2.apply(r)
+        if cfg.gated_mlp:
+            g = layer.mlp["gate"].apply(h2)
+            u = layer.mlp["up"].apply(h2)
+            a = nm.sat32(nm.activation(g, cfg.activation, *layer.act))
+            m = nm.sat8(nm.mul(a, u, *layer.gate_mul))
+            r = layer.mlp["down"].apply(m, r)
+        elif layer.act is None:
+            r = layer.mlp["fc2"].apply(layer.mlp["fc1"].apply(h2), r)
+        else:
+            f = layer.mlp["fc1"].apply(h2)
+            m = nm.sat8(nm.activation(f, cfg.activation, *layer.act))
+            r = layer.mlp["fc2"].apply(m, r)
+    return qm.lm_head.apply(qm.final_norm.apply(r))[:, :cfg.vocab_size]

@@ -1,0 +1,133 @@
+"""The build directory: complete, deterministic, atomic, verified on load; CLI compile/simulate."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from flightllm.cli import main
+from flightllm.compiler import build as build_mod
+from flightllm.compiler.build import CompileOptions, compile_model
+from flightllm.compiler.frontend import load_onnx
+from flightllm.compiler.layout import CompileError
+from flightllm.compiler.sources import parse_sparsity
+from flightllm.contract.config import preset
+from flightllm.host.build import BuildError, load_build
+
+from .conftest import MODEL_DIR
+
+LLAMA = MODEL_DIR / "llama_dynamo_op18.onnx"
+OPTS = CompileOptions(max_len=32, calibration_sequences=1)
+
+
+def files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_rebuild_is_byte_identical_but_for_timings(tmp_path):
+    ir = load_onnx(LLAMA)
+    compile_model(ir, preset("tiny"), tmp_path / "a", OPTS)
+    compile_model(load_onnx(LLAMA), preset("tiny"), tmp_path / "b", OPTS)
+    a, b = files(tmp_path / "a"), files(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for name in a:
+        if name == "report.json":
+            ra, rb = (json.loads(x) for x in (a[name], b[name]))
+            for r in (ra, rb):
+                r.pop("compile_seconds"), r.pop("timings")
+            assert ra == rb
+        else:
+            assert a[name] == b[name], name
+
+
+def test_manifest_describes_programs_tensors_and_io(tmp_path):
+    compile_model(load_onnx(LLAMA), preset("tiny"), tmp_path / "b", OPTS)
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert m["config_hash"] == preset("tiny").config_hash()
+    phases = {p["phase"]: p for p in m["programs"]}
+    assert phases["decode"]["kv"] == [1, 32] and phases["prefill"]["seq"][0] == 1
+    names = {t["name"] for t in m["tensors"]}
+    assert "layers.0.k_cache" in names and "rope_table" in names
+    assert any(n.startswith("layers.1.down.chunk") for n in names)
+    # Every channel the core has holds weights: striping makes all of them stream.
+    weight = [t for t in m["tensors"] if t["dtype"] == "blocks"]
+    assert {c for t in weight for c in t["channels"]} == set(range(2))
+
+
+def test_failed_compile_leaves_no_directory(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(build_mod, "encode_program", boom)
+    with pytest.raises(RuntimeError):
+        compile_model(load_onnx(LLAMA), preset("tiny"), tmp_path / "b", OPTS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_rebuild_keeps_the_old_build(tmp_path, monkeypatch):
+    compile_model(load_onnx(LLAMA), preset("tiny"), tmp_path / "b", OPTS)
+    before = files(tmp_path / "b")
+    monkeypatch.setattr(build_mod.Path, "write_bytes", lambda *a: (_ for _ in ()).throw(
+        OSError("disk full")))
+    with pytest.raises(OSError):
+        compile_model(load_onnx(LLAMA), preset("tiny"), tmp_path / "b", OPTS)
+    monkeypatch.undo()
+    assert files(tmp_path / "b") == before
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_corrupted_build_is_refused(tmp_path):
+    compile_model(load_onnx(LLAMA), preset("tiny"), tmp_path / "b", OPTS)
+    path = tmp_path / "b" / "hbm" / "core0_ch01.bin"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(BuildError, match="core0_ch01.bin does not match its checksum"):
+        load_build(tmp_path / "b")
+    with pytest.raises(BuildError, match="not a build directory"):
+        load_build(tmp_path)
+
+
+def test_model_that_does_not_fit_is_refused_with_numbers(tmp_path):
+    with pytest.raises(CompileError, match="WBUF .* cannot hold"):
+        compile_model(load_onnx(LLAMA), preset("tiny"), tmp_path / "b",
+                      CompileOptions(max_len=4096, calibration_sequences=1))
+    assert not (tmp_path / "b").exists()
+
+
+def test_sparsity_recipes():
+    assert parse_sparsity("8")["q"] == 8 and "lm_head" not in parse_sparsity("8")
+    assert parse_sparsity("q=4,o=8") == {"q": 4, "o": 8}
+    with pytest.raises(CompileError, match="unknown projection 'qq'"):
+        parse_sparsity("qq=4")
+    with pytest.raises(CompileError, match="keeps 2, 4, 8 or 16"):
+        parse_sparsity("q=3")
+
+
+def test_cli_compile_simulate_json(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "b"
+    r = runner.invoke(main, ["compile", str(LLAMA), "--arch", "tiny", "-o", str(out),
+                             "--max-len", "32", "--weight-bits", "4", "--sparsity", "q=8,k=8",
+                             "--dump-dir", str(tmp_path / "dump")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "dump" / "lower.json").is_file() and (tmp_path / "dump" / "decode.core0.asm").is_file()
+    r = runner.invoke(main, ["simulate", str(out), "--input-ids", "1,2,3", "--decode-steps", "4",
+                             "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert len(data["tokens"]) == 5 and len(data["logits"]) == 5
+    assert all(int(np.argmax(row)) == t for t, row in zip(data["tokens"], data["logits"]))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["compile", "missing.onnx", "-o", "X"], "no such ONNX file"),
+    (["compile", "llama9", "-o", "X"], "is not an .onnx file"),
+    (["compile", str(LLAMA), "-o", "X", "--arch", "nope"], "neither a preset"),
+    (["simulate", "nowhere", "--input-ids", "1"], "not a build directory"),
+])
+def test_cli_errors_exit_nonzero(tmp_path, args, needle):
+    args = [a.replace("X", str(tmp_path / "x")) for a in args]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and needle in r.output
+    assert not (tmp_path / "x").exists()
