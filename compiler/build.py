@@ -37,7 +37,7 @@ from flightllm.contract.isa import ISA_VERSION, encode, encode_program, isa_hash
 from .calibrate import calibrate, calibrate_channels, default_calibration_tokens
 from .ir import TransformerIR, check
 from .layout import CompileError
-from .lower import Lowered, lower
+from .lower import Lowered, Lowerer
 from .qmodel import QModel, QuantRecipe, build_qmodel
 from .report import program_report
 from .smooth import smooth
@@ -77,13 +77,18 @@ def _step_calibrate(state):
 
 
 def _step_quantize(state):
+    # Quantisation streams into placement: each projection's bytes go to the HBM images as
+    # soon as it is packed, and its arrays are dropped (a 7B model never sits in memory).
     opts = state["opts"]
     recipe = QuantRecipe(weight_bits=opts.weight_bits, sparsity=dict(opts.sparsity))
-    state["qmodel"] = build_qmodel(state["ir"], state["ranges"], recipe, max_len=opts.max_len)
+    lowerer = Lowerer(state["ir"].config, state["config"], opts.max_len)
+    state["qmodel"] = build_qmodel(state["ir"], state["ranges"], recipe, max_len=opts.max_len,
+                                   sink=lowerer.place)
+    state["lowerer"] = lowerer
 
 
 def _step_lower(state):
-    state["lowered"] = lower(state["qmodel"], state["config"], chunk=state["opts"].chunk)
+    state["lowered"] = state["lowerer"].finish(state["qmodel"], state["opts"].chunk)
 
 
 #: The pipeline, in order: (name, function of the state dict).

@@ -31,10 +31,11 @@ from flightllm.contract.params import pack_norm_params, pack_requant_records, pa
 from flightllm.contract.weights import strip_bytes
 
 from .layout import Arena, CompileError, HBMImage, align
+from .ir import ModelConfig
 from .qmodel import QLinear, QModel, QNorm
 from .schedule import assign_tokens
 
-__all__ = ["Lowered", "lower"]
+__all__ = ["Lowered", "Lowerer", "lower"]
 
 _WB = {2: WeightBits.INT2, 4: WeightBits.INT4, 8: WeightBits.INT8}
 _NORM = {"rms": MiscFunc.RMSNORM, "layer": MiscFunc.LAYERNORM}
@@ -81,18 +82,15 @@ def _offset(reg: LengthReg, field: str, shift: int) -> Binding:
 class _Placer:
     """Builds the shared HBM image: weights, parameter blobs, caches, RoPE table, I/O."""
 
-    def __init__(self, qm: QModel, cfg: AcceleratorConfig, slot_bytes: int):
-        self.qm, self.cfg, self.slot = qm, cfg, slot_bytes
+    def __init__(self, cfg: AcceleratorConfig, slot_bytes: int):
+        self.cfg, self.slot = cfg, slot_bytes
         self.image = HBMImage(cfg.hbm_channels_per_core, cfg.hbm_channel_bytes)
 
     def matrix(self, name: str, lin: QLinear, lo: int, hi: int) -> _Matrix:
         """Place strips ``[lo, hi)`` of ``lin`` on this core's channels."""
         w = lin.weight
-        kb = w.q.shape[1] // 16
-        codes = [16] * kb if w.codes is None else list(w.codes[0])
-        if w.codes is not None and not (w.codes == w.codes[0, 0]).all():
-            raise CompileError(f"{name}: mixed N:16 codes within one matrix are not placed yet")
-        sb = strip_bytes(codes, w.bits, w.mult is not None, w.codes is not None)
+        kb = w.padded[1] // 16
+        sb = strip_bytes([w.keep] * kb, w.bits, w.has_mult, w.sparse)
         nch = self.cfg.hbm_channels_per_core
         per_chunk = (self.slot // sb) // nch * nch or self.slot // sb
         if per_chunk == 0:
@@ -162,10 +160,11 @@ class _Program:
             self.slot_flip ^= 1
             self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=slot, chan=0, nch=mat.nch,
                       ch_stride=part, hbm_addr=hbm, len=part, n1=1, n2=1)
-            fields = dict(w_addr=slot, wbits=_WB[w.bits], sparse=int(w.codes is not None),
-                          gscale=int(w.mult is not None), n_strips=count,
-                          k_blocks=w.q.shape[1] // 16, x_addr=x_addr, out_mode=mode,
-                          out_addr=out_addr + 16 * first * esize, p_addr=p_addr + 128 * first,
+            fields = dict(w_addr=slot, wbits=_WB[w.bits], sparse=int(w.sparse),
+                          gscale=int(w.has_mult), n_strips=count,
+                          k_blocks=w.padded[1] // 16, x_addr=x_addr, out_mode=mode,
+                          out_addr=out_addr + 16 * first * esize,
+                          p_addr=p_addr + 128 * (first - mat.lo),
                           residual=int(lin.residual), relu=int(lin.relu))
             if self.prefill:
                 self.emit(Opcode.MM, m_rows=self.rows, x_stride=x_stride, out_stride=out_stride,
@@ -207,7 +206,7 @@ class _Program:
         self.norm(qm.final_norm, P["pslot"][0] + P["final_norm"], P["r"], P["h"])
         head = P["mats"]["lm_head"][self.core]
         self.matmul(head, P["h"], P["h_stride"], P["logits"], P["logit_stride"],
-                    P["pslot"][0] + P["final_head"])
+                    P["pslot"][0] + P["final_head"][self.core])
         self.gather(Buffer.RBUF, P["logits"], P["logit_stride"], 64 * head.lo,
                     64 * (head.hi - head.lo))
         if self.core:
@@ -223,7 +222,7 @@ class _Program:
         P, c = self.plan, self.qm.config
         blob = self.io["layer_params"][li]
         pbase = P["pslot"][li % 2]
-        offs = P["param_offsets"]
+        offs = P["param_offsets"][self.core]
         self.emit(Opcode.LD, buf=Buffer.PBUF, buf_addr=pbase, chan=blob.channels[0],
                   hbm_addr=blob.offset, len=blob.part_bytes, n1=1, n2=1)
         mats = {k: v[self.core] for k, v in P["mats"].items()}
@@ -325,7 +324,7 @@ class _Program:
 
     def mlp(self, li: int, layer, pbase: int, mats) -> None:
         P, c = self.plan, self.qm.config
-        offs = P["param_offsets"]
+        offs = P["param_offsets"][self.core]
         f = c.intermediate_size
         first = mats[f"{li}.gate" if c.gated_mlp else f"{li}.fc1"]
         lo, n = 16 * first.lo, 16 * (first.hi - first.lo)  # this core's hidden columns
@@ -361,120 +360,164 @@ class _Program:
         self.residual_matmul(mats[f"{li}.{down}"], P["m"], f, pbase + offs[down])
 
 
-def _layer_blob(layer, offsets: dict) -> bytes:
+def _records(lin: QLinear, lo: int, hi: int) -> bytes:
+    rows = slice(16 * lo, 16 * hi)
+    return pack_requant_records(lin.bias[rows], lin.mult[rows], lin.shift[rows])
+
+
+def _layer_blob(layer, offsets: dict, mats: dict, li: int, core: int) -> bytes:
+    """One core's parameters of one block: its strips' records, then both norms."""
     blob = bytearray()
     for key, lin in [("q", layer.q), ("k", layer.k), ("v", layer.v), ("o", layer.o),
                      *layer.mlp.items()]:
         offsets[key] = len(blob)
-        blob += pack_requant_records(lin.bias, lin.mult, lin.shift)
+        mat = mats[f"{li}.{key}"][core]
+        blob += _records(lin, mat.lo, mat.hi)
     for key, qn in (("norm1", layer.norm1), ("norm2", layer.norm2)):
         offsets[key] = align(len(blob), 8)
         blob += bytes(offsets[key] - len(blob)) + pack_norm_params(qn.gamma, qn.beta)
     return bytes(blob)
 
 
-def _matrices(qm: QModel):
-    """Every projection by program key, with how its strips split over cores: "heads" (q, k,
-    v follow the cores' KV heads) or "even"."""
-    c = qm.config
-    for li, layer in enumerate(qm.layers):
-        yield f"{li}.q", f"layers.{li}.q", layer.q, c.group_size
-        yield f"{li}.k", f"layers.{li}.k", layer.k, 1
-        yield f"{li}.v", f"layers.{li}.v", layer.v, 1
-        for key, lin in [("o", layer.o), *layer.mlp.items()]:
-            yield f"{li}.{key}", f"layers.{li}.{key}", lin, None
-    yield "lm_head", "lm_head", qm.lm_head, None
+class Lowerer:
+    """Lowering in two phases, so a full-size model streams: :meth:`place` each projection
+    as soon as it is quantised (its bytes go to the HBM images, then it is released), then
+    :meth:`finish` emits the programs from what is left (scales, records, sizes)."""
+
+    def __init__(self, model: ModelConfig, cfg: AcceleratorConfig, max_len: int):
+        for name, value in (("head_dim", model.head_dim), ("hidden_size", model.hidden_size),
+                            ("intermediate_size", model.intermediate_size)):
+            if value % 16:
+                raise CompileError(f"model {name} = {value} is not a multiple of 16")
+        if max_len % 16:
+            raise CompileError(f"max_len {max_len} is not a multiple of 16")
+        self.model, self.cfg, self.max_len = model, cfg, max_len
+        self.ktile = self.vtile = max_len * model.head_dim
+        self.slot = (cfg.wbuf.bytes - 2 * self.ktile) // 2 // 256 * 256
+        if self.slot <= 0:
+            raise CompileError(f"WBUF ({cfg.wbuf.bytes} bytes) cannot hold the K and V tiles "
+                               f"of max_len {max_len} (2 x {self.ktile} bytes)")
+        self.placers = [_Placer(cfg, self.slot) for _ in range(cfg.cores)]
+        self.mats: dict[str, list[_Matrix]] = {}
+
+    def place(self, name: str, lin: QLinear, *, release: bool = True) -> None:
+        """Place projection ``name`` (``layers.<i>.<kind>`` or ``lm_head``) on every core."""
+        c, cores = self.model, self.cfg.cores
+        kind = name.rsplit(".", 1)[-1]
+        key = name.removeprefix("layers.")
+        strips = lin.weight.padded[0] // 16
+        self.mats[key] = []
+        for core, placer in enumerate(self.placers):
+            if kind in ("q", "k", "v"):  # the rows of this core's heads
+                g_lo, g_hi = _split(c.num_kv_heads, cores, core)
+                per = c.group_size if kind == "q" else 1
+                lo, hi = (g * per * c.head_dim // 16 for g in (g_lo, g_hi))
+            else:
+                lo, hi = _split(strips, cores, core)
+            self.mats[key].append(placer.matrix(name, lin, lo, hi))
+        if release:
+            lin.weight.release()
+
+    def finish(self, qm: QModel, chunk: int | None = None) -> Lowered:
+        """The programs and the rest of the HBM image, once every projection is placed."""
+        missing = [n for n in _matrix_names(qm) if n.removeprefix("layers.") not in self.mats]
+        if missing:
+            raise AssertionError(f"projections never placed: {missing[:3]}")
+        c, cfg, L = qm.config, self.cfg, self.max_len
+        hd, kvh = c.head_dim, c.num_kv_heads
+        # Each core's parameter blobs hold the records of its own output strips only.
+        offsets, blobs, finals, head_offs = [], [], [], []
+        fin_norm = pack_norm_params(qm.final_norm.gamma, qm.final_norm.beta)
+        for core in range(cfg.cores):
+            offs: dict[str, int] = {}
+            blobs.append([_layer_blob(layer, offs, self.mats, li, core)
+                          for li, layer in enumerate(qm.layers)])
+            offsets.append(offs)
+            head = self.mats["lm_head"][core]
+            head_offs.append(align(len(fin_norm), 8))
+            finals.append(fin_norm + bytes(head_offs[-1] - len(fin_norm))
+                          + _records(qm.lm_head, head.lo, head.hi))
+        rope_row = 1 << max(2 * hd - 1, 1).bit_length()  # 2*hd bytes, padded to a power of 2
+        table = None
+        if c.position == "rope":
+            cos, sin = qm.rope_rows(list(range(L)))
+            rows = pack_rope_rows(cos, sin)
+            table = b"".join(rows[i * 2 * hd:(i + 1) * 2 * hd].ljust(rope_row, b"\0")
+                             for i in range(L))
+        vocab_pad = qm.lm_head.n_out
+        chunk = chunk or _default_chunk(cfg, qm)
+        ios = []
+        for core, placer in enumerate(self.placers):
+            image = placer.image
+            g_lo, g_hi = _split(kvh, cfg.cores, core)
+            io: dict = {"k_cache": [], "v_cache": [], "kv_heads": [g_lo, g_hi]}
+            # Parameters, the RoPE table and the input rows are replicated: every core
+            # normalises the whole residual and rotates its own heads.
+            io["layer_params"] = [image.place(f"layers.{li}.params", blob, dtype="params",
+                                              shape=(len(blob),))
+                                  for li, blob in enumerate(blobs[core])]
+            for li in range(len(qm.layers)):
+                for kind in ("k_cache", "v_cache"):
+                    io[kind].append(image.place(
+                        f"layers.{li}.{kind}", bytes((g_hi - g_lo) * hd * L), dtype="int8",
+                        shape=(g_hi - g_lo, hd // 16, L, 16), reserve_only=True))
+            if table is not None:
+                io["rope"] = image.place("rope_table", table, dtype="int16",
+                                         shape=(L, rope_row // 2))
+            io["final"] = image.place("final.params", finals[core], dtype="params",
+                                      shape=(len(finals[core]),))
+            io["input"] = image.place("input", bytes(4 * c.hidden_size * chunk), dtype="int32",
+                                      shape=(chunk, c.hidden_size), reserve_only=True)
+            if core == 0:  # core 0 stores the gathered logits
+                io["logits"] = image.place("logits", bytes(4 * vocab_pad * chunk),
+                                           dtype="int32", shape=(chunk, vocab_pad),
+                                           reserve_only=True)
+            ios.append(io)
+        progs = {}
+        for phase, rows in (("prefill", chunk), ("decode", 1)):
+            blob = max(len(b) for b in [*finals, *(x for core in blobs for x in core)])
+            plan = _onchip(cfg, qm, rows, self.slot, self.ktile, self.vtile, rope_row,
+                           vocab_pad, align(blob, 8))
+            plan.update(mats=self.mats, io=ios, param_offsets=offsets, final_norm=0,
+                        final_head=head_offs, in_row=4 * c.hidden_size, rope_row=rope_row,
+                        rope_shift=rope_row.bit_length() - 1)
+            regs = {LengthReg.SEQ: rows, LengthReg.KV: L, LengthReg.POS: L - 1}
+            progs[phase] = [assign_tokens(_Program(qm, cfg, rows, phase == "prefill", plan,
+                                                   core).build(), regs)
+                            for core in range(cfg.cores)]
+        return Lowered(progs["prefill"], progs["decode"], chunk,
+                       [p.image for p in self.placers], ios)
+
+
+def _matrix_names(qm: QModel) -> list[str]:
+    names = [f"layers.{li}.{key}" for li, layer in enumerate(qm.layers)
+             for key in ("q", "k", "v", "o", *layer.mlp)]
+    return names + ["lm_head"]
 
 
 def lower(qm: QModel, cfg: AcceleratorConfig, *, chunk: int | None = None) -> Lowered:
-    """Lower a quantised model for every core of ``cfg``."""
-    c = qm.config
-    for name, value in (("head_dim", c.head_dim), ("hidden_size", c.hidden_size),
-                        ("intermediate_size", c.intermediate_size)):
-        if value % 16:
-            raise CompileError(f"model {name} = {value} is not a multiple of 16")
-    L, hd, kvh = qm.max_len, c.head_dim, c.num_kv_heads
-    if L % 16:
-        raise CompileError(f"max_len {L} is not a multiple of 16")
-    wbuf = cfg.wbuf.bytes
-    ktile = vtile = L * hd
-    slot = (wbuf - ktile - vtile) // 2 // 256 * 256
-    if slot <= 0:
-        raise CompileError(f"WBUF ({wbuf} bytes) cannot hold the K and V tiles of max_len {L}")
-    placers = [_Placer(qm, cfg, slot) for _ in range(cfg.cores)]
-    mats: dict[str, list[_Matrix]] = {}
-    for key, name, lin, per_head in _matrices(qm):
-        strips = lin.weight.q.shape[0] // 16
-        mats[key] = []
-        for core, placer in enumerate(placers):
-            if per_head is None:
-                lo, hi = _split(strips, cfg.cores, core)
-            else:  # q, k, v: the rows of this core's heads
-                g_lo, g_hi = _split(kvh, cfg.cores, core)
-                lo, hi = (g * per_head * hd // 16 for g in (g_lo, g_hi))
-            mats[key].append(placer.matrix(name, lin, lo, hi))
-    offsets: dict[str, int] = {}
-    blobs = [_layer_blob(layer, offsets) for layer in qm.layers]
-    fin = pack_norm_params(qm.final_norm.gamma, qm.final_norm.beta)
-    head_off = align(len(fin), 8)
-    fin = fin + bytes(head_off - len(fin)) + pack_requant_records(
-        qm.lm_head.bias, qm.lm_head.mult, qm.lm_head.shift)
-    rope_row = 1 << max(2 * hd - 1, 1).bit_length()  # 2*hd bytes, padded to a power of two
-    table = None
-    if c.position == "rope":
-        cos, sin = qm.rope_rows(list(range(L)))
-        rows = pack_rope_rows(cos, sin)
-        table = b"".join(rows[i * 2 * hd:(i + 1) * 2 * hd].ljust(rope_row, b"\0")
-                         for i in range(L))
-    vocab_pad = qm.lm_head.weight.q.shape[0]
-    chunk = chunk or _default_chunk(cfg, qm)
-    ios = []
-    for core, placer in enumerate(placers):
-        image = placer.image
-        g_lo, g_hi = _split(kvh, cfg.cores, core)
-        io: dict = {"k_cache": [], "v_cache": [], "kv_heads": [g_lo, g_hi]}
-        # Parameters, the RoPE table and the input rows are replicated: every core normalises
-        # the whole residual and rotates its own heads.
-        io["layer_params"] = [image.place(f"layers.{li}.params", blob, dtype="params",
-                                          shape=(len(blob),)) for li, blob in enumerate(blobs)]
-        for li in range(len(qm.layers)):
-            for kind in ("k_cache", "v_cache"):
-                io[kind].append(image.place(
-                    f"layers.{li}.{kind}", bytes((g_hi - g_lo) * hd * L), dtype="int8",
-                    shape=(g_hi - g_lo, hd // 16, L, 16), reserve_only=True))
-        if table is not None:
-            io["rope"] = image.place("rope_table", table, dtype="int16", shape=(L, rope_row // 2))
-        io["final"] = image.place("final.params", fin, dtype="params", shape=(len(fin),))
-        io["input"] = image.place("input", bytes(4 * c.hidden_size * chunk), dtype="int32",
-                                  shape=(chunk, c.hidden_size), reserve_only=True)
-        if core == 0:  # core 0 stores the gathered logits
-            io["logits"] = image.place("logits", bytes(4 * vocab_pad * chunk), dtype="int32",
-                                       shape=(chunk, vocab_pad), reserve_only=True)
-        ios.append(io)
-    progs = {}
-    for phase, rows in (("prefill", chunk), ("decode", 1)):
-        plan = _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad)
-        plan.update(mats=mats, io=ios, param_offsets=offsets, final_norm=0,
-                    final_head=head_off, in_row=4 * c.hidden_size, rope_row=rope_row,
-                    rope_shift=rope_row.bit_length() - 1)
-        regs = {LengthReg.SEQ: rows, LengthReg.KV: L, LengthReg.POS: L - 1}
-        progs[phase] = [assign_tokens(_Program(qm, cfg, rows, phase == "prefill", plan,
-                                               core).build(), regs)
-                        for core in range(cfg.cores)]
-    return Lowered(progs["prefill"], progs["decode"], chunk, [p.image for p in placers], ios)
+    """Lower a quantised model (weights in memory) for every core of ``cfg``; the model keeps
+    its weights."""
+    lw = Lowerer(qm.config, cfg, qm.max_len)
+    for li, layer in enumerate(qm.layers):
+        for key, lin in [("q", layer.q), ("k", layer.k), ("v", layer.v), ("o", layer.o),
+                         *layer.mlp.items()]:
+            lw.place(f"layers.{li}.{key}", lin, release=False)
+    lw.place("lm_head", qm.lm_head, release=False)
+    return lw.finish(qm, chunk)
 
 
 def _default_chunk(cfg: AcceleratorConfig, qm: QModel) -> int:
     for chunk in (64, 32, 16, 8, 4, 2, 1):
         try:
-            _onchip(cfg, qm, chunk, 0, 0, 0, 0, qm.lm_head.weight.q.shape[0])
+            _onchip(cfg, qm, chunk, 0, 0, 0, 0, qm.lm_head.n_out, 0)
             return chunk
         except CompileError:
             continue
     raise CompileError("not even one token's activations fit the on-chip buffers")
 
 
-def _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad) -> dict:
+def _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob) -> dict:
     """Addresses of every on-chip region for ``rows`` token rows."""
     c = qm.config
     L, hd, H, kvh, d, f = (qm.max_len, c.head_dim, c.num_heads, c.num_kv_heads, c.hidden_size,
@@ -507,13 +550,6 @@ def _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad) -> dict:
     plan["wslot"] = (w.take(slot, "weight slot 0"), w.take(slot, "weight slot 1"))
     plan["ktile"] = w.take(ktile, "key tile")
     plan["vtile"] = w.take(vtile, "value tile")
-    blob = _largest_param_blob(qm)
     plan["pslot"] = (p.take(blob, "layer parameters (even)"), p.take(blob, "layer parameters (odd)"))
     plan["rope"] = p.take(rows * rope_row, "RoPE rows")
     return plan
-
-
-def _largest_param_blob(qm: QModel) -> int:
-    sizes = [len(_layer_blob(layer, {})) for layer in qm.layers]
-    head = 8 * qm.lm_head.n_out + align(6 * qm.config.hidden_size + 8, 8)
-    return align(max(sizes + [head]), 8)

@@ -70,11 +70,11 @@ class QLinear:
 
     @property
     def n_out(self) -> int:
-        return self.weight.q.shape[0]
+        return self.weight.padded[0]
 
     def apply(self, x: np.ndarray, resid: np.ndarray | None = None) -> np.ndarray:
         """Integer semantics of the matrix engine's output stage for INT8 rows ``x``."""
-        k = self.weight.q.shape[1]
+        k = self.weight.padded[1]
         xp = np.zeros((x.shape[0], k), dtype=np.int64)
         xp[:, :x.shape[1]] = x
         acc = xp @ self.weight.dequantized.T
@@ -189,9 +189,20 @@ def _scale_wide(amax: float, bits: int = WIDE_BITS) -> float:
 
 
 def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecipe, *,
-                 max_len: int) -> QModel:
-    """Quantise ``ir`` with activation ranges (max |value| per point, from calibration)."""
+                 max_len: int, sink=None) -> QModel:
+    """Quantise ``ir`` with activation ranges (max |value| per point, from calibration).
+
+    Args:
+        sink: called as ``sink(name, qlinear)`` as soon as each projection is quantised
+            (``layers.<i>.<kind>``, ``lm_head``); it may place and release the weights, so a
+            full-size model never holds more than one layer's weights.
+    """
     cfg = ir.config
+
+    def emit(name: str, lin: QLinear) -> QLinear:
+        if sink is not None:
+            sink(name, lin)
+        return lin
     s_r = _scale_wide(ranges["resid"], RESIDUAL_BITS)
     layers = []
     for i, t in ir.layers():
@@ -211,6 +222,8 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
         v = _linear(t["v.weight"], t.get("v.bias"), "v", recipe, s_h1, s_v, "q8")
         o = _linear(t["o.weight"], t.get("o.bias"), "o", recipe, s_ctx, s_r, "q32",
                     residual=True)
+        for key, lin in (("q", q), ("k", k), ("v", v), ("o", o)):
+            emit(f"layers.{i}.{key}", lin)
         norm2 = _norm(cfg.norm, t["mlp_norm.weight"], t.get("mlp_norm.bias"), cfg.norm_eps,
                       s_r, s_h2)
         s_m = _scale8(rng("mlp_hidden"))
@@ -238,6 +251,8 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
             down_kind, up_key = "fc2", "fc2"
         mlp[up_key] = _linear(t[f"{down_kind}.weight"], t.get(f"{down_kind}.bias"), down_kind,
                               recipe, s_m, s_r, "q32", residual=True)
+        for key, lin in mlp.items():
+            emit(f"layers.{i}.{key}", lin)
         soft = nm.quantize_multiplier(s_q * s_k / math.sqrt(cfg.head_dim) * math.log2(math.e)
                                       * (1 << nm.EXP2_FRAC_BITS))
         # ctx = (P.V) * R / 2**37 in units of s_v: keep 8 fraction bits, then rescale to s_ctx.
@@ -250,8 +265,8 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
     s_f = _scale8(ranges["final_h"])
     final_bias = ir.tensor("final_norm.bias") if cfg.norm == "layer" else None
     final = _norm(cfg.norm, ir.tensor("final_norm.weight"), final_bias, cfg.norm_eps, s_r, s_f)
-    head = _linear(ir.lm_head_weight(), None, "lm_head", recipe, s_f,
-                   _scale_wide(ranges["logits"]), "q32")
+    head = emit("lm_head", _linear(ir.lm_head_weight(), None, "lm_head", recipe, s_f,
+                                   _scale_wide(ranges["logits"]), "q32"))
     pos = ir.tensor("pos_embed.weight") if cfg.position == "learned" else None
     return QModel(cfg, recipe, s_r, layers, final, head, ir.tensor("embed.weight"), pos,
                   max_len)

@@ -32,16 +32,39 @@ class QuantWeight:
         shape: the unpadded [N, K].
     """
 
-    q: np.ndarray
+    q: np.ndarray | None
     mult: np.ndarray | None
     codes: np.ndarray | None
     scale: np.ndarray
     bits: int
     shape: tuple[int, int]
+    padded: tuple[int, int] = (0, 0)
+    keep: int = 16
+    has_mult: bool = False
+    nbytes: int = 0
+    _data: bytes | None = None
+
+    def __post_init__(self):
+        self.padded = tuple(self.q.shape)
+        self.keep = 16 if self.codes is None else int(self.codes.flat[0])
+        self.has_mult = self.mult is not None
+        if self.codes is not None and not (self.codes == self.keep).all():
+            raise ValueError("a matrix keeps one N:16 code for all its blocks")
+
+    @property
+    def sparse(self) -> bool:
+        return self.keep < 16
+
+    def release(self) -> None:
+        """Drop the arrays and bytes once placed; what describes the matrix stays."""
+        self.packed()
+        self.q = self.mult = self.codes = self._data = None
 
     @property
     def dequantized(self) -> np.ndarray:
         """The INT8 weights the datapath multiplies (``q * m``), padded."""
+        if self.q is None:
+            raise ValueError("the weights were released after placement")
         return self.q * (np.repeat(self.mult, 16, axis=1) if self.mult is not None else 1)
 
     def float_weight(self) -> np.ndarray:
@@ -50,12 +73,20 @@ class QuantWeight:
         return (self.dequantized * self.scale[:, None])[:n, :k]
 
     def packed(self) -> bytes:
-        return pack_matrix(self.q, self.bits, codes=self.codes, mult=self.mult)
+        """The block-format bytes (computed once)."""
+        if self._data is None:
+            if self.q is None:
+                raise ValueError("the weights were released after placement")
+            self._data = pack_matrix(self.q, self.bits, codes=self.codes, mult=self.mult)
+            self.nbytes = len(self._data)
+        return self._data
 
     @property
     def stored_bits(self) -> float:
         """Average bits per (unpadded) weight in the packed image, metadata included."""
-        return 8 * len(self.packed()) / (self.shape[0] * self.shape[1])
+        if self._data is None and self.q is not None:
+            self.packed()
+        return 8 * self.nbytes / (self.shape[0] * self.shape[1])
 
 
 def pad_to_blocks(w: np.ndarray) -> np.ndarray:

@@ -75,7 +75,7 @@ def program_report(low: Lowered, qm: QModel) -> dict:
     weights = [lin for layer in qm.layers
                for lin in (layer.q, layer.k, layer.v, layer.o, *layer.mlp.values())]
     weights.append(qm.lm_head)
-    weight_bytes = sum(len(lin.weight.packed()) for lin in weights)
+    weight_bytes = sum(lin.weight.nbytes for lin in weights)
     params = sum(lin.weight.shape[0] * lin.weight.shape[1] for lin in weights)
     waste_p, waste_d = padding_waste(prefill, prefill_lengths), padding_waste(decode,
                                                                               decode_lengths)

@@ -100,6 +100,13 @@ def pack_matrix(q: np.ndarray, bits: int, *, codes: np.ndarray | None = None,
         codes = np.asarray(codes, dtype=np.int64)
         if codes.shape != (S, K) or not np.isin(codes, SPARSITY_CODES).all():
             raise WeightFormatError(f"codes must be [{S}, {K}] with values in {SPARSITY_CODES}")
+    if codes is None or (codes == codes.flat[0]).all():
+        return _pack_uniform(q, bits, codes, mult, S, K)
+    return _pack_general(q, bits, codes, mult, S, K)
+
+
+def _pack_general(q, bits, codes, mult, S, K) -> bytes:
+    """Block by block: any mix of N per block (and the definition the fast path must equal)."""
     out = bytearray()
     for s in range(S):
         if codes is not None:
@@ -127,6 +134,46 @@ def pack_matrix(q: np.ndarray, bits: int, *, codes: np.ndarray | None = None,
                 vals = blk
             out += _pack_bits(vals, bits)
     return bytes(out)
+
+
+def _pack_uniform(q, bits, codes, mult, S, K) -> bytes:
+    """Every block keeps the same N: pack all blocks at once (same bytes as the loop below)."""
+    n = B if codes is None else int(np.asarray(codes).flat[0])
+    blocks = q.reshape(S, B, K, B).transpose(0, 2, 1, 3)  # [S, K, 16 rows, 16 cols]
+    parts = []
+    if mult is not None:
+        parts.append(_pack_rows(mult.reshape(S, B, K).transpose(0, 2, 1)[..., None] - 1, 4))
+    if n < B:
+        nz = blocks != 0
+        counts = nz.sum(axis=-1)
+        if counts.max(initial=0) > n:
+            s, k, r = np.argwhere(counts > n)[0]
+            raise WeightFormatError(f"block (strip {s}, k-block {k}) row {r} has "
+                                    f"{counts[s, k, r]} non-zeros; N:16 code allows {n}")
+        # Non-zeros first, then the lowest unused columns (stable), then ascending: the loop's
+        # choice of padding columns and order, for every row at once.
+        order = np.argsort(~nz, axis=-1, kind="stable")[..., :n]
+        idx = np.sort(order, axis=-1)
+        parts.append(_pack_rows(idx, 4))
+        vals = np.take_along_axis(blocks, idx, axis=-1)
+    else:
+        vals = blocks
+    parts.append(_pack_rows(vals, bits))
+    body = np.concatenate(parts, axis=-1)  # [S, K, bytes per block]
+    if codes is None:
+        return body.tobytes()
+    table = np.zeros((S, code_table_bytes(K, True)), dtype=np.uint8)
+    table[:, :K] = _CODE[n]
+    return np.concatenate([table, body.reshape(S, -1)], axis=1).tobytes()
+
+
+def _pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack the last two axes [.., 16, m] of fields LSB-first into bytes [.., 16*m*bits/8]."""
+    lead = values.shape[:-2]
+    v = values.reshape(*lead, -1).astype(np.uint64) & ((1 << bits) - 1)
+    per = 8 // bits
+    v = v.reshape(*lead, -1, per) << (np.arange(per, dtype=np.uint64) * bits)
+    return v.sum(axis=-1).astype(np.uint8)
 
 
 def unpack_matrix(data, offset: int, n_strips: int, k_blocks: int, bits: int, *, sparse: bool,

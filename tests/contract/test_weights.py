@@ -189,3 +189,27 @@ def test_truncated_buffer_rejected(m, data):
     with pytest.raises(wf.WeightFormatError, match="buffer"):
         wf.unpack_matrix(packed[:cut], 0, q.shape[0] // B, q.shape[1] // B, bits,
                          sparse=codes is not None, gscale=mult is not None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([(2, True), (2, False), (4, True), (4, False), (8, False)]),
+       st.sampled_from([2, 4, 8, 16, None]), st.integers(1, 3), st.integers(1, 4),
+       st.integers(0, 2**32 - 1))
+def test_vectorised_packing_equals_the_block_loop(width, keep, strips, kblocks, seed):
+    """The fast path for uniform N gives exactly the bytes of the per-block definition."""
+    from flightllm.contract.weights import _pack_general, _pack_uniform
+    bits, with_mult = width
+    rng = np.random.default_rng(seed)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    q = rng.integers(lo, hi + 1, size=(16 * strips, 16 * kblocks))
+    codes = None
+    if keep is not None:
+        codes = np.full((strips, kblocks), keep)
+        drop = np.argsort(rng.random(q.shape).reshape(strips * 16, kblocks, 16), axis=-1)
+        mask = np.ones_like(q, dtype=bool).reshape(strips * 16, kblocks, 16)
+        np.put_along_axis(mask, drop[..., keep:], False, axis=-1)
+        q = q * mask.reshape(q.shape)
+        q[0, :3] = 0  # rows with fewer non-zeros than N exercise the padding columns
+    mult = rng.integers(1, 17, size=(16 * strips, kblocks)) if with_mult else None
+    args = (q, bits, codes, mult, strips, kblocks)
+    assert _pack_uniform(*args) == _pack_general(*args)
