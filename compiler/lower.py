@@ -550,6 +550,7 @@ def _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob) -> dic
     plan["wslot"] = (w.take(slot, "weight slot 0"), w.take(slot, "weight slot 1"))
     plan["ktile"] = w.take(ktile, "key tile")
     plan["vtile"] = w.take(vtile, "value tile")
-    plan["pslot"] = (p.take(blob, "layer parameters (even)"), p.take(blob, "layer parameters (odd)"))
+    plan["pslot"] = (p.take(blob, "layer parameters (even)"),
+                     p.take(blob, "layer parameters (odd)"))
     plan["rope"] = p.take(rows * rope_row, "RoPE rows")
     return plan

@@ -36,14 +36,17 @@ WIDE_BITS = 20
 @dataclass
 class QuantRecipe:
     """How to quantise: bits and N:16 sparsity per matrix kind (``q k v o gate up down fc1
-    fc2 lm_head``), group multipliers on or off."""
+    fc2 lm_head``) or per matrix (``layers.3.up``, which wins), group multipliers on or off."""
 
     weight_bits: int = 8
     bits: dict[str, int] = field(default_factory=dict)
     sparsity: dict[str, int] = field(default_factory=dict)
     group_scales: bool = True
+    bits_by_name: dict[str, int] = field(default_factory=dict)
 
-    def bits_for(self, kind: str) -> int:
+    def bits_for(self, kind: str, name: str | None = None) -> int:
+        if name is not None and name in self.bits_by_name:
+            return self.bits_by_name[name]
         return self.bits.get(kind, self.weight_bits)
 
     def sparsity_for(self, kind: str) -> int:
@@ -160,8 +163,14 @@ def _records(w: QuantWeight, s_in: float, s_out: float, bias: np.ndarray | None)
     return b, mult, shift
 
 
-def _linear(weight, bias, kind, recipe, s_in, s_out, out, **kw) -> QLinear:
-    bits = recipe.bits_for(kind)
+def _linear(name: str, tensors, kind: str, recipe, s_in, s_out, out, **kw) -> QLinear:
+    """Quantise projection ``kind`` of a block (``tensors`` by short key) or, with ``tensors``
+    a (weight, bias) pair, any other projection."""
+    if isinstance(tensors, tuple):
+        weight, bias = tensors
+    else:
+        weight, bias = tensors[f"{kind}.weight"], tensors.get(f"{kind}.bias")
+    bits = recipe.bits_for(kind, name)
     qw = quantize_weight(weight, bits, sparsity=recipe.sparsity_for(kind),
                          group_scales=recipe.group_scales)
     b, mult, shift = _records(qw, s_in, s_out, bias)
@@ -215,12 +224,12 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
         s_k32 = _scale_wide(rng("k_pre")) if rope else s_k
         norm1 = _norm(cfg.norm, t["attn_norm.weight"], t.get("attn_norm.bias"), cfg.norm_eps,
                       s_r, s_h1)
-        q = _linear(t["q.weight"], t.get("q.bias"), "q", recipe, s_h1, s_q32,
+        q = _linear(f"layers.{i}.q", t, "q", recipe, s_h1, s_q32,
                     "q32" if rope else "q8")
-        k = _linear(t["k.weight"], t.get("k.bias"), "k", recipe, s_h1, s_k32,
+        k = _linear(f"layers.{i}.k", t, "k", recipe, s_h1, s_k32,
                     "q32" if rope else "q8")
-        v = _linear(t["v.weight"], t.get("v.bias"), "v", recipe, s_h1, s_v, "q8")
-        o = _linear(t["o.weight"], t.get("o.bias"), "o", recipe, s_ctx, s_r, "q32",
+        v = _linear(f"layers.{i}.v", t, "v", recipe, s_h1, s_v, "q8")
+        o = _linear(f"layers.{i}.o", t, "o", recipe, s_ctx, s_r, "q32",
                     residual=True)
         for key, lin in (("q", q), ("k", k), ("v", v), ("o", o)):
             emit(f"layers.{i}.{key}", lin)
@@ -230,27 +239,27 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
         act = gate_mul = None
         if cfg.gated_mlp:
             s_g, s_u = _scale_wide(rng("gate")), _scale_wide(rng("up"))
-            mlp = {"gate": _linear(t["gate.weight"], t.get("gate.bias"), "gate", recipe,
+            mlp = {"gate": _linear(f"layers.{i}.gate", t, "gate", recipe,
                                    s_h2, s_g, "q32"),
-                   "up": _linear(t["up.weight"], t.get("up.bias"), "up", recipe, s_h2, s_u,
+                   "up": _linear(f"layers.{i}.up", t, "up", recipe, s_h2, s_u,
                                  "q32")}
             # act(gate) stays at the gate's INT32 scale; the product comes down to INT8.
             act = (*nm.quantize_multiplier(s_g * (1 << nm.ACT_FRAC_BITS)), 1 << 14, 14)
             gate_mul = (WIDE_BITS, *nm.quantize_multiplier(s_g * s_u * 2.0**WIDE_BITS / s_m))
             down_kind, up_key = "down", "down"
         elif cfg.activation == "relu":
-            mlp = {"fc1": _linear(t["fc1.weight"], t.get("fc1.bias"), "fc1", recipe, s_h2,
+            mlp = {"fc1": _linear(f"layers.{i}.fc1", t, "fc1", recipe, s_h2,
                                   s_m, "q8", relu=True)}
             down_kind, up_key = "fc2", "fc2"
         else:
             s_f = _scale_wide(rng("fc1"))
-            mlp = {"fc1": _linear(t["fc1.weight"], t.get("fc1.bias"), "fc1", recipe, s_h2,
+            mlp = {"fc1": _linear(f"layers.{i}.fc1", t, "fc1", recipe, s_h2,
                                   s_f, "q32")}
             act = (*nm.quantize_multiplier(s_f * (1 << nm.ACT_FRAC_BITS)),
                    *nm.quantize_multiplier(s_f / s_m))
             down_kind, up_key = "fc2", "fc2"
-        mlp[up_key] = _linear(t[f"{down_kind}.weight"], t.get(f"{down_kind}.bias"), down_kind,
-                              recipe, s_m, s_r, "q32", residual=True)
+        mlp[up_key] = _linear(f"layers.{i}.{down_kind}", t, down_kind, recipe, s_m, s_r, "q32",
+                              residual=True)
         for key, lin in mlp.items():
             emit(f"layers.{i}.{key}", lin)
         soft = nm.quantize_multiplier(s_q * s_k / math.sqrt(cfg.head_dim) * math.log2(math.e)
@@ -265,7 +274,7 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
     s_f = _scale8(ranges["final_h"])
     final_bias = ir.tensor("final_norm.bias") if cfg.norm == "layer" else None
     final = _norm(cfg.norm, ir.tensor("final_norm.weight"), final_bias, cfg.norm_eps, s_r, s_f)
-    head = emit("lm_head", _linear(ir.lm_head_weight(), None, "lm_head", recipe, s_f,
+    head = emit("lm_head", _linear("lm_head", (ir.lm_head_weight(), None), "lm_head", recipe, s_f,
                                    _scale_wide(ranges["logits"]), "q32"))
     pos = ir.tensor("pos_embed.weight") if cfg.position == "learned" else None
     return QModel(cfg, recipe, s_r, layers, final, head, ir.tensor("embed.weight"), pos,

@@ -9,7 +9,8 @@ instruction atomically, a program whose dependencies are complete gives the same
 on any hardware interleaving.
 
 A malformed program raises an error naming the core, the
-instruction (its index and first word) and the field: bad words (:class:`~flightllm.contract.isa.IsaDecodeError`), bad
+instruction (its index and first word) and the field: bad words
+(:class:`~flightllm.contract.isa.IsaDecodeError`), bad
 addresses and values (:class:`ProgramError`, the base of the next two), tokens that can never arrive
 (:class:`DeadlockError`), and tokens left over at the end (:class:`TokenBalanceError`).
 """

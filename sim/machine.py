@@ -23,7 +23,8 @@ MAX_ELEMENTS = 1 << 25
 ELEMENT_BYTES = {Buffer.ABUF: 1, Buffer.WBUF: 1, Buffer.RBUF: 4, Buffer.PBUF: 1}
 _DTYPE = {Buffer.ABUF: np.int8, Buffer.WBUF: np.uint8, Buffer.RBUF: np.dtype("<i4"),
           Buffer.PBUF: np.uint8}
-_LIMITS = {Buffer.ABUF: (-128, 127), Buffer.WBUF: (0, 255), Buffer.RBUF: (-(1 << 31), (1 << 31) - 1),
+_LIMITS = {Buffer.ABUF: (-128, 127), Buffer.WBUF: (0, 255),
+           Buffer.RBUF: (-(1 << 31), (1 << 31) - 1),
            Buffer.PBUF: (0, 255)}
 
 

@@ -152,7 +152,8 @@ class AcceleratorConfig:
                      "a row count that keeps the buffer within the ISA's 24-bit byte addresses")
         if self.rbuf.width % 4:
             _bad("rbuf.width", self.rbuf.width, "a multiple of 4 bytes (it holds INT32 words)")
-        if not isinstance(self.hbm_channel_bytes, int) or not (1 << 20) <= self.hbm_channel_bytes <= (1 << 32):
+        channel = self.hbm_channel_bytes
+        if not isinstance(channel, int) or not (1 << 20) <= channel <= (1 << 32):
             _bad("hbm_channel_bytes", self.hbm_channel_bytes,
                  "an integer in [1 MiB, 4 GiB] (the ISA's 32-bit HBM byte addresses)")
         if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
@@ -218,7 +219,8 @@ class AcceleratorConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {unknown}; known: {sorted(names)}")
         required = {f.name for f in fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+                    if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
         missing = sorted(required - set(data))
         if missing:
             raise ConfigError(f"{source}: missing field(s) {missing}")
@@ -306,7 +308,8 @@ def preset(name: str) -> AcceleratorConfig:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise ConfigError(f"unknown configuration preset {name!r}; presets: {sorted(PRESETS)}") from None
+        raise ConfigError(f"unknown configuration preset {name!r}; "
+                          f"presets: {sorted(PRESETS)}") from None
 
 
 def load_config(spec: str | Path) -> AcceleratorConfig:

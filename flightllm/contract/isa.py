@@ -35,7 +35,8 @@ import numpy as np
 __all__ = [
     "Opcode", "Queue", "Buffer", "WeightBits", "OutMode", "MiscFunc", "SysOp", "LengthReg",
     "BindKind", "Field", "OpSpec", "Binding", "Instruction", "IsaError", "IsaDecodeError",
-    "OPCODES", "HEADER", "BINDING_FIELDS", "BINDING_LAYOUT", "MAX_BINDINGS", "WORD_BITS", "ISA_VERSION", "isa_hash", "encode", "decode",
+    "OPCODES", "HEADER", "BINDING_FIELDS", "BINDING_LAYOUT", "MAX_BINDINGS", "WORD_BITS",
+    "ISA_VERSION", "isa_hash", "encode", "decode",
     "encode_program", "decode_program", "apply_bindings",
 ]
 

@@ -93,7 +93,8 @@ def requantize(acc, mult, shift, *, out_bits: int = 8, relu: bool = False):
     return sat8(y) if out_bits == 8 else sat32(y)
 
 
-def quantize_multiplier(real: float, *, mult_bits: int = 15, max_shift: int = 62) -> tuple[int, int]:
+def quantize_multiplier(real: float, *, mult_bits: int = 15,
+                        max_shift: int = 62) -> tuple[int, int]:
     """The (mult, shift) pair with ``mult / 2**shift`` closest to ``real`` and ``|mult| < 2**15``.
 
     Used by the compiler for every rescaling; the golden simulator never calls it.

@@ -111,7 +111,8 @@ def test_cli_compile_simulate_json(tmp_path):
                              "--max-len", "32", "--weight-bits", "4", "--sparsity", "q=8,k=8",
                              "--dump-dir", str(tmp_path / "dump")])
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "dump" / "lower.json").is_file() and (tmp_path / "dump" / "decode.core0.asm").is_file()
+    dump = tmp_path / "dump"
+    assert (dump / "lower.json").is_file() and (dump / "decode.core0.asm").is_file()
     r = runner.invoke(main, ["simulate", str(out), "--input-ids", "1,2,3", "--decode-steps", "4",
                              "--json"])
     assert r.exit_code == 0, r.output

@@ -39,7 +39,8 @@ def i32(values) -> bytes:
 
 def read_i8(core_buffers, addr, shape):
     n = int(np.prod(shape))
-    return core_buffers.mem[Buffer.ABUF][addr:addr + n].view(np.int8).astype(np.int64).reshape(shape)
+    raw = core_buffers.mem[Buffer.ABUF][addr:addr + n]
+    return raw.view(np.int8).astype(np.int64).reshape(shape)
 
 
 def read_i32(core_buffers, addr, shape):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from flightllm.contract.config import preset
-from flightllm.contract.isa import Binding, BindKind, Buffer, Instruction, LengthReg, Opcode, OutMode, WeightBits
+from flightllm.contract.isa import (
+    Binding, BindKind, Buffer, Instruction, LengthReg, Opcode, OutMode, WeightBits,
+)
 from flightllm.contract.params import pack_requant_records
 from flightllm.contract.weights import pack_matrix
 from flightllm.sim.golden import GoldenSimulator
