@@ -148,7 +148,9 @@ class _Program:
         return [_count(LengthReg.SEQ, field)] if self.prefill else []
 
     def matmul(self, mat: _Matrix, x_addr: int, x_stride: int, out_addr: int, out_stride: int,
-               p_addr: int) -> None:
+               p_addr: int, extra: tuple[tuple[int, int], ...] = ()) -> None:
+        """Stream ``mat`` chunk by chunk through the engine; each chunk, once in WBUF, also
+        serves the ``extra`` (x_addr, p_addr) passes (the low digit of a split input)."""
         lin, w = mat.linear, mat.linear.weight
         if not mat.chunks:
             return
@@ -164,13 +166,14 @@ class _Program:
                           gscale=int(w.has_mult), n_strips=count,
                           k_blocks=w.padded[1] // 16, x_addr=x_addr, out_mode=mode,
                           out_addr=out_addr + 16 * first * esize,
-                          p_addr=p_addr + 128 * (first - mat.lo),
                           residual=int(lin.residual), relu=int(lin.relu))
-            if self.prefill:
-                self.emit(Opcode.MM, m_rows=self.rows, x_stride=x_stride, out_stride=out_stride,
-                          bindings=self.row_bind("m_rows"), **fields)
-            else:
-                self.emit(Opcode.MV, **fields)
+            for x, p in ((x_addr, p_addr), *extra):
+                fields.update(x_addr=x, p_addr=p + 128 * (first - mat.lo))
+                if self.prefill:
+                    self.emit(Opcode.MM, m_rows=self.rows, x_stride=x_stride,
+                              out_stride=out_stride, bindings=self.row_bind("m_rows"), **fields)
+                else:
+                    self.emit(Opcode.MV, **fields)
 
     def misc(self, func: MiscFunc, **fields) -> None:
         binds = list(fields.pop("bindings", ())) + self.row_bind("m")
@@ -257,10 +260,11 @@ class _Program:
         self.norm(layer.norm2, pbase + offs["norm2"], P["r"], P["h"])
         self.mlp(li, layer, pbase, mats)
 
-    def residual_matmul(self, mat: _Matrix, x_addr: int, x_stride: int, p_addr: int) -> None:
+    def residual_matmul(self, mat: _Matrix, x_addr: int, x_stride: int, p_addr: int,
+                        extra: tuple[tuple[int, int], ...] = ()) -> None:
         """A projection added into this core's strips of the residual, then shared."""
         P = self.plan
-        self.matmul(mat, x_addr, x_stride, P["r"], P["r_stride"], p_addr)
+        self.matmul(mat, x_addr, x_stride, P["r"], P["r_stride"], p_addr, extra)
         self.gather(Buffer.RBUF, P["r"], P["r_stride"], 64 * mat.lo, 64 * (mat.hi - mat.lo))
 
     def cache_store(self, li: int, src: str, cache) -> None:
@@ -339,10 +343,20 @@ class _Program:
                           a_stride=4 * f, d_buf=Buffer.RBUF, d_addr=P["a32"] + 4 * lo,
                           d_stride=4 * f, n=n, m1=m1, s1=s1, m2=m2, s2=s2)
                 s1, m2, s2 = layer.gate_mul
-                self.misc(MiscFunc.MUL, a_buf=Buffer.RBUF, a_addr=P["a32"] + 4 * lo,
-                          a_stride=4 * f, b_buf=Buffer.RBUF, b_addr=P["u32"] + 4 * lo,
-                          b_stride=4 * f, d_buf=Buffer.ABUF, d_addr=P["m"] + lo, d_stride=f,
-                          n=n, s1=s1, m2=m2, s2=s2)
+                mul = dict(a_buf=Buffer.RBUF, a_addr=P["a32"] + 4 * lo, a_stride=4 * f,
+                           b_buf=Buffer.RBUF, b_addr=P["u32"] + 4 * lo, b_stride=4 * f, n=n,
+                           s1=s1, m2=m2, s2=s2)
+                if layer.down_lo is None:
+                    self.misc(MiscFunc.MUL, d_buf=Buffer.ABUF, d_addr=P["m"] + lo, d_stride=f,
+                              **mul)
+                else:  # m in RBUF, then its two INT8 digits hi = round(m/128), lo = m - 128 hi
+                    self.misc(MiscFunc.MUL, d_buf=Buffer.RBUF, d_addr=P["a32"] + 4 * lo,
+                              d_stride=4 * f, **mul)
+                    wide = dict(a_buf=Buffer.RBUF, a_addr=P["a32"] + 4 * lo, a_stride=4 * f,
+                                d_buf=Buffer.ABUF, d_stride=f, n=n)
+                    self.misc(MiscFunc.REQUANT, d_addr=P["m"] + lo, m1=1, s1=7, **wide)
+                    self.misc(MiscFunc.ADD, d_addr=P["m_lo"] + lo, b_buf=Buffer.ABUF,
+                              b_addr=P["m"] + lo, b_stride=f, m1=1, s1=0, m2=-1, s2=7, **wide)
             down = "down"
         elif layer.act is None:
             self.matmul(mats[f"{li}.fc1"], P["h"], P["h_stride"], P["m"], f, pbase + offs["fc1"])
@@ -357,7 +371,11 @@ class _Program:
                           n=n, m1=m1, s1=s1, m2=m2, s2=s2)
             down = "fc2"
         self.gather(Buffer.ABUF, P["m"], f, lo, n)
-        self.residual_matmul(mats[f"{li}.{down}"], P["m"], f, pbase + offs[down])
+        extra = ()
+        if layer.down_lo is not None:
+            self.gather(Buffer.ABUF, P["m_lo"], f, lo, n)
+            extra = ((P["m_lo"], pbase + offs["down_lo"]),)
+        self.residual_matmul(mats[f"{li}.{down}"], P["m"], f, pbase + offs[down], extra)
 
 
 def _records(lin: QLinear, lo: int, hi: int) -> bytes:
@@ -373,6 +391,10 @@ def _layer_blob(layer, offsets: dict, mats: dict, li: int, core: int) -> bytes:
         offsets[key] = len(blob)
         mat = mats[f"{li}.{key}"][core]
         blob += _records(lin, mat.lo, mat.hi)
+    if layer.down_lo is not None:
+        offsets["down_lo"] = len(blob)
+        mat = mats[f"{li}.down"][core]
+        blob += _records(layer.down_lo, mat.lo, mat.hi)
     for key, qn in (("norm1", layer.norm1), ("norm2", layer.norm2)):
         offsets[key] = align(len(blob), 8)
         blob += bytes(offsets[key] - len(blob)) + pack_norm_params(qn.gamma, qn.beta)
@@ -534,6 +556,7 @@ def _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob) -> dic
     plan["probs"] = a.take(rows * L, "attention weights")
     plan["ctx"] = a.take(rows * H * hd, "attention context")
     plan["m"] = a.take(rows * f, "MLP hidden rows")
+    plan["m_lo"] = a.take(rows * f, "MLP hidden rows, low digits") if c.gated_mlp else None
     plan["r"] = r.take(rows * 4 * d, "the residual stream")
     top = r.mark()  # attention and MLP temporaries share what follows
     plan["q32"] = r.take(rows * 4 * H * hd, "INT32 queries")

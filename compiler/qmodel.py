@@ -43,6 +43,9 @@ class QuantRecipe:
     sparsity: dict[str, int] = field(default_factory=dict)
     group_scales: bool = True
     bits_by_name: dict[str, int] = field(default_factory=dict)
+    #: Carry the gated MLP's hidden as two INT8 digits (15 bits): its peak-to-RMS ratio is
+    #: the largest in the block. Costs a second pass of ``down`` over weights already loaded.
+    split_hidden: bool = True
 
     def bits_for(self, kind: str, name: str | None = None) -> int:
         if name is not None and name in self.bits_by_name:
@@ -121,6 +124,9 @@ class QLayer:
     ctx: tuple[int, int, int]  # MUL rowscalar (s1, m2, s2)
     act: tuple[int, int, int, int] | None  # (m1, s1, m2, s2) of SILU or GELU
     gate_mul: tuple[int, int, int] | None  # MUL (s1, m2, s2) of act(gate) * up
+    #: The gated MLP's hidden in two INT8 digits (hi = round(m / 128), lo = m - 128 hi): the
+    #: records that add ``down . lo`` into the residual (``down`` itself adds ``down . hi``).
+    down_lo: QLinear | None = None
 
 
 @dataclass
@@ -149,7 +155,7 @@ class QModel:
 
 # --------------------------------------------------------------------------- building
 def _records(w: QuantWeight, s_in: float, s_out: float, bias: np.ndarray | None):
-    n = w.q.shape[0]
+    n = w.padded[0]
     mult = np.zeros(n, dtype=np.int64)
     shift = np.zeros(n, dtype=np.int64)
     for i in range(n):
@@ -236,7 +242,9 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
         norm2 = _norm(cfg.norm, t["mlp_norm.weight"], t.get("mlp_norm.bias"), cfg.norm_eps,
                       s_r, s_h2)
         s_m = _scale8(rng("mlp_hidden"))
-        act = gate_mul = None
+        act = gate_mul = down_lo = None
+        split = cfg.gated_mlp and recipe.split_hidden
+        s_fine = s_m / 128 if split else s_m  # the low digit's unit
         if cfg.gated_mlp:
             s_g, s_u = _scale_wide(rng("gate")), _scale_wide(rng("up"))
             mlp = {"gate": _linear(f"layers.{i}.gate", t, "gate", recipe,
@@ -245,7 +253,7 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
                                  "q32")}
             # act(gate) stays at the gate's INT32 scale; the product comes down to INT8.
             act = (*nm.quantize_multiplier(s_g * (1 << nm.ACT_FRAC_BITS)), 1 << 14, 14)
-            gate_mul = (WIDE_BITS, *nm.quantize_multiplier(s_g * s_u * 2.0**WIDE_BITS / s_m))
+            gate_mul = (WIDE_BITS, *nm.quantize_multiplier(s_g * s_u * 2.0**WIDE_BITS / s_fine))
             down_kind, up_key = "down", "down"
         elif cfg.activation == "relu":
             mlp = {"fc1": _linear(f"layers.{i}.fc1", t, "fc1", recipe, s_h2,
@@ -260,6 +268,11 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
             down_kind, up_key = "fc2", "fc2"
         mlp[up_key] = _linear(f"layers.{i}.{down_kind}", t, down_kind, recipe, s_m, s_r, "q32",
                               residual=True)
+        if split:
+            hi = mlp[up_key]
+            _, mult, shift = _records(hi.weight, s_fine, s_r, None)
+            down_lo = QLinear(hi.weight, s_fine, s_r, "q32", np.zeros_like(hi.bias), mult, shift,
+                              residual=True)
         for key, lin in mlp.items():
             emit(f"layers.{i}.{key}", lin)
         soft = nm.quantize_multiplier(s_q * s_k / math.sqrt(cfg.head_dim) * math.log2(math.e)
@@ -270,7 +283,7 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
             norm1=norm1, q=q, k=k, v=v, o=o, norm2=norm2, mlp=mlp, s_q=s_q, s_k=s_k, s_v=s_v,
             s_ctx=s_ctx, rope_q=nm.quantize_multiplier(s_q32 / s_q) if rope else None,
             rope_k=nm.quantize_multiplier(s_k32 / s_k) if rope else None, softmax=soft,
-            ctx=ctx, act=act, gate_mul=gate_mul))
+            ctx=ctx, act=act, gate_mul=gate_mul, down_lo=down_lo))
     s_f = _scale8(ranges["final_h"])
     final_bias = ir.tensor("final_norm.bias") if cfg.norm == "layer" else None
     final = _norm(cfg.norm, ir.tensor("final_norm.weight"), final_bias, cfg.norm_eps, s_r, s_f)
@@ -343,8 +356,13 @@ def qforward(qm: QModel, tokens, pos: int, kv: KVState) -> np.ndarray:
             g = layer.mlp["gate"].apply(h2)
             u = layer.mlp["up"].apply(h2)
             a = nm.sat32(nm.activation(g, cfg.activation, *layer.act))
-            m = nm.sat8(nm.mul(a, u, *layer.gate_mul))
-            r = layer.mlp["down"].apply(m, r)
+            if layer.down_lo is None:
+                r = layer.mlp["down"].apply(nm.sat8(nm.mul(a, u, *layer.gate_mul)), r)
+            else:
+                m = nm.sat32(nm.mul(a, u, *layer.gate_mul))
+                hi = nm.sat8(nm.rshift_round(m, 7))
+                lo = nm.sat8(m - (hi << 7))
+                r = layer.down_lo.apply(lo, layer.mlp["down"].apply(hi, r))
         elif layer.act is None:
             r = layer.mlp["fc2"].apply(layer.mlp["fc1"].apply(h2), r)
         else:
