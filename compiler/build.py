@@ -34,9 +34,10 @@ from flightllm import __version__
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import ISA_VERSION, encode, encode_program, isa_hash
 
-from .calibrate import calibrate, calibrate_channels, default_calibration_tokens
+from .calibrate import calibrate_channels, default_calibration_tokens
 from .ir import TransformerIR, check
 from .layout import CompileError
+from .mixed import allocate_bits
 from .lower import Lowered, Lowerer
 from .qmodel import QModel, QuantRecipe, build_qmodel
 from .report import program_report
@@ -52,6 +53,7 @@ class CompileOptions:
     """What ``flightllm compile`` takes besides the model and the configuration."""
 
     weight_bits: int = 8
+    avg_bits: float | None = None
     sparsity: dict[str, int] = field(default_factory=dict)
     max_len: int = 128
     chunk: int | None = None
@@ -73,14 +75,28 @@ def _step_smooth(state):
 
 
 def _step_calibrate(state):
-    state["ranges"] = calibrate(state["ir"], state["calib"])
+    channels = calibrate_channels(state["ir"], state["calib"])
+    state["channel_ranges"] = channels
+    state["ranges"] = {k: float(v.max()) for k, v in channels.items()}
+
+
+def _step_mixed_precision(state):
+    opts = state["opts"]
+    if opts.avg_bits is not None:
+        try:
+            state["bits_by_name"] = allocate_bits(state["ir"], opts.avg_bits,
+                                                  sparsity=dict(opts.sparsity),
+                                                  activation_ranges=state["channel_ranges"])
+        except ValueError as exc:  # an infeasible budget: the user's input
+            raise CompileError(f"--avg-bits {opts.avg_bits}: {exc}") from None
 
 
 def _step_quantize(state):
     # Quantisation streams into placement: each projection's bytes go to the HBM images as
     # soon as it is packed, and its arrays are dropped (a 7B model never sits in memory).
     opts = state["opts"]
-    recipe = QuantRecipe(weight_bits=opts.weight_bits, sparsity=dict(opts.sparsity))
+    recipe = QuantRecipe(weight_bits=opts.weight_bits, sparsity=dict(opts.sparsity),
+                         bits_by_name=state.get("bits_by_name", {}))
     lowerer = Lowerer(state["ir"].config, state["config"], opts.max_len)
     state["qmodel"] = build_qmodel(state["ir"], state["ranges"], recipe, max_len=opts.max_len,
                                    sink=lowerer.place)
@@ -93,7 +109,8 @@ def _step_lower(state):
 
 #: The pipeline, in order: (name, function of the state dict).
 STEPS = [("frontend", _step_frontend), ("smooth", _step_smooth),
-         ("calibrate", _step_calibrate), ("quantize", _step_quantize), ("lower", _step_lower)]
+         ("calibrate", _step_calibrate), ("mixed_precision", _step_mixed_precision),
+         ("quantize", _step_quantize), ("lower", _step_lower)]
 
 
 def compile_model(ir: TransformerIR, config: AcceleratorConfig, out: Path,
@@ -135,6 +152,8 @@ def _dump(root: Path, name: str, state: dict, seconds: float) -> None:
         summary["config"] = state["ir"].config.to_dict()
     elif name == "calibrate":
         summary["ranges"] = {k: round(v, 6) for k, v in sorted(state["ranges"].items())}
+    elif name == "mixed_precision":
+        summary["bits_by_name"] = state.get("bits_by_name", {})
     elif name == "quantize":
         qm = state["qmodel"]
         summary["s_resid"] = qm.s_resid

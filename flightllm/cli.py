@@ -78,6 +78,9 @@ def disasm(program: Path, core: int | None, raw: bool):
               help="Build directory to write (replaced atomically if it exists).")
 @click.option("--weight-bits", type=click.Choice(["2", "4", "8"]), default="8",
               show_default=True, help="Weight bit width of every projection.")
+@click.option("--avg-bits", type=float, default=None,
+              help="Mixed precision: choose 2/4/8 bits per matrix so the stored average "
+                   "(metadata included) is at most this, by calibrated sensitivity.")
 @click.option("--sparsity", default=None,
               help="N:16 sparsity: N for every projection, 'q=8,k=8,...', or a YAML recipe.")
 @click.option("--max-len", type=int, default=128, show_default=True,
@@ -93,15 +96,16 @@ def disasm(program: Path, core: int | None, raw: bool):
 @click.option("--dump-dir", type=click.Path(path_type=Path), default=None,
               help="Write every pipeline step's result and time here.")
 @_user_errors
-def compile_cmd(model, arch, out, weight_bits, sparsity, max_len, chunk, weights, smooth_alpha,
-                calibration_seqs, dump_dir):
+def compile_cmd(model, arch, out, weight_bits, avg_bits, sparsity, max_len, chunk, weights,
+                smooth_alpha, calibration_seqs, dump_dir):
     """Compile MODEL (an .onnx file, a config.json, or a preset) into a build directory."""
     from flightllm.compiler.build import CompileOptions, compile_model
     from flightllm.compiler.sources import load_model, parse_sparsity
     from flightllm.contract.config import load_config
     cfg = load_config(arch)
     ir = load_model(model, weights=weights)
-    opts = CompileOptions(weight_bits=int(weight_bits), sparsity=parse_sparsity(sparsity),
+    opts = CompileOptions(weight_bits=int(weight_bits), avg_bits=avg_bits,
+                          sparsity=parse_sparsity(sparsity),
                           max_len=max_len, chunk=chunk, smooth_alpha=smooth_alpha,
                           calibration_sequences=calibration_seqs)
     report = compile_model(ir, cfg, out, opts, dump_dir=dump_dir)

@@ -132,3 +132,34 @@ def test_cli_errors_exit_nonzero(tmp_path, args, needle):
     r = CliRunner().invoke(main, args)
     assert r.exit_code != 0 and needle in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_avg_bits_budget_is_met_and_still_bit_exact(tmp_path):
+    from flightllm.compiler.qmodel import KVState, QuantRecipe, build_qmodel, qforward
+    from flightllm.compiler.calibrate import calibrate_channels, default_calibration_tokens
+    from flightllm.compiler.mixed import allocate_bits
+    from flightllm.host.session import GoldenDevice, Session
+    ir = load_onnx(LLAMA)
+    opts = CompileOptions(max_len=32, calibration_sequences=1, avg_bits=3.5)
+    report = compile_model(ir, preset("tiny"), tmp_path / "b", opts)
+    assert 2.25 < report["avg_weight_bits"] <= 3.5
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    widths = set(manifest["model"]["recipe"]["bits_by_name"].values())
+    assert widths > {4} or len(widths) > 1  # a real mix, not one width
+    # The same allocation through the integer reference gives the build's logits.
+    calib = [default_calibration_tokens(ir.config.vocab_size, 64, 0)]
+    ch = calibrate_channels(ir, calib)
+    bits = allocate_bits(ir, 3.5, activation_ranges=ch)
+    qm = build_qmodel(ir, {k: float(v.max()) for k, v in ch.items()},
+                      QuantRecipe(bits_by_name=bits), max_len=32)
+    build = load_build(tmp_path / "b")
+    got = Session(build, GoldenDevice(build)).prefill([5, 6, 7]).logits
+    np.testing.assert_array_equal(got, qforward(qm, [5, 6, 7], 0, KVState.empty(qm))
+                                  * qm.lm_head.s_out)
+
+
+def test_infeasible_budget_is_a_clean_error(tmp_path):
+    r = CliRunner().invoke(main, ["compile", str(LLAMA), "-o", str(tmp_path / "b"),
+                                  "--avg-bits", "1.5", "--max-len", "32"])
+    assert r.exit_code == 1 and "--avg-bits 1.5" in r.output and "infeasible" in r.output
+    assert not (tmp_path / "b").exists()
