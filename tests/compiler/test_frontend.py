@@ -203,3 +203,32 @@ def test_kv_cache_input_is_refused(tmp_path):
     onnx.save(model, path)
     with pytest.raises(FrontendError, match="graph input 'past_key_values.0.key'"):
         load_onnx(path)
+
+
+@pytest.mark.parametrize("case", ["truncated", "unknown_op", "encoder_only", "bad_shape"])
+def test_cli_compile_refuses_bad_models_cleanly(tmp_path, case):
+    """Each bad input: one line naming the problem, exit status 1, no build directory."""
+    from click.testing import CliRunner
+
+    from flightllm.cli import main
+    if case == "truncated":
+        path = tmp_path / "cut.onnx"
+        path.write_bytes((MODELS / LLAMA).read_bytes()[:5000])
+        needle = "cannot read ONNX model"
+    elif case == "unknown_op":
+        path, needle = _edited(tmp_path, "Softplus"), "node 'injected' (Softplus)"
+    elif case == "encoder_only":
+        path, needle = MODELS / "bert_dynamo_op18.onnx", "encoder-only"
+    else:
+        model = onnx.load(MODELS / LLAMA)
+        big = next(t for t in model.graph.initializer if len(t.dims) == 2)
+        arr = numpy_helper.to_array(big)
+        big.CopyFrom(numpy_helper.from_array(arr[:, :-1].copy(), big.name))
+        path = tmp_path / "shape.onnx"
+        onnx.save(model, path)
+        needle = "node"
+    out = tmp_path / "build"
+    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert needle in result.output and "Traceback" not in result.output
+    assert not out.exists()
