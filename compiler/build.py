@@ -187,7 +187,7 @@ def _write_build(out: Path, ir: TransformerIR, config: AcceleratorConfig, opts: 
     for core, image in enumerate(low.images):
         for c, data in enumerate(image.data):
             name = f"hbm/core{core}_ch{c:02d}.bin"
-            files[name] = bytes(data)
+            files[name] = data  # the image itself, not a copy: a 7B image is gigabytes
             hbm_files.append({"core": core, "channel": c, "file": name,
                               "sha256": hashlib.sha256(data).hexdigest()})
         tensors += [dict(p.to_dict(), core=core) for p in image.placements.values()]
@@ -215,7 +215,9 @@ def _write_build(out: Path, ir: TransformerIR, config: AcceleratorConfig, opts: 
             "chunk": low.chunk,
             # Every core reads the input rows from its own channels; core 0 stores the logits.
             "input": [dict(io["input"].to_dict(), core=core) for core, io in enumerate(low.io)],
-            "logits": dict(low.io[0]["logits"].to_dict(), core=0),
+            # Each core stores its own columns of the logits.
+            "logits": [dict(io["logits"].to_dict(), core=core, columns=io["logit_cols"])
+                       for core, io in enumerate(low.io)],
             "kv_heads": [io["kv_heads"] for io in low.io],
             "k_cache": [[p.to_dict() for p in io["k_cache"]] for io in low.io],
             "v_cache": [[p.to_dict() for p in io["v_cache"]] for io in low.io],
@@ -235,7 +237,7 @@ def _words(streams) -> int:
     return sum(len(encode(i)) for s in streams for i in s)
 
 
-def write_atomically(out: Path, files: dict[str, bytes]) -> None:
+def write_atomically(out: Path, files: dict[str, bytes | bytearray]) -> None:
     """Write ``files`` into a fresh directory beside ``out``, then swap it into place; a
     failure at any point leaves no partial ``out``."""
     out = Path(out)

@@ -15,7 +15,8 @@ tokens; :func:`~flightllm.compiler.schedule.assign_tokens` adds them.
 With several cores, core c owns a contiguous range of KV heads (their query heads, their cache
 on its own channels: q, k and v need no exchange) and an even share of the output strips of
 every other projection; SYS GATHERs after the attention context, each residual update, the
-MLP hidden and the logits give every core the whole vector again, on chip.
+MLP hidden give every core the whole vector again, on chip; each core stores its own slice of
+the logits.
 """
 
 from __future__ import annotations
@@ -148,9 +149,11 @@ class _Program:
         return [_count(LengthReg.SEQ, field)] if self.prefill else []
 
     def matmul(self, mat: _Matrix, x_addr: int, x_stride: int, out_addr: int, out_stride: int,
-               p_addr: int, extra: tuple[tuple[int, int], ...] = ()) -> None:
+               p_addr: int, extra: tuple[tuple[int, int], ...] = (), *,
+               local: bool = False) -> None:
         """Stream ``mat`` chunk by chunk through the engine; each chunk, once in WBUF, also
-        serves the ``extra`` (x_addr, p_addr) passes (the low digit of a split input)."""
+        serves the ``extra`` (x_addr, p_addr) passes (the low digit of a split input).
+        ``local``: the output region holds only this core's strips, from its first."""
         lin, w = mat.linear, mat.linear.weight
         if not mat.chunks:
             return
@@ -165,7 +168,7 @@ class _Program:
             fields = dict(w_addr=slot, wbits=_WB[w.bits], sparse=int(w.sparse),
                           gscale=int(w.has_mult), n_strips=count,
                           k_blocks=w.padded[1] // 16, x_addr=x_addr, out_mode=mode,
-                          out_addr=out_addr + 16 * first * esize,
+                          out_addr=out_addr + 16 * (first - (mat.lo if local else 0)) * esize,
                           residual=int(lin.residual), relu=int(lin.relu))
             for x, p in ((x_addr, p_addr), *extra):
                 fields.update(x_addr=x, p_addr=p + 128 * (first - mat.lo))
@@ -208,16 +211,16 @@ class _Program:
                   hbm_addr=fin.offset, len=fin.part_bytes, n1=1, n2=1)
         self.norm(qm.final_norm, P["pslot"][0] + P["final_norm"], P["r"], P["h"])
         head = P["mats"]["lm_head"][self.core]
+        # Each core stores its own slice of the logits; the host puts the slices together.
         self.matmul(head, P["h"], P["h_stride"], P["logits"], P["logit_stride"],
-                    P["pslot"][0] + P["final_head"][self.core])
-        self.gather(Buffer.RBUF, P["logits"], P["logit_stride"], 64 * head.lo,
-                    64 * (head.hi - head.lo))
-        if self.core:
+                    P["pslot"][0] + P["final_head"][self.core], local=True)
+        if head.hi == head.lo:
             return self.out
         out = io["logits"]
+        width = 64 * (head.hi - head.lo)
         self.emit(Opcode.ST, buf=Buffer.RBUF, buf_addr=P["logits"], chan=out.channels[0],
-                  hbm_addr=out.offset, len=P["logit_stride"], n1=self.rows,
-                  hbm_stride1=P["logit_stride"], buf_stride1=P["logit_stride"], n2=1,
+                  hbm_addr=out.offset, len=width, n1=self.rows,
+                  hbm_stride1=width, buf_stride1=P["logit_stride"], n2=1,
                   bindings=self.row_bind("n1"))
         return self.out
 
@@ -332,27 +335,28 @@ class _Program:
         f = c.intermediate_size
         first = mats[f"{li}.gate" if c.gated_mlp else f"{li}.fc1"]
         lo, n = 16 * first.lo, 16 * (first.hi - first.lo)  # this core's hidden columns
+        w = P["mlp_local"]  # INT32 regions hold only this core's columns, from column lo
         if c.gated_mlp:
-            self.matmul(mats[f"{li}.gate"], P["h"], P["h_stride"], P["g32"], 4 * f,
-                        pbase + offs["gate"])
-            self.matmul(mats[f"{li}.up"], P["h"], P["h_stride"], P["u32"], 4 * f,
-                        pbase + offs["up"])
+            self.matmul(mats[f"{li}.gate"], P["h"], P["h_stride"], P["g32"], 4 * w,
+                        pbase + offs["gate"], local=True)
+            self.matmul(mats[f"{li}.up"], P["h"], P["h_stride"], P["u32"], 4 * w,
+                        pbase + offs["up"], local=True)
             m1, s1, m2, s2 = layer.act
             if n:
-                self.misc(_ACT[c.activation], a_buf=Buffer.RBUF, a_addr=P["g32"] + 4 * lo,
-                          a_stride=4 * f, d_buf=Buffer.RBUF, d_addr=P["a32"] + 4 * lo,
-                          d_stride=4 * f, n=n, m1=m1, s1=s1, m2=m2, s2=s2)
+                self.misc(_ACT[c.activation], a_buf=Buffer.RBUF, a_addr=P["g32"],
+                          a_stride=4 * w, d_buf=Buffer.RBUF, d_addr=P["a32"],
+                          d_stride=4 * w, n=n, m1=m1, s1=s1, m2=m2, s2=s2)
                 s1, m2, s2 = layer.gate_mul
-                mul = dict(a_buf=Buffer.RBUF, a_addr=P["a32"] + 4 * lo, a_stride=4 * f,
-                           b_buf=Buffer.RBUF, b_addr=P["u32"] + 4 * lo, b_stride=4 * f, n=n,
+                mul = dict(a_buf=Buffer.RBUF, a_addr=P["a32"], a_stride=4 * w,
+                           b_buf=Buffer.RBUF, b_addr=P["u32"], b_stride=4 * w, n=n,
                            s1=s1, m2=m2, s2=s2)
                 if layer.down_lo is None:
                     self.misc(MiscFunc.MUL, d_buf=Buffer.ABUF, d_addr=P["m"] + lo, d_stride=f,
                               **mul)
                 else:  # m in RBUF, then its two INT8 digits hi = round(m/128), lo = m - 128 hi
-                    self.misc(MiscFunc.MUL, d_buf=Buffer.RBUF, d_addr=P["a32"] + 4 * lo,
-                              d_stride=4 * f, **mul)
-                    wide = dict(a_buf=Buffer.RBUF, a_addr=P["a32"] + 4 * lo, a_stride=4 * f,
+                    self.misc(MiscFunc.MUL, d_buf=Buffer.RBUF, d_addr=P["a32"],
+                              d_stride=4 * w, **mul)
+                    wide = dict(a_buf=Buffer.RBUF, a_addr=P["a32"], a_stride=4 * w,
                                 d_buf=Buffer.ABUF, d_stride=f, n=n)
                     self.misc(MiscFunc.REQUANT, d_addr=P["m"] + lo, m1=1, s1=7, **wide)
                     self.misc(MiscFunc.ADD, d_addr=P["m_lo"] + lo, b_buf=Buffer.ABUF,
@@ -362,12 +366,12 @@ class _Program:
             self.matmul(mats[f"{li}.fc1"], P["h"], P["h_stride"], P["m"], f, pbase + offs["fc1"])
             down = "fc2"
         else:
-            self.matmul(mats[f"{li}.fc1"], P["h"], P["h_stride"], P["g32"], 4 * f,
-                        pbase + offs["fc1"])
+            self.matmul(mats[f"{li}.fc1"], P["h"], P["h_stride"], P["g32"], 4 * w,
+                        pbase + offs["fc1"], local=True)
             m1, s1, m2, s2 = layer.act
             if n:
-                self.misc(_ACT[c.activation], a_buf=Buffer.RBUF, a_addr=P["g32"] + 4 * lo,
-                          a_stride=4 * f, d_buf=Buffer.ABUF, d_addr=P["m"] + lo, d_stride=f,
+                self.misc(_ACT[c.activation], a_buf=Buffer.RBUF, a_addr=P["g32"],
+                          a_stride=4 * w, d_buf=Buffer.ABUF, d_addr=P["m"] + lo, d_stride=f,
                           n=n, m1=m1, s1=s1, m2=m2, s2=s2)
             down = "fc2"
         self.gather(Buffer.ABUF, P["m"], f, lo, n)
@@ -490,10 +494,11 @@ class Lowerer:
                                       shape=(len(finals[core]),))
             io["input"] = image.place("input", bytes(4 * c.hidden_size * chunk), dtype="int32",
                                       shape=(chunk, c.hidden_size), reserve_only=True)
-            if core == 0:  # core 0 stores the gathered logits
-                io["logits"] = image.place("logits", bytes(4 * vocab_pad * chunk),
-                                           dtype="int32", shape=(chunk, vocab_pad),
-                                           reserve_only=True)
+            head = self.mats["lm_head"][core]
+            cols = 16 * (head.hi - head.lo)  # this core's slice of the logits
+            io["logits"] = image.place("logits", bytes(4 * cols * chunk), dtype="int32",
+                                       shape=(chunk, cols), reserve_only=True)
+            io["logit_cols"] = [16 * head.lo, 16 * head.hi]
             ios.append(io)
         progs = {}
         for phase, rows in (("prefill", chunk), ("decode", 1)):
@@ -548,7 +553,7 @@ def _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob) -> dic
     r = Arena("RBUF", cfg.rbuf.bytes)
     w = Arena("WBUF", cfg.wbuf.bytes, 256)
     p = Arena("PBUF", cfg.pbuf.bytes, 8)
-    plan = {"r_stride": 4 * d, "h_stride": d, "logit_stride": 4 * vocab_pad}
+    plan = {"r_stride": 4 * d, "h_stride": d}
     plan["h"] = a.take(rows * d, "normed rows")
     plan["q8"] = a.take(rows * H * hd, "queries")
     plan["k8"] = a.take(rows * kvh * hd, "new keys")
@@ -565,11 +570,16 @@ def _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob) -> dic
     plan["pv"] = r.take(rows * 4 * hd, "P.V accumulators")
     plan["recip"] = r.take(rows * 4, "softmax reciprocals")
     r.reset(top)
-    plan["g32"] = r.take(rows * 4 * f, "INT32 gate / fc1 rows")
-    plan["u32"] = r.take(rows * 4 * f, "INT32 up rows")
-    plan["a32"] = r.take(rows * 4 * f, "activated gate rows")
+    # A core computes at most ceil(strips / cores) strips of the MLP and of the LM head.
+    local = 16 * -(-(f // 16) // cfg.cores)
+    plan["mlp_local"] = local
+    plan["g32"] = r.take(rows * 4 * local, "INT32 gate / fc1 rows")
+    plan["u32"] = r.take(rows * 4 * local, "INT32 up rows")
+    plan["a32"] = r.take(rows * 4 * local, "activated gate rows")
     r.reset(top)
-    plan["logits"] = r.take(rows * 4 * vocab_pad, "logits")
+    head_cols = 16 * -(-(vocab_pad // 16) // cfg.cores)
+    plan["logit_stride"] = 4 * head_cols
+    plan["logits"] = r.take(rows * 4 * head_cols, "logits (this core's slice)")
     plan["wslot"] = (w.take(slot, "weight slot 0"), w.take(slot, "weight slot 1"))
     plan["ktile"] = w.take(ktile, "key tile")
     plan["vtile"] = w.take(vtile, "value tile")

@@ -70,13 +70,16 @@ class Session:
         for inp in io["input"]:
             self.device.write(self._phys(inp), inp["offset"], data)
         counters = self.device.run(phase, seq=n, kv=self.position + n, pos=self.position)
-        out = io["logits"]
-        vpad = out["shape"][1]
-        raw = np.frombuffer(self.device.read(self._phys(out), out["offset"], 4 * vpad * n),
-                            dtype="<i4").reshape(n, vpad)
+        vocab = io["vocab_size"]
+        logits = np.zeros((n, max(part["columns"][1] for part in io["logits"])), np.int64)
+        for part in io["logits"]:
+            lo, hi = part["columns"]
+            if hi > lo:
+                raw = self.device.read(self._phys(part), part["offset"], 4 * (hi - lo) * n)
+                logits[:, lo:hi] = np.frombuffer(raw, dtype="<i4").reshape(n, hi - lo)
         self.position += n
         self.counters.append(counters)
-        logits = raw[:, :io["vocab_size"]].astype(np.int64)
+        logits = logits[:, :vocab]
         return StepResult(logits * io["logit_scale"], counters)
 
     def prefill(self, tokens) -> StepResult:
