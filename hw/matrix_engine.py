@@ -1,0 +1,395 @@
+"""The matrix engine: the arithmetic of one MM or MV instruction, stream in, result rows out.
+
+``chains`` (default ``config.mv_rows``, a power of two) configurable sparse DSP chains
+(:class:`~flightllm.hw.dsp_chain.DSPChain`) each get their own dequantiser
+(:class:`~flightllm.hw.dequant.Dequantiser`) and work on different 16-row output strips: strip
+``s`` goes to chain ``s % chains``. Around them:
+
+* **Token pairs.** A chain multiplies every weight by two activations (its two packed lanes).
+  MV (decode) has one token: lane 1 idles. MM (prefill) walks its ``m_rows`` token rows in
+  pairs ``(2p, 2p + 1)``, and every pair streams the weights again (the instruction's loop is
+  pair, strip, K block): the chains are weight-streaming, like the MV engine, not
+  weight-stationary. An odd last row leaves lane 1 of the last pair unused.
+* **Activation store.** The ``acts`` stream delivers each pair's K blocks once (both token rows
+  of a block per beat) into a two-slot memory; every chain reads its blocks from it through its
+  own read port at its own pace (a chain's blocks take ``16 N / mv_k`` cycles each, so chains
+  drift apart on sparse matrices). The next pair loads into the other slot while the chains
+  work; a slot is refilled once every chain has read its last block from it.
+* **Output stage.** Strip results are taken in output order (pair, strip, token) and go
+  through a four-stage pipeline at one 16-channel row per cycle: ``+ psum`` (optional), then
+  in Q8/Q32 mode ``+ bias``, ``* mult``, ``rshift_round(., shift)`` (round half up, computed as
+  ``((x >> (shift - 1)) + 1) >> 1``), relu, saturation to INT8 or INT32 and, in Q32 mode with
+  ``residual``, ``sat32(y + residual)``; in ACC32 mode ``sat32(acc + psum)``. This is
+  :func:`flightllm.contract.numerics.requantize` and ``sim/execute.py``'s ``exec_matrix`` bit
+  for bit. The accumulators wrap modulo 2**32 (the compiler keeps K sums within INT32).
+
+Streams (``lib.stream``, all valid/ready; bytes are little-endian in every payload, so each
+payload is the buffer bytes it came from):
+
+* ``cmd`` (:data:`COMMAND_LAYOUT`): the instruction's arithmetic fields (addresses are the
+  readers' and writers' business). ``mv`` selects MV; MM with ``m_rows = 0`` or any instruction
+  with ``n_strips = 0`` produces nothing. ``k_blocks`` must be 1..``max_k_blocks``.
+* ``words[c]`` (64 bits): chain ``c``'s weight bytes: for every pair, the strips
+  ``c, c + chains, ...`` of the packed matrix (each from its first byte), 8 bytes per beat.
+* ``acts`` (:func:`~flightllm.hw.dsp_chain.act_beat_layout`): per pair, per K block, 16 INT8
+  of row ``2p`` (lane 0) and of row ``2p + 1`` (lane 1, ignored when the pair has one row).
+* ``params`` (:data:`PARAMS_LAYOUT`, 16 requantisation records): Q8/Q32 only; one beat per
+  (pair, strip) with the strip's 16 records, or with ``p_uniform`` one beat per instruction
+  whose record 0 serves every channel.
+* ``psum`` and ``residual`` (:data:`ROW_LAYOUT`, 16 INT32): one beat per result row when the
+  instruction has ``psum`` (partial sums), or ``residual`` in Q32 mode (the INT32 values at the
+  result's address); ``residual`` and ``relu`` are ignored in modes where the ISA does not allow
+  them.
+* ``results`` (:data:`RESULT_LAYOUT`): one beat per (token row, strip), in order pair, strip,
+  token: 16 INT32 (Q8 values lie in INT8), the row and strip indices for the writer, ``last``
+  on the instruction's final beat.
+
+The engine takes the next command once the current one's last result has entered the output
+pipeline. ``format_error`` is the dequantisers' sticky flag (a bad code byte or weight width).
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from flightllm.contract.config import BLOCK, AcceleratorConfig
+from flightllm.contract.isa import OPCODES, Opcode, OutMode
+from flightllm.contract.numerics import INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN
+from flightllm.contract.params import REQUANT_RECORD
+
+from .dequant import WORD_BITS, Dequantiser
+from .dsp_chain import DSPChain, act_beat_layout, result_beat_layout
+
+__all__ = [
+    "MatrixEngine", "COMMAND_LAYOUT", "RECORD_LAYOUT", "PARAMS_LAYOUT", "ROW_LAYOUT",
+    "RESULT_LAYOUT", "OUTPUT_STAGES",
+]
+
+#: Instruction fields the engine needs, with the contract's widths (MM's; MV has no m_rows).
+_FIELDS = ("wbits", "sparse", "gscale", "n_strips", "k_blocks", "m_rows", "out_mode",
+           "p_uniform", "psum", "residual", "relu")
+
+
+def _command_layout() -> data.StructLayout:
+    spec = OPCODES[Opcode.MM]
+    fields = {"mv": unsigned(1)}
+    fields.update({name: unsigned(spec.field(name).width) for name in _FIELDS})
+    return data.StructLayout(fields)
+
+
+def _record_layout() -> data.StructLayout:
+    # The contract's numpy record, field by field; the check keeps byte offsets and bit
+    # offsets in step should the record ever change.
+    fields = {}
+    for name in REQUANT_RECORD.names:
+        dtype, offset = REQUANT_RECORD.fields[name][:2]
+        width = 8 * dtype.itemsize
+        fields[name] = signed(width) if dtype.kind == "i" else unsigned(width)
+    layout = data.StructLayout(fields)
+    for name in REQUANT_RECORD.names:
+        assert layout[name].offset == 8 * REQUANT_RECORD.fields[name][1], name
+    assert layout.size == 8 * REQUANT_RECORD.itemsize
+    return layout
+
+
+#: One command: ``mv`` (1: MV, 0: MM) and the instruction fields of :data:`_FIELDS`.
+COMMAND_LAYOUT = _command_layout()
+#: One requantisation record, bit for bit the contract's 8 bytes (contract/params.py).
+RECORD_LAYOUT = _record_layout()
+#: The records of one strip's 16 output channels (128 PBUF bytes).
+PARAMS_LAYOUT = data.ArrayLayout(RECORD_LAYOUT, BLOCK)
+#: 16 INT32 values: a partial-sum or residual row segment (64 RBUF bytes).
+ROW_LAYOUT = data.ArrayLayout(signed(32), BLOCK)
+#: One result row segment: 16 values, its token row and strip, and the instruction's end.
+RESULT_LAYOUT = data.StructLayout({
+    "y": ROW_LAYOUT, "row": unsigned(16), "strip": unsigned(16), "last": unsigned(1),
+})
+#: Register stages between taking a strip result and presenting its result row.
+OUTPUT_STAGES = 4
+
+_CTL = data.StructLayout({
+    "valid": unsigned(1), "mode": unsigned(2), "relu": unsigned(1), "residual": unsigned(1),
+    "row": unsigned(16), "strip": unsigned(16), "last": unsigned(1),
+})
+
+
+def _clamp(value, lo: int, hi: int):
+    return Mux(value > hi, hi, Mux(value < lo, lo, value))
+
+
+class MatrixEngine(wiring.Component):
+    """Executes the arithmetic of MM and MV instructions (see the module docstring).
+
+    Args:
+        config: the accelerator configuration (``mv_k``, ``mv_rows``, sparsity codes).
+        chains: DSP chains working side by side on different strips; a power of two, default
+            ``config.mv_rows``.
+        max_k_blocks: the longest K (in 16-wide blocks) an instruction may have: the depth of
+            each activation slot and of the dequantisers' code tables (a power of two >= 8).
+        dsp_impl: ``"twin"`` or ``"xilinx"``, see :class:`~flightllm.hw.dsp48e2.DSP48E2`.
+
+    Ports:
+        cmd, words (array of ``chains``), acts, params, psum, residual (In streams) and results
+        (Out stream), as in the module docstring; ``busy`` (Out 1): a command is held whose
+        last result row has not yet entered the output stage; ``format_error`` (Out 1).
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, chains: int | None = None,
+                 max_k_blocks: int = 256, dsp_impl: str = "twin"):
+        chains = config.mv_rows if chains is None else chains
+        if not isinstance(chains, int) or chains < 1 or chains & (chains - 1):
+            raise ValueError(f"chains must be a power of two, not {chains!r}")
+        if (not isinstance(max_k_blocks, int) or max_k_blocks < 8
+                or max_k_blocks & (max_k_blocks - 1)):
+            raise ValueError(f"max_k_blocks must be a power of two >= 8, not {max_k_blocks!r}")
+        self.config = config
+        self.chains = chains
+        self.max_k_blocks = max_k_blocks
+        self.dsp_impl = dsp_impl
+        # Built here so that bad configurations fail at construction, naming the field.
+        self._chain_units = [DSPChain(config, dsp_impl=dsp_impl) for _ in range(chains)]
+        self._dequantisers = [Dequantiser(config, max_k_blocks=max_k_blocks)
+                              for _ in range(chains)]
+        super().__init__({
+            "cmd": In(stream.Signature(COMMAND_LAYOUT)),
+            "words": In(stream.Signature(WORD_BITS)).array(chains),
+            "acts": In(stream.Signature(act_beat_layout())),
+            "params": In(stream.Signature(PARAMS_LAYOUT)),
+            "psum": In(stream.Signature(ROW_LAYOUT)),
+            "residual": In(stream.Signature(ROW_LAYOUT)),
+            "results": Out(stream.Signature(RESULT_LAYOUT)),
+            "busy": Out(1),
+            "format_error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        C = self.chains
+        chain_bits = C.bit_length() - 1
+        k_bits = self.max_k_blocks.bit_length() - 1
+
+        cfg = Signal(COMMAND_LAYOUT)
+        busy = self.busy
+        pairs = Signal(16)
+        strips = [Signal(16, name=f"strips{c}") for c in range(C)]   # strips of chain c
+        accept = self.cmd.valid & self.cmd.ready
+        m.d.comb += self.cmd.ready.eq(~busy)
+
+        # ------------------------------------------------------------ chains, dequantisers
+        deq_left = [Signal(16, name=f"deq_left{c}") for c in range(C)]
+        for c, (chain, deq) in enumerate(zip(self._chain_units, self._dequantisers)):
+            m.submodules[f"chain{c}"] = chain
+            m.submodules[f"dequant{c}"] = deq
+            wiring.connect(m, wiring.flipped(self.words[c]), deq.words)
+            wiring.connect(m, deq.weights, chain.weights)
+            # One dequantiser command per pair: the pair's words repeat the chain's strips.
+            m.d.comb += [
+                deq.cmd.valid.eq(deq_left[c] != 0),
+                deq.cmd.payload.bits.eq(Const(2, 4) << cfg.wbits),
+                deq.cmd.payload.sparse.eq(cfg.sparse),
+                deq.cmd.payload.gscale.eq(cfg.gscale),
+                deq.cmd.payload.k_blocks.eq(cfg.k_blocks),
+                deq.cmd.payload.n_strips.eq(strips[c]),
+            ]
+            with m.If(deq.cmd.valid & deq.cmd.ready):
+                m.d.sync += deq_left[c].eq(deq_left[c] - 1)
+        m.d.comb += self.format_error.eq(Cat(d.format_error for d in self._dequantisers).any())
+
+        # ------------------------------------------------------------ activation store
+        xmem = m.submodules.xmem = Memory(shape=act_beat_layout().size,
+                                          depth=2 * self.max_k_blocks, init=[])
+        xw = xmem.write_port()
+        ld_pair = Signal(16)
+        ld_k = Signal(16)
+        loaded = Signal(2)                                   # slot holds a pair not yet freed
+        done_with = [Signal(2, name=f"done_with{c}") for c in range(C)]   # chain c read it all
+        active = Cat(s != 0 for s in strips)
+        slot = ld_pair[0]
+        m.d.comb += self.acts.ready.eq(busy & (ld_pair < pairs) & ~loaded.bit_select(slot, 1))
+        with m.If(self.acts.valid & self.acts.ready):
+            m.d.comb += [xw.en.eq(1), xw.addr.eq(Cat(ld_k[:k_bits], slot)),
+                         xw.data.eq(self.acts.payload)]
+            with m.If(ld_k == cfg.k_blocks - 1):
+                m.d.sync += [ld_k.eq(0), ld_pair.eq(ld_pair + 1),
+                             loaded.bit_select(slot, 1).eq(1)]
+            with m.Else():
+                m.d.sync += ld_k.eq(ld_k + 1)
+        for h in range(2):
+            freed = Cat(done_with[c][h] | ~active[c] for c in range(C)).all()
+            with m.If(loaded[h] & freed):
+                m.d.sync += loaded[h].eq(0)
+                m.d.sync += [done_with[c][h].eq(0) for c in range(C)]
+
+        # Per chain: walk (pair, own strip, K block), one activation beat per block.
+        for c, chain in enumerate(self._chain_units):
+            f_pair = Signal(16, name=f"f_pair{c}")
+            f_strip = Signal(16, name=f"f_strip{c}")
+            f_k = Signal(16, name=f"f_k{c}")
+            f_valid = Signal(name=f"f_valid{c}")
+            f_slot = f_pair[0]
+            rd = xmem.read_port()
+            ready = (busy & active[c] & (f_pair < pairs) & loaded.bit_select(f_slot, 1)
+                     & ~done_with[c].bit_select(f_slot, 1))
+            fetch = ready & (~f_valid | chain.acts.ready)
+            m.d.comb += [rd.en.eq(fetch), rd.addr.eq(Cat(f_k[:k_bits], f_slot)),
+                         chain.acts.valid.eq(f_valid), chain.acts.payload.eq(rd.data)]
+            with m.If(fetch):
+                m.d.sync += f_valid.eq(1)
+                with m.If(f_k == cfg.k_blocks - 1):
+                    m.d.sync += f_k.eq(0)
+                    with m.If(f_strip == strips[c] - 1):
+                        m.d.sync += [f_strip.eq(0), f_pair.eq(f_pair + 1),
+                                     done_with[c].bit_select(f_slot, 1).eq(1)]
+                    with m.Else():
+                        m.d.sync += f_strip.eq(f_strip + 1)
+                with m.Else():
+                    m.d.sync += f_k.eq(f_k + 1)
+            with m.Elif(chain.acts.ready):
+                m.d.sync += f_valid.eq(0)
+            with m.If(accept):
+                m.d.sync += [f_pair.eq(0), f_strip.eq(0), f_k.eq(0)]
+
+        # ------------------------------------------------------------ collector (stage A)
+        col_pair = Signal(16)
+        col_strip = Signal(16)
+        col_tok = Signal()
+        sel = col_strip[:chain_bits] if chain_bits else Const(0, 1)
+        res_valid = Signal()
+        res = Signal(result_beat_layout())
+        with m.Switch(sel):
+            for c, chain in enumerate(self._chain_units):
+                with m.Case(c):
+                    m.d.comb += [res_valid.eq(chain.results.valid),
+                                 res.eq(chain.results.payload)]
+
+        acc32 = cfg.out_mode == OutMode.ACC32
+        q32 = cfg.out_mode == OutMode.Q32
+        two = ~cfg.mv & (Cat(Const(1, 1), col_pair) < cfg.m_rows)      # the pair has row 2p + 1
+        last_tok = ~two | col_tok
+        last_strip = col_strip == cfg.n_strips - 1
+        last_beat = last_tok & last_strip & (col_pair == pairs - 1)
+        urec = Signal(RECORD_LAYOUT)
+        urec_ok = Signal()
+        need_params = ~acc32 & ~(cfg.p_uniform & urec_ok)
+        need_residual = cfg.residual & q32
+
+        out_valid = Signal()
+        advance = ~out_valid | self.results.ready
+        fire = (busy & advance & res_valid & (self.params.valid | ~need_params)
+                & (self.psum.valid | ~cfg.psum) & (self.residual.valid | ~need_residual))
+        m.d.comb += [
+            self.params.ready.eq(fire & need_params & (last_tok | cfg.p_uniform)),
+            self.psum.ready.eq(fire & cfg.psum),
+            self.residual.ready.eq(fire & need_residual),
+        ]
+        for c, chain in enumerate(self._chain_units):
+            m.d.comb += chain.results.ready.eq(fire & last_tok & (sel == c))
+        with m.If(fire):
+            with m.If(cfg.p_uniform & ~urec_ok & ~acc32):
+                m.d.sync += [urec.eq(self.params.payload[0]), urec_ok.eq(1)]
+            with m.If(last_tok):
+                m.d.sync += col_tok.eq(0)
+                with m.If(last_strip):
+                    m.d.sync += [col_strip.eq(0), col_pair.eq(col_pair + 1)]
+                with m.Else():
+                    m.d.sync += col_strip.eq(col_strip + 1)
+            with m.Else():
+                m.d.sync += col_tok.eq(1)
+            with m.If(last_beat):
+                m.d.sync += busy.eq(0)
+
+        # ------------------------------------------------------------ command
+        with m.If(accept):
+            c = self.cmd.payload
+            m.d.sync += [cfg.eq(c), col_pair.eq(0), col_strip.eq(0), col_tok.eq(0),
+                         urec_ok.eq(0), ld_pair.eq(0), ld_k.eq(0), loaded.eq(0)]
+            m.d.sync += [d.eq(0) for d in done_with]
+            empty = (c.n_strips == 0) | (~c.mv & (c.m_rows == 0))
+            n_pairs = Mux(c.mv, 1, (c.m_rows + 1) >> 1)
+            m.d.sync += [busy.eq(~empty), pairs.eq(n_pairs)]
+            for i in range(C):
+                count = (c.n_strips + (C - 1 - i)) >> chain_bits
+                m.d.sync += [strips[i].eq(count),
+                             deq_left[i].eq(Mux(empty | (count == 0), 0, n_pairs))]
+
+        self._output_stage(m, cfg, res, col_tok, col_pair, col_strip, last_beat, urec, urec_ok,
+                           need_residual, fire, advance, out_valid)
+        return m
+
+    def _output_stage(self, m, cfg, res, col_tok, col_pair, col_strip, last_beat, urec, urec_ok,
+                      need_residual, fire, advance, out_valid):
+        """Stages A (select, + psum) -> B (+ bias, * mult) -> C (shift) -> D (round, relu,
+        saturate, residual). Every stage moves when the output register can."""
+        ctl = [Signal(_CTL, name=f"ctl_{s}") for s in "abcd"]
+        with m.If(advance):
+            m.d.sync += ctl[0].valid.eq(fire)
+            m.d.sync += [ctl[s].eq(ctl[s - 1]) for s in range(1, 4)]
+        with m.If(advance & fire):
+            m.d.sync += [
+                ctl[0].mode.eq(cfg.out_mode), ctl[0].relu.eq(cfg.relu),
+                ctl[0].residual.eq(need_residual), ctl[0].row.eq(Cat(col_tok, col_pair)),
+                ctl[0].strip.eq(col_strip), ctl[0].last.eq(last_beat),
+            ]
+        m.d.comb += out_valid.eq(ctl[3].valid)
+
+        y = Signal(ROW_LAYOUT)
+        for j in range(BLOCK):
+            # Stage A: the lane of the current token, the partial sum, the channel's record.
+            rec = Signal(RECORD_LAYOUT, name=f"rec{j}")
+            m.d.comb += rec.eq(Mux(cfg.p_uniform, Mux(urec_ok, urec, self.params.payload[0]),
+                                   self.params.payload[j]))
+            a_sum = Signal(signed(33), name=f"a_sum{j}")
+            a_rec = Signal(RECORD_LAYOUT, name=f"a_rec{j}")
+            a_res = Signal(signed(32), name=f"a_res{j}")
+            with m.If(advance & fire):
+                acc = Mux(col_tok, res.y[1][j], res.y[0][j])
+                m.d.sync += [a_sum.eq(acc + Mux(cfg.psum, self.psum.payload[j], 0)),
+                             a_rec.eq(rec), a_res.eq(self.residual.payload[j])]
+
+            # Stage B: ACC32 saturates; Q8/Q32 add the bias and multiply (34 x 16 bits).
+            b_wide = Signal(signed(50), name=f"b_wide{j}")
+            b_shift = Signal(8, name=f"b_shift{j}")
+            b_res = Signal(signed(32), name=f"b_res{j}")
+            with m.If(advance):
+                with m.If(ctl[0].mode == OutMode.ACC32):
+                    m.d.sync += b_wide.eq(_clamp(a_sum, INT32_MIN, INT32_MAX))
+                with m.Else():
+                    m.d.sync += b_wide.eq((a_sum + a_rec.bias) * a_rec.mult)
+                m.d.sync += [b_shift.eq(Mux(ctl[0].mode == OutMode.ACC32, 0, a_rec.shift)),
+                             b_res.eq(a_res)]
+
+            # Stage C: shift by shift - 1; the rounding bit stays in the LSB.
+            c_val = Signal(signed(50), name=f"c_val{j}")
+            c_round = Signal(name=f"c_round{j}")
+            c_res = Signal(signed(32), name=f"c_res{j}")
+            shift_less = Signal(8, name=f"shift_less{j}")
+            m.d.comb += shift_less.eq(b_shift - 1)
+            with m.If(advance):
+                m.d.sync += [c_val.eq(Mux(b_shift == 0, b_wide, b_wide >> shift_less)),
+                             c_round.eq(b_shift != 0), c_res.eq(b_res)]
+
+            # Stage D: round half up, relu, saturate, residual add.
+            rounded = Signal(signed(50), name=f"rounded{j}")
+            m.d.comb += rounded.eq(Mux(c_round, (c_val + 1) >> 1, c_val))
+            relu = ctl[2].relu & (ctl[2].mode != OutMode.ACC32)
+            clipped = Signal(signed(50), name=f"clipped{j}")
+            m.d.comb += clipped.eq(Mux(relu & (rounded < 0), 0, rounded))
+            sat = Signal(signed(32), name=f"sat{j}")
+            m.d.comb += sat.eq(Mux(ctl[2].mode == OutMode.Q8, _clamp(clipped, INT8_MIN, INT8_MAX),
+                                   _clamp(clipped, INT32_MIN, INT32_MAX)))
+            total = Signal(signed(33), name=f"total{j}")
+            m.d.comb += total.eq(sat + c_res)
+            with m.If(advance):
+                m.d.sync += y[j].eq(Mux(ctl[2].residual, _clamp(total, INT32_MIN, INT32_MAX),
+                                        sat))
+
+        m.d.comb += [
+            self.results.valid.eq(ctl[3].valid),
+            self.results.payload.y.eq(y),
+            self.results.payload.row.eq(ctl[3].row),
+            self.results.payload.strip.eq(ctl[3].strip),
+            self.results.payload.last.eq(ctl[3].last),
+        ]
