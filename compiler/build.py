@@ -97,7 +97,7 @@ def _step_quantize(state):
     opts = state["opts"]
     recipe = QuantRecipe(weight_bits=opts.weight_bits, sparsity=dict(opts.sparsity),
                          bits_by_name=state.get("bits_by_name", {}))
-    lowerer = Lowerer(state["ir"].config, state["config"], opts.max_len)
+    lowerer = Lowerer(state["ir"].config, state["config"], opts.max_len, spool=state["spool"])
     state["qmodel"] = build_qmodel(state["ir"], state["ranges"], recipe, max_len=opts.max_len,
                                    sink=lowerer.place)
     state["lowerer"] = lowerer
@@ -128,20 +128,28 @@ def compile_model(ir: TransformerIR, config: AcceleratorConfig, out: Path,
     vocab = ir.config.vocab_size
     calib = [default_calibration_tokens(vocab, opts.calibration_length, opts.seed + i)
              for i in range(opts.calibration_sequences)]
-    state = {"ir": ir, "config": config, "opts": opts, "calib": calib}
-    timings = {}
-    for name, fn in STEPS:
-        t0 = time.perf_counter()
-        fn(state)
-        timings[name] = round(time.perf_counter() - t0, 4)
-        if dump_dir is not None:
-            _dump(Path(dump_dir), name, state, timings[name])
-    lowered: Lowered = state["lowered"]
-    qm: QModel = state["qmodel"]
-    report = program_report(lowered, qm)
-    report["compile_seconds"] = round(time.perf_counter() - start, 3)
-    report["timings"] = timings
-    _write_build(Path(out), ir, config, opts, qm, lowered, report)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # HBM images are written as they are placed, beside the output (same file system, so
+    # they move into the build without a copy); the spool goes whatever happens.
+    spool = Path(tempfile.mkdtemp(prefix=f".{out.name}.spool.", dir=out.parent))
+    try:
+        state = {"ir": ir, "config": config, "opts": opts, "calib": calib, "spool": spool}
+        timings = {}
+        for name, fn in STEPS:
+            t0 = time.perf_counter()
+            fn(state)
+            timings[name] = round(time.perf_counter() - t0, 4)
+            if dump_dir is not None:
+                _dump(Path(dump_dir), name, state, timings[name])
+        lowered: Lowered = state["lowered"]
+        qm: QModel = state["qmodel"]
+        report = program_report(lowered, qm)
+        report["compile_seconds"] = round(time.perf_counter() - start, 3)
+        report["timings"] = timings
+        _write_build(out, ir, config, opts, qm, lowered, report)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     return report
 
 
@@ -185,11 +193,15 @@ def _write_build(out: Path, ir: TransformerIR, config: AcceleratorConfig, opts: 
         files[f"programs/{phase}.bin"] = data
     hbm_files, tensors = [], []
     for core, image in enumerate(low.images):
-        for c, data in enumerate(image.data):
+        for c in range(image.channels):
             name = f"hbm/core{core}_ch{c:02d}.bin"
-            files[name] = data  # the image itself, not a copy: a 7B image is gigabytes
-            hbm_files.append({"core": core, "channel": c, "file": name,
-                              "sha256": hashlib.sha256(data).hexdigest()})
+            if image.paths is not None:  # spooled: moved into the build, hashed in pieces
+                files[name] = image.paths[c]
+                digest = _file_sha256(image.paths[c])
+            else:
+                files[name] = image.channel_bytes(c)
+                digest = hashlib.sha256(files[name]).hexdigest()
+            hbm_files.append({"core": core, "channel": c, "file": name, "sha256": digest})
         tensors += [dict(p.to_dict(), core=core) for p in image.placements.values()]
     files["host/embed.npy"] = _npy(qm.embed.astype(np.float32))
     if qm.pos_embed is not None:
@@ -237,9 +249,18 @@ def _words(streams) -> int:
     return sum(len(encode(i)) for s in streams for i in s)
 
 
-def write_atomically(out: Path, files: dict[str, bytes | bytearray]) -> None:
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomically(out: Path, files: dict[str, bytes | bytearray | Path]) -> None:
     """Write ``files`` into a fresh directory beside ``out``, then swap it into place; a
-    failure at any point leaves no partial ``out``."""
+    failure at any point leaves no partial ``out``. A :class:`Path` value is a finished file
+    on the same file system, moved in rather than copied."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -247,7 +268,10 @@ def write_atomically(out: Path, files: dict[str, bytes | bytearray]) -> None:
         for name, data in files.items():
             path = tmp / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            if isinstance(data, Path):
+                os.replace(data, path)
+            else:
+                path.write_bytes(data)
         old = None
         if out.exists():
             old = out.parent / f"{tmp.name}.old"

@@ -10,7 +10,8 @@ robin. Every placed tensor is recorded (channel, offset, bytes, checksum) for th
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["CompileError", "HBMImage", "Placement", "Arena", "align"]
 
@@ -41,27 +42,65 @@ class Placement:
                 "shape": list(self.shape), "sha256": self.sha256}
 
 
-@dataclass
 class HBMImage:
-    """Per-channel byte images under construction."""
+    """Per-channel byte images under construction, in memory or spooled to files.
 
-    channels: int
-    capacity: int
-    data: list[bytearray] = field(default_factory=list)
-    placements: dict[str, Placement] = field(default_factory=dict)
-    _rr: int = 0
+    Args:
+        channels: the core's HBM channels.
+        capacity: bytes per channel.
+        spool: a directory to write the images into as they are placed (a full-size model's
+            images are gigabytes); None keeps them in memory.
+        name: file-name prefix of the spooled images (``<name>_chNN.bin``).
+    """
 
-    def __post_init__(self):
-        self.data = [bytearray() for _ in range(self.channels)]
+    def __init__(self, channels: int, capacity: int, *, spool: Path | None = None,
+                 name: str = "core0"):
+        self.channels, self.capacity = channels, capacity
+        self.placements: dict[str, Placement] = {}
+        self.sizes = [0] * channels
+        self._rr = 0
+        self.paths = None
+        if spool is not None:
+            self.paths = [Path(spool) / f"{name}_ch{c:02d}.bin" for c in range(channels)]
+            for path in self.paths:
+                path.write_bytes(b"")
+        else:
+            self._data = [bytearray() for _ in range(channels)]
 
     def _reserve(self, chans: tuple[int, ...], nbytes: int) -> int:
-        offset = align(max(len(self.data[c]) for c in chans), 64)
+        offset = align(max(self.sizes[c] for c in chans), 64)
         for c in chans:
             if offset + nbytes > self.capacity:
                 raise CompileError(f"HBM channel {c} is full: {offset + nbytes} bytes needed, "
                                    f"{self.capacity} available")
-            self.data[c].extend(bytes(offset + nbytes - len(self.data[c])))
+            self.sizes[c] = offset + nbytes
         return offset
+
+    def _write(self, channel: int, offset: int, data: bytes) -> None:
+        if self.paths is None:
+            buf = self._data[channel]
+            if len(buf) < offset + len(data):
+                buf.extend(bytes(offset + len(data) - len(buf)))
+            buf[offset:offset + len(data)] = data
+        else:
+            with open(self.paths[channel], "r+b") as f:
+                f.seek(offset)
+                f.write(data)
+
+    def finish(self) -> None:
+        """Pad every image to its reserved size (trailing reservations are zeros)."""
+        for c, size in enumerate(self.sizes):
+            if self.paths is None:
+                self._data[c].extend(bytes(size - len(self._data[c])))
+            else:
+                with open(self.paths[c], "r+b") as f:
+                    f.truncate(size)
+
+    def channel_bytes(self, channel: int) -> bytes | bytearray:
+        """The finished image of one channel."""
+        if self.paths is None:
+            return self._data[channel]
+        return self.paths[channel].read_bytes()
 
     def place(self, name: str, data: bytes, *, dtype: str, shape, channel: int | None = None,
               reserve_only: bool = False) -> Placement:
@@ -71,7 +110,7 @@ class HBMImage:
             channel, self._rr = self._rr, (self._rr + 1) % self.channels
         offset = self._reserve((channel,), len(data))
         if not reserve_only:
-            self.data[channel][offset:offset + len(data)] = data
+            self._write(channel, offset, data)
         return self._record(name, (channel,), offset, len(data), dtype, shape, data)
 
     def place_striped(self, name: str, parts: list[bytes], *, dtype: str, shape) -> Placement:
@@ -82,7 +121,7 @@ class HBMImage:
             raise AssertionError("striped parts must have equal lengths")
         offset = self._reserve(chans, size)
         for c, part in zip(chans, parts):
-            self.data[c][offset:offset + size] = part
+            self._write(c, offset, part)
         return self._record(name, chans, offset, size, dtype, shape, b"".join(parts))
 
     def _record(self, name, chans, offset, size, dtype, shape, data) -> Placement:

@@ -83,9 +83,10 @@ def _offset(reg: LengthReg, field: str, shift: int) -> Binding:
 class _Placer:
     """Builds the shared HBM image: weights, parameter blobs, caches, RoPE table, I/O."""
 
-    def __init__(self, cfg: AcceleratorConfig, slot_bytes: int):
+    def __init__(self, cfg: AcceleratorConfig, slot_bytes: int, core: int, spool=None):
         self.cfg, self.slot = cfg, slot_bytes
-        self.image = HBMImage(cfg.hbm_channels_per_core, cfg.hbm_channel_bytes)
+        self.image = HBMImage(cfg.hbm_channels_per_core, cfg.hbm_channel_bytes, spool=spool,
+                              name=f"core{core}")
 
     def matrix(self, name: str, lin: QLinear, lo: int, hi: int) -> _Matrix:
         """Place strips ``[lo, hi)`` of ``lin`` on this core's channels."""
@@ -410,7 +411,8 @@ class Lowerer:
     as soon as it is quantised (its bytes go to the HBM images, then it is released), then
     :meth:`finish` emits the programs from what is left (scales, records, sizes)."""
 
-    def __init__(self, model: ModelConfig, cfg: AcceleratorConfig, max_len: int):
+    def __init__(self, model: ModelConfig, cfg: AcceleratorConfig, max_len: int, *,
+                 spool=None):
         for name, value in (("head_dim", model.head_dim), ("hidden_size", model.hidden_size),
                             ("intermediate_size", model.intermediate_size)):
             if value % 16:
@@ -423,7 +425,7 @@ class Lowerer:
         if self.slot <= 0:
             raise CompileError(f"WBUF ({cfg.wbuf.bytes} bytes) cannot hold the K and V tiles "
                                f"of max_len {max_len} (2 x {self.ktile} bytes)")
-        self.placers = [_Placer(cfg, self.slot) for _ in range(cfg.cores)]
+        self.placers = [_Placer(cfg, self.slot, core, spool) for core in range(cfg.cores)]
         self.mats: dict[str, list[_Matrix]] = {}
 
     def place(self, name: str, lin: QLinear, *, release: bool = True) -> None:
@@ -512,6 +514,8 @@ class Lowerer:
             progs[phase] = [assign_tokens(_Program(qm, cfg, rows, phase == "prefill", plan,
                                                    core).build(), regs)
                             for core in range(cfg.cores)]
+        for placer in self.placers:
+            placer.image.finish()
         return Lowered(progs["prefill"], progs["decode"], chunk,
                        [p.image for p in self.placers], ios)
 
