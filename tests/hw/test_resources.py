@@ -88,6 +88,34 @@ def test_count_rtlil_counts_a_small_design_exactly():
     assert counts["lut"] >= 0
 
 
+class _ManyReaders(wiring.Component):
+    """A RAM with six read ports and a ROM with four: synthesis leaves both to counting."""
+
+    addr: In(9).array(6)
+    data: Out(64).array(6)
+    rom_addr: In(11).array(4)
+    rom_data: Out(16).array(4)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.ram = ram = Memory(shape=64, depth=512, init=[])
+        m.submodules.rom = rom = Memory(shape=16, depth=2048, init=range(2048))
+        wr = ram.write_port()
+        m.d.comb += [wr.addr.eq(self.addr[0]), wr.data.eq(self.addr[1]), wr.en.eq(1)]
+        for a, d in [*zip(self.addr, self.data, strict=True),
+                     *zip(self.rom_addr, self.rom_data, strict=True)]:
+            rd = (ram if len(d) == 64 else rom).read_port()
+            m.d.comb += [rd.addr.eq(a), d.eq(rd.data)]
+        return m
+
+
+def test_memories_with_many_read_ports_are_set_aside_for_synthesis():
+    counts = count_rtlil(rtlil.convert(_ManyReaders(), name="top"))
+    # Six copies of a 512 x 72 BRAM36; the ROM: two copies of 2K x 18 (one BRAM36 each).
+    assert counts["bram36"] == 6 + 2
+    assert counts["set_aside"]["bram36"] == 6 + 2
+
+
 # ------------------------------------------------------------------------ estimates
 @pytest.mark.parametrize("name", ["tiny", "u280"])
 def test_dsp_total_is_the_chains_plus_the_counted_multipliers(counted, name):
@@ -204,3 +232,7 @@ def test_synthesised_tiny_chain_has_one_dsp_per_slice():
     counts = count_rtlil(rtlil.convert(DSPChain(cfg, dsp_impl="xilinx"), name="top"))
     assert counts["dsp"] == result["dsp"] and counts["ff"] == result["ff"]
     assert result["lut"] > 0 and result["bram36"] == 0
+    # Memories with many read ports stay unmapped (Yosys would use flip-flops or crash).
+    result = synthesise(verilog.convert(_ManyReaders(), name="top"), timeout=1200)
+    assert all(cell.startswith("set_aside_") for cell in result["cells"])
+    assert sum(result["cells"].values()) == 2 and result["bram36"] == 0
