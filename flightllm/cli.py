@@ -36,7 +36,32 @@ def _user_errors(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A group some of whose commands live in modules imported only when one of them runs (the
+    RTL tools import Amaranth; ``flightllm --help`` should not). Each area of the package owns
+    its command's module; this file only names it."""
+
+    def __init__(self, *args, lazy: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name not in self.lazy:
+            return super().get_command(ctx, name)
+        module, attr = self.lazy[name].rsplit(":", 1)
+        import importlib
+        return getattr(importlib.import_module(module), attr)
+
+
+#: Top-level commands defined in their own areas' modules.
+LAZY_COMMANDS: dict[str, str] = {}
+
+
+@click.group(cls=_LazyGroup, lazy=LAZY_COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flightllm")
 def main():
     """flightllm: compile transformer LLMs for FlightLLM-style FPGA accelerators, simulate
@@ -151,25 +176,6 @@ def simulate(build, input_ids, decode_steps, engine, as_json):
         counters = [c.to_dict() for c in session.counters]
         click.echo(json.dumps({"tokens": tokens, "logits": [r.tolist() for r in logits],
                                "engine": engine, "counters": counters}))
-
-
-class _LazyGroup(click.Group):
-    """A group whose commands live in modules imported only when one of them runs (the RTL
-    tools import Amaranth; ``flightllm --help`` should not)."""
-
-    def __init__(self, *args, lazy: dict[str, str], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lazy = lazy
-
-    def list_commands(self, ctx):
-        return sorted(self.lazy)
-
-    def get_command(self, ctx, name):
-        if name not in self.lazy:
-            return None
-        module, attr = self.lazy[name].rsplit(":", 1)
-        import importlib
-        return getattr(importlib.import_module(module), attr)
 
 
 @main.group(cls=_LazyGroup, lazy={"resources": "flightllm.hw.resources:resources_command"})
