@@ -1,0 +1,131 @@
+"""Shared access to an on-chip buffer: the row-client port and a round-robin arbiter.
+
+Inside a core several units use one buffer (LD writes ABUF while MISC reads it, MM reads WBUF
+while LD refills the other half). Each unit gets a *row client* port
+(:func:`row_client_signature`): a request stream of ``{addr, write, data, be}`` and a response
+stream that carries one row per read request, in request order. :class:`BufferArbiter` serves
+``n`` clients round-robin, one request per cycle, through one read port and the write port of
+a :class:`~flightllm.hw.buffers.BufferMemory`.
+
+Ordering is what makes the units composable: a request is *committed* when the arbiter accepts
+it (``req.valid & req.ready``). A write is in the memory at the end of the accepting cycle, so
+any read accepted later, from any client, sees it. A unit that signals an instruction done only
+after its last write was accepted therefore hands finished data to the next instruction, which
+is what the dependency tokens promise.
+
+Responses may be back-pressured: the arbiter grants a client's read only when that client's
+previous response is gone or being taken, so a slow consumer stalls itself, not the other
+clients. A client's ``rsp.ready`` must not depend combinationally on its ``req.ready``.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from flightllm.contract.config import BufferSpec
+
+__all__ = ["row_request_layout", "row_client_signature", "BufferArbiter"]
+
+
+def row_request_layout(spec: BufferSpec) -> data.StructLayout:
+    """One request: a row read (``write = 0``) or a byte-enabled row write."""
+    return data.StructLayout({
+        "addr": range(spec.depth), "write": 1, "data": 8 * spec.width, "be": spec.width,
+    })
+
+
+def row_client_signature(spec: BufferSpec) -> wiring.Signature:
+    """A unit's access to a buffer, seen from the unit: ``req`` out, ``rsp`` (read rows) in."""
+    return wiring.Signature({
+        "req": Out(stream.Signature(row_request_layout(spec))),
+        "rsp": In(stream.Signature(8 * spec.width)),
+    })
+
+
+class BufferArbiter(wiring.Component):
+    """Round-robin access of ``clients`` row clients to one buffer memory.
+
+    Args:
+        spec: the buffer's geometry.
+        clients: number of client ports.
+
+    Ports:
+        clients (array, :func:`row_client_signature` flipped): one per unit.
+        read (:func:`~flightllm.hw.buffers.read_port_signature`): to a memory read port.
+        write (:func:`~flightllm.hw.buffers.write_port_signature`): to the memory write port.
+        grant_valid: a request is accepted this cycle (for the performance counters).
+    """
+
+    def __init__(self, spec: BufferSpec, clients: int):
+        from .buffers import read_port_signature, write_port_signature
+        if not isinstance(clients, int) or clients < 1:
+            raise ValueError(f"clients must be a positive integer, not {clients!r}")
+        self.spec, self.n = spec, clients
+        super().__init__({
+            "clients": In(row_client_signature(spec)).array(clients),
+            "read": Out(read_port_signature(spec)),
+            "write": Out(write_port_signature(spec)),
+            "grant_valid": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.n
+        # At most one read per client is in flight or waiting: either ``pending`` (issued last
+        # cycle, its row on the memory's data port now) or held in the client's slot register.
+        # A new read is granted when that one is absent or being taken this cycle, so a client
+        # that always takes its responses reads a row every cycle and the memory's latency
+        # never needs back-pressure.
+        slot_full = Signal(n)
+        slot_data = [Signal(8 * self.spec.width, name=f"slot{i}") for i in range(n)]
+        pending = Signal(n)
+
+        eligible = Signal(n)
+        for i, c in enumerate(self.clients):
+            held = slot_full[i] | pending[i]
+            free = ~held | c.rsp.ready
+            m.d.comb += eligible[i].eq(c.req.valid & (c.req.p.write | free))
+
+        # Round-robin: the first eligible client at or after ``last + 1``.
+        last = Signal(range(n), init=n - 1)
+        grant = Signal(range(n))
+        granted = Signal()
+        for offset in reversed(range(n)):
+            for i in range(n):
+                with m.If((last + 1 + offset) % n == i if n > 1 else i == 0):
+                    with m.If(eligible[i]):
+                        m.d.comb += [grant.eq(i), granted.eq(1)]
+        # The loop above lists offsets from far to near so the nearest eligible wins.
+
+        req = Signal(row_request_layout(self.spec))
+        with m.Switch(grant):
+            for i, c in enumerate(self.clients):
+                with m.Case(i):
+                    m.d.comb += req.eq(c.req.p)
+                    m.d.comb += c.req.ready.eq(granted)
+        m.d.comb += self.grant_valid.eq(granted)
+        with m.If(granted):
+            m.d.sync += last.eq(grant)
+
+        m.d.comb += [
+            self.read.en.eq(granted & ~req.write), self.read.addr.eq(req.addr),
+            self.write.addr.eq(req.addr), self.write.data.eq(req.data),
+            self.write.be.eq(Mux(granted & req.write, req.be, 0)),
+        ]
+
+        issued = Signal(n)
+        for i in range(n):
+            m.d.comb += issued[i].eq(granted & (grant == i) & ~req.write)
+        m.d.sync += pending.eq(issued)
+
+        for i, c in enumerate(self.clients):
+            taken = c.rsp.valid & c.rsp.ready
+            m.d.comb += [c.rsp.valid.eq(slot_full[i] | pending[i]),
+                         c.rsp.payload.eq(Mux(slot_full[i], slot_data[i], self.read.data))]
+            with m.If(pending[i] & ~taken):
+                m.d.sync += [slot_data[i].eq(self.read.data), slot_full[i].eq(1)]
+            with m.Elif(taken):
+                m.d.sync += slot_full[i].eq(0)
+        return m
