@@ -77,6 +77,8 @@ class AcceleratorConfig:
         token_depth: Largest count a dependency-token counter holds.
         axi_data_bits: Data width of each HBM AXI master (256 matches an HBM pseudo-channel's
             native port; narrower is cheaper in simulation).
+        attn_block: Token block size of block-sparse prefill attention (sink and local band
+            are whole blocks of this many tokens; a multiple of 16).
     """
 
     name: str
@@ -100,6 +102,7 @@ class AcceleratorConfig:
     clock_mhz: float
     token_depth: int = 255
     axi_data_bits: int = 256
+    attn_block: int = 64
 
     def __post_init__(self):
         # Normalise sequences so YAML lists and tuples compare and hash the same.
@@ -161,6 +164,8 @@ class AcceleratorConfig:
                  "an integer in [1 MiB, 4 GiB] (the ISA's 32-bit HBM byte addresses)")
         if self.axi_data_bits not in (32, 64, 128, 256, 512):
             _bad("axi_data_bits", self.axi_data_bits, "one of 32, 64, 128, 256, 512")
+        if self.attn_block not in (16, 32, 64, 128, 256):
+            _bad("attn_block", self.attn_block, "one of 16, 32, 64, 128, 256")
         if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
             _bad("clock_mhz", self.clock_mhz, "a number in [1, 1000]")
 
@@ -275,7 +280,7 @@ def _preset_tiny() -> AcceleratorConfig:
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=4,
         abuf=BufferSpec(16, 2048), wbuf=BufferSpec(16, 4096), rbuf=BufferSpec(64, 1024),
         pbuf=BufferSpec(16, 2048), hbm_channels_per_core=2, hbm_channel_bytes=1 << 28,
-        clock_mhz=200.0, axi_data_bits=64,
+        clock_mhz=200.0, axi_data_bits=64, attn_block=16,
     )
 
 
