@@ -57,7 +57,9 @@ class _LazyGroup(click.Group):
 
 
 #: Top-level commands defined in their own areas' modules.
-LAZY_COMMANDS: dict[str, str] = {}
+LAZY_COMMANDS: dict[str, str] = {
+    "boards": "flightllm.boards.cli:boards_command",
+}
 
 
 @click.group(cls=_LazyGroup, lazy=LAZY_COMMANDS,
