@@ -98,9 +98,14 @@ def disasm(program: Path, core: int | None, raw: bool):
 
 
 @main.command("compile")
-@click.argument("model")
-@click.option("--arch", default="tiny", show_default=True,
-              help="Accelerator configuration: a preset (tiny, u280, vhk158) or a YAML/JSON file.")
+@click.argument("model", required=False)
+@click.option("--board", default=None,
+              help="Target card (flightllm boards lists them) or a board YAML file: also "
+                   "generate the kernel's Verilog and the Vitis/Vivado project, after checking "
+                   "that the configuration fits.")
+@click.option("--arch", default=None,
+              help="Accelerator configuration: a preset (tiny, u280, vhk158) or a YAML/JSON "
+                   "file. Default: the board's, or tiny without --board.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Build directory to write (replaced atomically if it exists).")
 @click.option("--weight-bits", type=click.Choice(["2", "4", "8"]), default="8",
@@ -123,24 +128,49 @@ def disasm(program: Path, core: int | None, raw: bool):
 @click.option("--dump-dir", type=click.Path(path_type=Path), default=None,
               help="Write every pipeline step's result and time here.")
 @_user_errors
-def compile_cmd(model, arch, out, weight_bits, avg_bits, sparsity, max_len, chunk, weights,
-                smooth_alpha, calibration_seqs, dump_dir):
-    """Compile MODEL (an .onnx file, a config.json, or a preset) into a build directory."""
+def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, max_len, chunk,
+                weights, smooth_alpha, calibration_seqs, dump_dir):
+    """Compile MODEL (an .onnx file, a config.json, or a preset) into a build directory.
+
+    Without MODEL, the small LLaMA export bundled with flightllm is compiled. With --board,
+    the build also holds the kernel's Verilog and the vendor project that builds the
+    bitstream (project/), and report.md.
+    """
     from flightllm.compiler.build import CompileOptions, compile_model
     from flightllm.compiler.sources import load_model, parse_sparsity
     from flightllm.contract.config import load_config
-    cfg = load_config(arch)
-    ir = load_model(model, weights=weights)
+    if model is None:
+        from flightllm.default_model import default_model_path
+        model = str(default_model_path())
+        click.echo(f"no model given: compiling the bundled tiny LLaMA export ({model})")
     opts = CompileOptions(weight_bits=int(weight_bits), avg_bits=avg_bits,
                           sparsity=parse_sparsity(sparsity),
                           max_len=max_len, chunk=chunk, smooth_alpha=smooth_alpha,
                           calibration_sequences=calibration_seqs)
-    report = compile_model(ir, cfg, out, opts, dump_dir=dump_dir)
+    if board is None:
+        cfg = load_config(arch or "tiny")
+        report = compile_model(load_model(model, weights=weights), cfg, out, opts,
+                               dump_dir=dump_dir)
+    else:
+        from flightllm.boards.compile import compile_for_board
+        from flightllm.boards.fit import require_fit
+        from flightllm.boards.project import build_hint
+        from flightllm.boards.registry import load_board
+        target = load_board(board)
+        cfg = load_config(arch) if arch else target.config()
+        click.echo(f"checking that configuration {cfg.name!r} fits {target.name} ...")
+        fit = require_fit(target, cfg)
+        ir = load_model(model, weights=weights)
+        click.echo("generating the kernel and compiling the model ...")
+        report = compile_for_board(ir, target, cfg, out, opts, dump_dir=dump_dir, fit=fit)
     click.echo(f"wrote {out}: {report['instruction_bytes_total']} instruction bytes for every "
                f"length up to {max_len} (a program per length: "
                f"{report['instruction_bytes_per_length_baseline']}), "
                f"{report['weight_bytes']} weight bytes at {report['avg_weight_bits']} bits, "
                f"{report['compile_seconds']} s")
+    if board is not None:
+        click.echo(f"project: {out / 'project'}; report: {out / 'report.md'}")
+        click.echo(build_hint(target, str(out / "project")))
 
 
 def _ids(text: str) -> list[int]:
