@@ -61,6 +61,9 @@ class CompileOptions:
     calibration_length: int = 64
     smooth_alpha: float | None = None
     seed: int = 0
+    #: Block-sparse prefill attention: (sink, band) in blocks of the configuration's
+    #: ``attn_block`` tokens (compiler.qmodel.AttentionSparsity); None is dense.
+    attn_sparsity: tuple[int, int] | None = None
 
 
 def _step_frontend(state):
@@ -97,7 +100,8 @@ def _step_quantize(state):
     opts = state["opts"]
     recipe = QuantRecipe(weight_bits=opts.weight_bits, sparsity=dict(opts.sparsity),
                          bits_by_name=state.get("bits_by_name", {}))
-    lowerer = Lowerer(state["ir"].config, state["config"], opts.max_len, spool=state["spool"])
+    lowerer = Lowerer(state["ir"].config, state["config"], opts.max_len, spool=state["spool"],
+                      attn_sparsity=opts.attn_sparsity)
     state["qmodel"] = build_qmodel(state["ir"], state["ranges"], recipe, max_len=opts.max_len,
                                    sink=lowerer.place)
     state["lowerer"] = lowerer
@@ -212,7 +216,9 @@ def _write_build(out: Path, ir: TransformerIR, config: AcceleratorConfig, opts: 
         "isa": {"version": ISA_VERSION, "hash": isa_hash()},
         "config": config.to_dict(), "config_hash": config.config_hash(),
         "model": {"config": ir.config.to_dict(), "source": ir.source,
-                  "recipe": asdict(qm.recipe), "max_len": L},
+                  "recipe": asdict(qm.recipe), "max_len": L,
+                  # The prefill attention mask the programs implement (null: dense causal).
+                  "attention_sparsity": low.attention and low.attention.to_dict()},
         "programs": [
             {"phase": "prefill", "file": "programs/prefill.bin", "seq": [1, low.chunk],
              "kv": [1, L], "words": _words(low.prefill),

@@ -29,11 +29,12 @@ from flightllm.contract.isa import (
     WeightBits,
 )
 from flightllm.contract.params import pack_norm_params, pack_requant_records, pack_rope_rows
-from flightllm.contract.weights import strip_bytes
+from flightllm.contract.weights import pack_matrix, strip_bytes
 
-from .layout import Arena, CompileError, HBMImage, align
+from .layout import CompileError, HBMImage, align
 from .ir import ModelConfig
-from .qmodel import QLinear, QModel, QNorm
+from .onchip import attention_sparsity, default_chunk, onchip_plan
+from .qmodel import AttentionSparsity, QLinear, QModel, QNorm
 from .schedule import assign_tokens
 
 __all__ = ["Lowered", "Lowerer", "lower"]
@@ -52,6 +53,13 @@ class Lowered:
     chunk: int
     images: list[HBMImage]
     io: list[dict]
+    #: Block-sparse prefill attention, if compiled with it.
+    attention: AttentionSparsity | None = None
+    #: WBUF byte range of the K and V tiles (what the attention's loads and products use).
+    kv_tiles: tuple[int, int] = (0, 0)
+    #: With sparse attention: the dense prefill programs (no tokens, never run), kept only
+    #: to count what the mask saves.
+    dense_prefill: list[list[Instruction]] | None = None
 
 
 @dataclass
@@ -59,7 +67,9 @@ class _Matrix:
     """A placed weight matrix: chunks of strips striped over the channels."""
 
     linear: QLinear
-    chunks: list[tuple[int, int, int]]  # (first strip, strips, HBM offset)
+    #: (first strip, strips, HBM offset, first K block, K blocks): a strip group, or with
+    #: K-splitting one K range of it (the ranges of a group follow each other).
+    chunks: list[tuple[int, int, int, int, int]]
     part_bytes: list[int]
     strip: int
     nch: int
@@ -72,12 +82,12 @@ def _split(total: int, parts: int, index: int) -> tuple[int, int]:
     return total * index // parts, total * (index + 1) // parts
 
 
-def _count(reg: LengthReg, field: str, shift: int = 0) -> Binding:
-    return Binding(BindKind.COUNT, reg, field, shift=shift)
+def _count(reg: LengthReg, field: str, shift: int = 0, *, base: int = 0) -> Binding:
+    return Binding(BindKind.COUNT, reg, field, shift=shift, base=base)
 
 
-def _offset(reg: LengthReg, field: str, shift: int) -> Binding:
-    return Binding(BindKind.OFFSET, reg, field, shift=shift)
+def _offset(reg: LengthReg, field: str, shift: int, *, base: int = 0) -> Binding:
+    return Binding(BindKind.OFFSET, reg, field, shift=shift, base=base)
 
 
 class _Placer:
@@ -89,31 +99,52 @@ class _Placer:
                               name=f"core{core}")
 
     def matrix(self, name: str, lin: QLinear, lo: int, hi: int) -> _Matrix:
-        """Place strips ``[lo, hi)`` of ``lin`` on this core's channels."""
+        """Place strips ``[lo, hi)`` of ``lin`` on this core's channels. A strip larger than
+        a weight slot is K-split: cut into ranges of 16-column blocks, each packed as a
+        matrix of its own, that the engine accumulates through partial sums."""
         w = lin.weight
         kb = w.padded[1] // 16
         sb = strip_bytes([w.keep] * kb, w.bits, w.has_mult, w.sparse)
         nch = self.cfg.hbm_channels_per_core
-        per_chunk = (self.slot // sb) // nch * nch or self.slot // sb
-        if per_chunk == 0:
-            raise CompileError(f"{name}: one 16-row strip takes {sb} bytes, more than the "
-                               f"{self.slot}-byte weight slot (K-splitting is not implemented)")
-        packed = w.packed()
+        if sb <= self.slot:
+            ranges, packed = [(0, kb, sb)], [w.packed()]
+        else:
+            per = max((n for n in range(1, kb + 1)
+                       if strip_bytes([w.keep] * n, w.bits, w.has_mult, w.sparse) <= self.slot),
+                      default=0)
+            if per == 0:
+                raise CompileError(f"{name}: one 16x16 block of a strip takes more than the "
+                                   f"{self.slot}-byte weight slot")
+            ranges = [(k0, min(per, kb - k0)) for k0 in range(0, kb, per)]
+            ranges = [(k0, n, strip_bytes([w.keep] * n, w.bits, w.has_mult, w.sparse))
+                      for k0, n in ranges]
+            packed = [_pack_columns(w, k0, n) for k0, n, _ in ranges]
+        widest = max(r[2] for r in ranges)
+        per_chunk = (self.slot // widest) // nch * nch or self.slot // widest
         chunks, sizes = [], []
         for first in range(lo, hi, per_chunk):
             count = min(per_chunk, hi - first)
             use = min(nch, count)
             part = -(-count // use)
-            blob = packed[first * sb:(first + count) * sb]
-            parts = [blob[c * part * sb:(c + 1) * part * sb].ljust(part * sb, b"\0")
-                     for c in range(use)]
-            if use < nch:
-                parts += [bytes(part * sb)] * (nch - use)
-            p = self.image.place_striped(f"{name}.chunk{len(chunks)}", parts, dtype="blocks",
-                                         shape=(count * 16, kb * 16))
-            chunks.append((first, count, p.offset))
-            sizes.append(part * sb)
+            for (k0, n, rb), data in zip(ranges, packed):
+                blob = data[first * rb:(first + count) * rb]
+                parts = [blob[c * part * rb:(c + 1) * part * rb].ljust(part * rb, b"\0")
+                         for c in range(use)]
+                if use < nch:
+                    parts += [bytes(part * rb)] * (nch - use)
+                p = self.image.place_striped(f"{name}.chunk{len(chunks)}", parts,
+                                             dtype="blocks", shape=(count * 16, n * 16))
+                chunks.append((first, count, p.offset, k0, n))
+                sizes.append(part * rb)
         return _Matrix(lin, chunks, sizes, sb, nch, lo, hi)
+
+
+def _pack_columns(w, k0: int, n: int) -> bytes:
+    """Block columns ``[k0, k0 + n)`` of a quantised matrix, packed as a matrix of their own."""
+    cols = slice(16 * k0, 16 * (k0 + n))
+    return pack_matrix(w.q[:, cols], w.bits,
+                       codes=None if w.codes is None else w.codes[:, k0:k0 + n],
+                       mult=None if w.mult is None else w.mult[:, k0:k0 + n])
 
 
 class _Program:
@@ -154,28 +185,40 @@ class _Program:
                local: bool = False) -> None:
         """Stream ``mat`` chunk by chunk through the engine; each chunk, once in WBUF, also
         serves the ``extra`` (x_addr, p_addr) passes (the low digit of a split input).
-        ``local``: the output region holds only this core's strips, from its first."""
+        ``local``: the output region holds only this core's strips, from its first.
+        A K-split chunk leaves raw partial sums in RBUF (one region per pass) for the next
+        K range to add to; the last range adds them and requantises as a whole chunk would."""
         lin, w = mat.linear, mat.linear.weight
         if not mat.chunks:
             return
         mode = {"q8": OutMode.Q8, "q32": OutMode.Q32}[lin.out]
         esize = 1 if mode == OutMode.Q8 else 4
-        plan = self.plan
-        for (first, count, hbm), part in zip(mat.chunks, mat.part_bytes):
+        plan, kb = self.plan, w.padded[1] // 16
+        for (first, count, hbm, k0, n), part in zip(mat.chunks, mat.part_bytes):
             slot = plan["wslot"][self.slot_flip]
             self.slot_flip ^= 1
             self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=slot, chan=0, nch=mat.nch,
                       ch_stride=part, hbm_addr=hbm, len=part, n1=1, n2=1)
+            last = k0 + n == kb
             fields = dict(w_addr=slot, wbits=_WB[w.bits], sparse=int(w.sparse),
-                          gscale=int(w.has_mult), n_strips=count,
-                          k_blocks=w.padded[1] // 16, x_addr=x_addr, out_mode=mode,
-                          out_addr=out_addr + 16 * (first - (mat.lo if local else 0)) * esize,
-                          residual=int(lin.residual), relu=int(lin.relu))
-            for x, p in ((x_addr, p_addr), *extra):
-                fields.update(x_addr=x, p_addr=p + 128 * (first - mat.lo))
+                          gscale=int(w.has_mult), n_strips=count, k_blocks=n)
+            if last:
+                fields.update(out_mode=mode, residual=int(lin.residual), relu=int(lin.relu),
+                              out_addr=out_addr + 16 * (first - (mat.lo if local else 0)) * esize)
+            for pass_, (x, p) in enumerate(((x_addr, p_addr), *extra)):
+                fields.update(x_addr=x + 16 * k0, p_addr=p + 128 * (first - mat.lo))
+                stride = out_stride
+                if n < kb:  # K-split: partial sums in this pass's region
+                    acc = plan["ksplit"][pass_]
+                    fields.update(psum=int(k0 > 0), psum_addr=acc)
+                    if self.prefill:
+                        fields["psum_stride"] = plan["ksplit_stride"]
+                    if not last:
+                        fields.update(out_mode=OutMode.ACC32, out_addr=acc)
+                        stride = plan["ksplit_stride"]
                 if self.prefill:
                     self.emit(Opcode.MM, m_rows=self.rows, x_stride=x_stride,
-                              out_stride=out_stride, bindings=self.row_bind("m_rows"), **fields)
+                              out_stride=stride, bindings=self.row_bind("m_rows"), **fields)
                 else:
                     self.emit(Opcode.MV, **fields)
 
@@ -284,43 +327,76 @@ class _Program:
                       bindings=[_offset(LengthReg.POS, "hbm_addr", 4)] + (
                           [_count(LengthReg.SEQ, "n2")] if self.prefill else []))
 
+    def kv_spans(self, sparse: AttentionSparsity | None):
+        """The K/V tile loads: (first tile block, first position, 16-position blocks, bindings
+        of the count field) per load."""
+        L = self.qm.max_len
+        if sparse is None:
+            return [(0, 0, L // 16, lambda f: [_count(LengthReg.KV, f, 4)])]
+        sink, back = sparse.sink_tokens, sparse.back_tokens
+        spans = []
+        if sink:
+            spans.append((0, 0, sink // 16, lambda f: [_count(LengthReg.KV, f, 4)]))
+        # The band starts at max(POS - back, sink): an OFFSET clamped by its base. Its count
+        # is capped by the positions that exist past the sink (KV - sink).
+        spans.append((sink // 16, sink, sparse.band_tokens // 16,
+                      lambda f: [_offset(LengthReg.POS, "hbm_addr", 4, base=sink + back),
+                                 _count(LengthReg.KV, f, 4, base=sink)]))
+        return spans
+
     def attention(self, li: int, layer, g: int) -> None:
         P, c = self.plan, self.qm.config
         hd, L, io = c.head_dim, self.qm.max_len, self.io
         kb = hd // 16
         kc, vc = io["k_cache"][li], io["v_cache"][li]
         local = g - self.kv_lo
-        # K tile: position strips x head-dim blocks; V^T tile: head-dim strips x position blocks.
-        self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["ktile"], chan=kc.channels[0],
-                  hbm_addr=kc.offset + local * hd * L, len=256, n1=kb, hbm_stride1=16 * L,
-                  buf_stride1=256, n2=L // 16, hbm_stride2=256, buf_stride2=256 * kb,
-                  bindings=[_count(LengthReg.KV, "n2", 4)])
-        self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["vtile"], chan=vc.channels[0],
-                  hbm_addr=vc.offset + local * hd * L, len=256, n1=L // 16, hbm_stride1=256,
-                  buf_stride1=256, n2=kb, hbm_stride2=16 * L, buf_stride2=16 * L, transpose=1,
-                  bindings=[_count(LengthReg.KV, "n1", 4)])
+        kbase, vbase = kc.offset + local * hd * L, vc.offset + local * hd * L
+        sparse = P["sparse"] if self.prefill else None
+        # K tile: position strips x head-dim blocks; V^T tile: head-dim strips x position
+        # blocks. Dense: positions 0..KV. Sparse: the sink's positions, then the band's from
+        # its first position on; both loads count 16-position blocks.
+        for first, pos0, count, binds in self.kv_spans(sparse):
+            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["ktile"] + 256 * kb * first,
+                      chan=kc.channels[0], hbm_addr=kbase + 16 * pos0, len=256, n1=kb,
+                      hbm_stride1=16 * L, buf_stride1=256, n2=count, hbm_stride2=256,
+                      buf_stride2=256 * kb, bindings=binds("n2"))
+        for first, pos0, count, binds in self.kv_spans(sparse):
+            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["vtile"] + 256 * first,
+                      chan=vc.channels[0], hbm_addr=vbase + 16 * pos0, len=256, n1=count,
+                      hbm_stride1=256, buf_stride1=256, n2=kb, hbm_stride2=16 * L,
+                      buf_stride2=16 * L, transpose=1, bindings=binds("n1"))
+        W = P["attn_width"]  # columns of the scores and weights rows
+        if sparse is None:
+            # The causal mask's query position is POS itself.
+            aux, aux_bind = 0, _offset(LengthReg.POS, "aux", 0)
+        else:
+            # The tile's column of position POS: POS while the band still reaches back to
+            # the sink (the tile is then positions 0..KV in order), then the band's fixed
+            # lead: min(POS, sink + back).
+            aux = sparse.sink_tokens + sparse.back_tokens
+            aux_bind = _count(LengthReg.POS, "aux")
         for head in range(g * c.group_size, (g + 1) * c.group_size):
             q_addr = P["q8"] + head * hd
-            score = dict(w_addr=P["ktile"], wbits=WeightBits.INT8, n_strips=L // 16,
+            score = dict(w_addr=P["ktile"], wbits=WeightBits.INT8, n_strips=W // 16,
                          k_blocks=kb, x_addr=q_addr, out_mode=OutMode.ACC32,
                          out_addr=P["scores"])
             kv_rows = [_count(LengthReg.KV, "n_strips", 4)]
             pv = dict(w_addr=P["vtile"], w_stride=16 * L, wbits=WeightBits.INT8, n_strips=kb,
-                      k_blocks=L // 16, x_addr=P["probs"], out_mode=OutMode.ACC32,
+                      k_blocks=W // 16, x_addr=P["probs"], out_mode=OutMode.ACC32,
                       out_addr=P["pv"])
             kv_cols = [_count(LengthReg.KV, "k_blocks", 4)]
             if self.prefill:
                 self.emit(Opcode.MM, m_rows=self.rows, x_stride=c.num_heads * hd,
-                          out_stride=4 * L, bindings=kv_rows + self.row_bind("m_rows"), **score)
+                          out_stride=4 * W, bindings=kv_rows + self.row_bind("m_rows"), **score)
             else:
                 self.emit(Opcode.MV, bindings=kv_rows, **score)
-            self.misc(MiscFunc.SOFTMAX, a_buf=Buffer.RBUF, a_addr=P["scores"], a_stride=4 * L,
-                      d_buf=Buffer.ABUF, d_addr=P["probs"], d_stride=L, b_buf=Buffer.RBUF,
-                      b_addr=P["recip"], b_stride=4, n=L, m1=layer.softmax[0],
-                      s1=layer.softmax[1], causal=1, defer=1,
-                      bindings=[_count(LengthReg.KV, "n"), _offset(LengthReg.POS, "aux", 0)])
+            self.misc(MiscFunc.SOFTMAX, a_buf=Buffer.RBUF, a_addr=P["scores"], a_stride=4 * W,
+                      d_buf=Buffer.ABUF, d_addr=P["probs"], d_stride=W, b_buf=Buffer.RBUF,
+                      b_addr=P["recip"], b_stride=4, n=W, m1=layer.softmax[0],
+                      s1=layer.softmax[1], causal=1, defer=1, aux=aux,
+                      bindings=[_count(LengthReg.KV, "n"), aux_bind])
             if self.prefill:
-                self.emit(Opcode.MM, m_rows=self.rows, x_stride=L, out_stride=4 * hd,
+                self.emit(Opcode.MM, m_rows=self.rows, x_stride=W, out_stride=4 * hd,
                           bindings=kv_cols + self.row_bind("m_rows"), **pv)
             else:
                 self.emit(Opcode.MV, bindings=kv_cols, **pv)
@@ -412,7 +488,11 @@ class Lowerer:
     :meth:`finish` emits the programs from what is left (scales, records, sizes)."""
 
     def __init__(self, model: ModelConfig, cfg: AcceleratorConfig, max_len: int, *,
-                 spool=None):
+                 spool=None, attn_sparsity: tuple[int, int] | None = None):
+        """Args:
+            attn_sparsity: ``(sink, band)`` in blocks of ``cfg.attn_block`` tokens for
+                block-sparse prefill attention (:class:`AttentionSparsity`), or ``None``.
+        """
         for name, value in (("head_dim", model.head_dim), ("hidden_size", model.hidden_size),
                             ("intermediate_size", model.intermediate_size)):
             if value % 16:
@@ -420,6 +500,7 @@ class Lowerer:
         if max_len % 16:
             raise CompileError(f"max_len {max_len} is not a multiple of 16")
         self.model, self.cfg, self.max_len = model, cfg, max_len
+        self.attn_sparsity = attn_sparsity
         self.ktile = self.vtile = max_len * model.head_dim
         self.slot = (cfg.wbuf.bytes - 2 * self.ktile) // 2 // 256 * 256
         if self.slot <= 0:
@@ -427,6 +508,7 @@ class Lowerer:
                                f"of max_len {max_len} (2 x {self.ktile} bytes)")
         self.placers = [_Placer(cfg, self.slot, core, spool) for core in range(cfg.cores)]
         self.mats: dict[str, list[_Matrix]] = {}
+        self.ksplit_cols = 0  # output columns of the largest K-split chunk (0: none)
 
     def place(self, name: str, lin: QLinear, *, release: bool = True) -> None:
         """Place projection ``name`` (``layers.<i>.<kind>`` or ``lm_head``) on every core."""
@@ -443,6 +525,10 @@ class Lowerer:
             else:
                 lo, hi = _split(strips, cores, core)
             self.mats[key].append(placer.matrix(name, lin, lo, hi))
+        kb = lin.weight.padded[1] // 16
+        for mat in self.mats[key]:
+            self.ksplit_cols = max([self.ksplit_cols] + [16 * count for _, count, _, _, n
+                                                         in mat.chunks if n < kb])
         if release:
             lin.weight.release()
 
@@ -473,7 +559,11 @@ class Lowerer:
             table = b"".join(rows[i * 2 * hd:(i + 1) * 2 * hd].ljust(rope_row, b"\0")
                              for i in range(L))
         vocab_pad = qm.lm_head.n_out
-        chunk = chunk or _default_chunk(cfg, qm)
+        # Partial sums of K-split chunks: one region per pass (two for a split MLP hidden).
+        ksplit = (self.ksplit_cols,
+                  2 if any(layer.down_lo is not None for layer in qm.layers) else 1)
+        chunk = chunk or default_chunk(cfg, qm, self.attn_sparsity, ksplit)
+        sparse = attention_sparsity(cfg, qm, self.attn_sparsity, chunk)
         ios = []
         for core, placer in enumerate(self.placers):
             image = placer.image
@@ -489,6 +579,13 @@ class Lowerer:
                     io[kind].append(image.place(
                         f"layers.{li}.{kind}", bytes((g_hi - g_lo) * hd * L), dtype="int8",
                         shape=(g_hi - g_lo, hd // 16, L, 16), reserve_only=True))
+                    if sparse is not None:
+                        # A partial last call's band load may read up to a chunk of
+                        # (masked) positions past the cache's end: keep them in the image.
+                        over = sparse.band_tokens - sparse.back_tokens
+                        image.place(f"layers.{li}.{kind}.guard", bytes(16 * over),
+                                    dtype="int8", shape=(over, 16),
+                                    channel=io[kind][-1].channels[0], reserve_only=True)
             if table is not None:
                 io["rope"] = image.place("rope_table", table, dtype="int16",
                                          shape=(L, rope_row // 2))
@@ -505,19 +602,26 @@ class Lowerer:
         progs = {}
         for phase, rows in (("prefill", chunk), ("decode", 1)):
             blob = max(len(b) for b in [*finals, *(x for core in blobs for x in core)])
-            plan = _onchip(cfg, qm, rows, self.slot, self.ktile, self.vtile, rope_row,
-                           vocab_pad, align(blob, 8))
-            plan.update(mats=self.mats, io=ios, param_offsets=offsets, final_norm=0,
+            sp = sparse if phase == "prefill" else None
+            plan = onchip_plan(cfg, qm, rows, self.slot, self.ktile, self.vtile, rope_row,
+                           vocab_pad, align(blob, 8), attn_width=sp and sp.width,
+                           ksplit=ksplit)
+            plan.update(mats=self.mats, io=ios, param_offsets=offsets, final_norm=0, sparse=sp,
                         final_head=head_offs, in_row=4 * c.hidden_size, rope_row=rope_row,
                         rope_shift=rope_row.bit_length() - 1)
             regs = {LengthReg.SEQ: rows, LengthReg.KV: L, LengthReg.POS: L - 1}
             progs[phase] = [assign_tokens(_Program(qm, cfg, rows, phase == "prefill", plan,
                                                    core).build(), regs)
                             for core in range(cfg.cores)]
+            if sp is not None:  # addresses as the sparse plan's: counted, never run
+                dense_plan = dict(plan, sparse=None, attn_width=L)
+                progs["dense"] = [_Program(qm, cfg, rows, True, dense_plan, core).build()
+                                  for core in range(cfg.cores)]
         for placer in self.placers:
             placer.image.finish()
         return Lowered(progs["prefill"], progs["decode"], chunk,
-                       [p.image for p in self.placers], ios)
+                       [p.image for p in self.placers], ios, sparse,
+                       (plan["ktile"], plan["vtile"] + self.vtile), progs.get("dense"))
 
 
 def _matrix_names(qm: QModel) -> list[str]:
@@ -536,58 +640,3 @@ def lower(qm: QModel, cfg: AcceleratorConfig, *, chunk: int | None = None) -> Lo
             lw.place(f"layers.{li}.{key}", lin, release=False)
     lw.place("lm_head", qm.lm_head, release=False)
     return lw.finish(qm, chunk)
-
-
-def _default_chunk(cfg: AcceleratorConfig, qm: QModel) -> int:
-    for chunk in (64, 32, 16, 8, 4, 2, 1):
-        try:
-            _onchip(cfg, qm, chunk, 0, 0, 0, 0, qm.lm_head.n_out, 0)
-            return chunk
-        except CompileError:
-            continue
-    raise CompileError("not even one token's activations fit the on-chip buffers")
-
-
-def _onchip(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob) -> dict:
-    """Addresses of every on-chip region for ``rows`` token rows."""
-    c = qm.config
-    L, hd, H, kvh, d, f = (qm.max_len, c.head_dim, c.num_heads, c.num_kv_heads, c.hidden_size,
-                           c.intermediate_size)
-    a = Arena("ABUF", cfg.abuf.bytes)
-    r = Arena("RBUF", cfg.rbuf.bytes)
-    w = Arena("WBUF", cfg.wbuf.bytes, 256)
-    p = Arena("PBUF", cfg.pbuf.bytes, 8)
-    plan = {"r_stride": 4 * d, "h_stride": d}
-    plan["h"] = a.take(rows * d, "normed rows")
-    plan["q8"] = a.take(rows * H * hd, "queries")
-    plan["k8"] = a.take(rows * kvh * hd, "new keys")
-    plan["v8"] = a.take(rows * kvh * hd, "new values")
-    plan["probs"] = a.take(rows * L, "attention weights")
-    plan["ctx"] = a.take(rows * H * hd, "attention context")
-    plan["m"] = a.take(rows * f, "MLP hidden rows")
-    plan["m_lo"] = a.take(rows * f, "MLP hidden rows, low digits") if c.gated_mlp else None
-    plan["r"] = r.take(rows * 4 * d, "the residual stream")
-    top = r.mark()  # attention and MLP temporaries share what follows
-    plan["q32"] = r.take(rows * 4 * H * hd, "INT32 queries")
-    plan["k32"] = r.take(rows * 4 * kvh * hd, "INT32 keys")
-    plan["scores"] = r.take(rows * 4 * L, "attention scores")
-    plan["pv"] = r.take(rows * 4 * hd, "P.V accumulators")
-    plan["recip"] = r.take(rows * 4, "softmax reciprocals")
-    r.reset(top)
-    # A core computes at most ceil(strips / cores) strips of the MLP and of the LM head.
-    local = 16 * -(-(f // 16) // cfg.cores)
-    plan["mlp_local"] = local
-    plan["g32"] = r.take(rows * 4 * local, "INT32 gate / fc1 rows")
-    plan["u32"] = r.take(rows * 4 * local, "INT32 up rows")
-    plan["a32"] = r.take(rows * 4 * local, "activated gate rows")
-    r.reset(top)
-    head_cols = 16 * -(-(vocab_pad // 16) // cfg.cores)
-    plan["logit_stride"] = 4 * head_cols
-    plan["logits"] = r.take(rows * 4 * head_cols, "logits (this core's slice)")
-    plan["wslot"] = (w.take(slot, "weight slot 0"), w.take(slot, "weight slot 1"))
-    plan["ktile"] = w.take(ktile, "key tile")
-    plan["vtile"] = w.take(vtile, "value tile")
-    plan["pslot"] = (p.take(blob, "layer parameters (even)"),
-                     p.take(blob, "layer parameters (odd)"))
-    plan["rope"] = p.take(rows * rope_row, "RoPE rows")
-    return plan

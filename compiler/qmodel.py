@@ -24,7 +24,7 @@ from .ir import ModelConfig, TransformerIR
 from .quantize import QuantWeight, quantize_weight
 
 __all__ = ["QLinear", "QNorm", "QLayer", "QModel", "QuantRecipe", "build_qmodel", "qforward",
-           "KVState", "RESIDUAL_BITS", "WIDE_BITS"]
+           "KVState", "AttentionSparsity", "RESIDUAL_BITS", "WIDE_BITS"]
 
 #: The residual stream uses this many bits of INT32 at its calibrated maximum (headroom to the
 #: norm's 24-bit input saturation).
@@ -46,6 +46,12 @@ class QuantRecipe:
     #: Carry the gated MLP's hidden as two INT8 digits (15 bits): its peak-to-RMS ratio is
     #: the largest in the block. Costs a second pass of ``down`` over weights already loaded.
     split_hidden: bool = True
+    #: The keys' INT8 range is the calibrated maximum times this. A key clipped in the cache
+    #: distorts every later query's attention to it, while the keys' resolution hardly
+    #: matters: on the LLaMA test model's worst prompt (largest key 1.11 times the calibrated
+    #: maximum), rounding only k gives the same worst-step cosine at 8 and 12 bits (0.976),
+    #: 0.997 with a range 12% wider, 0.912 with one 10% narrower (docs/compiler.md).
+    key_headroom: float = 1.15
 
     def bits_for(self, kind: str, name: str | None = None) -> int:
         if name is not None and name in self.bits_by_name:
@@ -54,6 +60,70 @@ class QuantRecipe:
 
     def sparsity_for(self, kind: str) -> int:
         return self.sparsity.get(kind, 16)
+
+
+@dataclass(frozen=True)
+class AttentionSparsity:
+    """Block-sparse prefill attention: an attention sink plus a local band, in token blocks.
+
+    A prefill call at positions ``pos .. pos + seq`` is cut into groups of ``chunk`` rows (the
+    prefill program's call size: the host feeds a prompt in such calls). A query at position
+    ``p`` in the group that starts at ``g`` sees key ``k <= p`` if ``k`` is in one of the first
+    ``sink`` blocks (``k < sink * block``) or ``k >= g - (band - 1) * block``: the band is the
+    ``band - 1`` blocks before the group plus the group itself, so every query keeps at least
+    its ``band`` most recent blocks including its own. With ``chunk == block`` and calls
+    starting on block boundaries this is exactly FlightLLM's sink-plus-band block mask; a
+    larger chunk lets later rows of a group see up to ``chunk / block - 1`` blocks more. The
+    window is anchored at the group start because the ISA's bindings can add and clamp the
+    POS register but not round it to a block: every group of one call shares one key set.
+    Decode attention stays dense.
+    """
+
+    sink: int
+    band: int
+    block: int
+    chunk: int
+
+    def __post_init__(self):
+        if self.sink < 0 or self.band < 1:
+            raise ValueError(f"attention sparsity needs sink >= 0 and band >= 1 blocks, not "
+                             f"sink={self.sink}, band={self.band}")
+        if self.block < 1 or self.chunk < 1:
+            raise ValueError(f"attention sparsity: block {self.block} and chunk {self.chunk} "
+                             "must be positive")
+
+    @property
+    def sink_tokens(self) -> int:
+        return self.sink * self.block
+
+    @property
+    def back_tokens(self) -> int:
+        """How far before its group's first position the band reaches."""
+        return (self.band - 1) * self.block
+
+    @property
+    def band_tokens(self) -> int:
+        """Positions one call's band spans (reach back plus the call), in whole 16-position
+        tiles; the programs load this many from the band's first position."""
+        return -(-(self.back_tokens + self.chunk) // 16) * 16
+
+    @property
+    def width(self) -> int:
+        """Key positions one call's prefill attention touches: the sink, then the band."""
+        return self.sink_tokens + self.band_tokens
+
+    def visible(self, pos: int, seq: int, n: int) -> np.ndarray:
+        """``[seq, n]`` bool: which of keys ``0..n`` each query ``pos..pos + seq`` sees."""
+        rows = np.arange(seq)
+        p = pos + rows
+        group = pos + rows // self.chunk * self.chunk
+        lo = np.maximum(group - self.back_tokens, self.sink_tokens)
+        k = np.arange(n)[None, :]
+        return (k <= p[:, None]) & ((k < self.sink_tokens) | (k >= lo[:, None]))
+
+    def to_dict(self) -> dict:
+        return {"sink_blocks": self.sink, "band_blocks": self.band, "block": self.block,
+                "chunk": self.chunk}
 
 
 @dataclass
@@ -224,7 +294,8 @@ def build_qmodel(ir: TransformerIR, ranges: dict[str, float], recipe: QuantRecip
         def rng(key):
             return ranges[f"layers.{i}.{key}"]
         s_h1, s_h2 = _scale8(rng("h1")), _scale8(rng("h2"))
-        s_q, s_k, s_v, s_ctx = (_scale8(rng(k)) for k in ("q", "k", "v", "ctx"))
+        s_q, s_v, s_ctx = (_scale8(rng(k)) for k in ("q", "v", "ctx"))
+        s_k = _scale8(rng("k") * recipe.key_headroom)
         rope = cfg.position == "rope"
         s_q32 = _scale_wide(rng("q_pre")) if rope else s_q
         s_k32 = _scale_wide(rng("k_pre")) if rope else s_k
@@ -316,8 +387,13 @@ def _rope(x32: np.ndarray, qm: QModel, positions, heads: int, m1: int, s1: int):
                                                                              -1)
 
 
-def qforward(qm: QModel, tokens, pos: int, kv: KVState) -> np.ndarray:
+def qforward(qm: QModel, tokens, pos: int, kv: KVState, *,
+             attn_mask: AttentionSparsity | None = None) -> np.ndarray:
     """Run ``tokens`` at positions ``pos..`` through the integer model; ``kv`` grows in place.
+
+    Args:
+        attn_mask: the build's block-sparse prefill attention (``None``: dense causal, as
+            decode always is); pass it for the prefill of a build compiled with one.
 
     Returns:
         INT32 logits ``[len(tokens), vocab]`` (real logits are these times ``lm_head.s_out``).
@@ -343,7 +419,8 @@ def qforward(qm: QModel, tokens, pos: int, kv: KVState) -> np.ndarray:
         kv.values[li][pos:pos + seq] = v
         n = pos + seq
         ctx = np.zeros((seq, H * hd), dtype=np.int64)
-        causal = np.arange(n)[None, :] <= positions[:, None]
+        causal = (np.arange(n)[None, :] <= positions[:, None] if attn_mask is None
+                  else attn_mask.visible(pos, seq, n))
         for head in range(H):
             keys = kv.keys[li][:n, head // G]          # [n, hd]
             scores = q[:, head] @ keys.T               # [seq, n]

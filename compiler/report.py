@@ -13,13 +13,16 @@ calls that length needs, and for every KV length a decode program, without bindi
 from __future__ import annotations
 
 import math
+from collections import Counter
 
-from flightllm.contract.isa import BindKind, LengthReg, Opcode, apply_bindings, encode
+from flightllm.contract.isa import (
+    BindKind, Buffer, LengthReg, Opcode, WeightBits, apply_bindings, encode,
+)
 
 from .lower import Lowered
 from .qmodel import QModel
 
-__all__ = ["program_report", "padding_waste"]
+__all__ = ["program_report", "padding_waste", "attention_work"]
 
 
 def _macs(ins, exact: dict[str, float] | None = None) -> float:
@@ -48,6 +51,43 @@ def padding_waste(stream, lengths) -> float:
             needed += _macs(ins, exact) if exact else _macs(ins)
         fractions.append((done - needed) / done if done else 0.0)
     return sum(fractions) / len(fractions)
+
+
+def attention_work(streams, kv_tiles: tuple[int, int], prompt: int, chunk: int) -> dict:
+    """Prefill attention's work for a ``prompt``-token prompt fed in ``chunk``-token calls from
+    position 0, summed over cores: matrix-engine MACs on the K/V tiles (scores, P.V) and the
+    HBM bytes loaded into them (the KV cache traffic)."""
+    lo, hi = kv_tiles
+    sizes = {Opcode.MM: ("m_rows", "n_strips", "k_blocks"), Opcode.LD: ("len", "n1", "n2")}
+
+    def on_tiles(ins) -> bool:
+        if ins.op == Opcode.MM:
+            return ins.wbits == WeightBits.INT8 and lo <= ins.w_addr < hi
+        return ins.op == Opcode.LD and ins.buf == Buffer.WBUF and lo <= ins.buf_addr < hi
+    # Heads and layers repeat the same few shapes: resolve each distinct one once per call.
+    shapes: Counter = Counter()
+    for stream in streams:
+        for ins in stream:
+            if on_tiles(ins):
+                names = sizes[ins.op]
+                static = tuple(ins.values[n] for n in names)
+                binds = tuple(b for b in ins.bindings if b.field in names)
+                scale = max(ins.nch, 1) if ins.op == Opcode.LD else 256
+                shapes[(ins.op, names, static, binds, scale)] += 1
+    macs = nbytes = 0
+    for pos in range(0, prompt, chunk):
+        seq = min(chunk, prompt - pos)
+        regs = {LengthReg.SEQ: seq, LengthReg.KV: pos + seq, LengthReg.POS: pos}
+        for (op, names, static, binds, scale), count in shapes.items():
+            v = dict(zip(names, static))
+            for b in binds:
+                v[b.field] = b.resolve(v[b.field], regs)
+            work = count * scale * math.prod(v.values())
+            if op == Opcode.MM:
+                macs += work
+            else:
+                nbytes += work
+    return {"macs": macs, "kv_bytes": nbytes}
 
 
 def _bytes(stream, *, bindings: bool = True) -> int:
@@ -94,4 +134,19 @@ def program_report(low: Lowered, qm: QModel) -> dict:
         "weight_bytes": weight_bytes,
         "avg_weight_bits": round(8 * weight_bytes / params, 4),
         "max_len": L, "prefill_chunk": chunk,
+        "prefill_attention": _attention_figures(low, L),
     }
+
+
+def _attention_figures(low: Lowered, prompt: int) -> dict:
+    """Prefill attention work for a ``prompt``-token prompt; with a sparse mask, also what the
+    dense programs would do and the ratios."""
+    got = attention_work(low.prefill, low.kv_tiles, prompt, low.chunk)
+    out = {"prompt_tokens": prompt, **got,
+           "mask": low.attention.to_dict() if low.attention else "dense"}
+    if low.dense_prefill is not None:
+        dense = attention_work(low.dense_prefill, low.kv_tiles, prompt, low.chunk)
+        out.update(dense_macs=dense["macs"], dense_kv_bytes=dense["kv_bytes"],
+                   macs_kept=round(got["macs"] / max(dense["macs"], 1), 4),
+                   kv_bytes_kept=round(got["kv_bytes"] / max(dense["kv_bytes"], 1), 4))
+    return out

@@ -11,13 +11,18 @@ instruction j of queue B, let i be the latest earlier instruction of queue A it 
 If an earlier instruction of B already waited on a release from A at or after i, j is covered
 (B is in order); otherwise i releases to B and j waits on A. Releases therefore move strictly
 forward and every release has exactly one wait: the program balances by construction.
+
+An OFFSET-bound address moves with its register, so an instruction's footprint is taken as
+the hull of its footprints at the smallest (all registers zero) and the largest register
+values: a store at POS and a load of the first positions must be ordered even though their
+footprints at the largest POS do not meet.
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
-from flightllm.contract.isa import Instruction, LengthReg, Opcode
+from flightllm.contract.isa import BindKind, Instruction, LengthReg, Opcode
 from flightllm.sim.footprint import Access, footprint
 
 __all__ = ["assign_tokens", "ScheduleError"]
@@ -51,7 +56,7 @@ def assign_tokens(stream: list[Instruction], max_regs: Mapping[LengthReg, int]
         where.append((q, qindex[q]))
         by_queue[q].append(pos)
         qindex[q] += 1
-        accesses = footprint(ins, max_regs)
+        accesses = _reach(ins, max_regs)
         newest = [-1] * nq  # per producer queue: latest conflicting queue index
         for acc in accesses:
             for other, opos in live.get(acc.space, ()):
@@ -74,3 +79,18 @@ def assign_tokens(stream: list[Instruction], max_regs: Mapping[LengthReg, int]
                               if not (acc.start <= e.start and e.end <= acc.end)]
             entries.append((acc, pos))
     return [ins.replace(wait=wait[i], release=release[i]) for i, ins in enumerate(stream)]
+
+
+def _reach(ins: Instruction, max_regs: Mapping[LengthReg, int]) -> list[Access]:
+    """Every byte ``ins`` may touch for register values from zero up to ``max_regs``."""
+    high = footprint(ins, max_regs)
+    if not any(b.kind == BindKind.OFFSET for b in ins.bindings):
+        return high
+    # COUNT bindings are taken at their static caps either way, so the two footprints list
+    # the same accesses; only OFFSET-bound addresses differ between them.
+    low = footprint(ins, {reg: 0 for reg in max_regs})
+    if len(low) != len(high) or any(a.space != b.space for a, b in zip(low, high)):
+        raise ScheduleError(f"{ins.op.name}: footprints at the smallest and largest lengths "
+                            "do not correspond")
+    return [Access(h.space, min(lo.start, h.start), max(lo.end, h.end), h.write)
+            for lo, h in zip(low, high)]

@@ -11,7 +11,7 @@ from .ir import TransformerIR
 from .layout import CompileError
 from .presets import PRESETS, build_ir, load_hf_config, preset
 
-__all__ = ["load_model", "parse_sparsity", "LINEAR_KINDS"]
+__all__ = ["load_model", "parse_sparsity", "parse_attn_sparsity", "LINEAR_KINDS"]
 
 LINEAR_KINDS = ("q", "k", "v", "o", "gate", "up", "down", "fc1", "fc2", "lm_head")
 
@@ -67,4 +67,27 @@ def parse_sparsity(text: str | None) -> dict[str, int]:
     return recipe
 
 
-
+def parse_attn_sparsity(text: str | None) -> tuple[int, int] | None:
+    """``"sink=1,band=4"``: block-sparse prefill attention keeping the first ``sink`` blocks
+    and a band of ``band`` blocks (blocks of the configuration's ``attn_block`` tokens);
+    ``None``, ``""`` or ``"dense"``: dense causal attention."""
+    if not text or text.strip() == "dense":
+        return None
+    values: dict[str, int] = {}
+    for part in text.split(","):
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if key not in ("sink", "band") or not eq:
+            raise CompileError(f"attention sparsity {text!r}: expected sink=S,band=B, got "
+                               f"{part.strip()!r}")
+        if key in values:
+            raise CompileError(f"attention sparsity {text!r}: {key} given twice")
+        try:
+            values[key] = int(value)
+        except ValueError:
+            raise CompileError(f"attention sparsity: {key}={value!r} is not an integer") from None
+    if "band" not in values:
+        raise CompileError(f"attention sparsity {text!r}: band=B is required")
+    sink, band = values.get("sink", 0), values["band"]
+    if sink < 0 or band < 1:
+        raise CompileError(f"attention sparsity {text!r}: needs sink >= 0 and band >= 1")
+    return sink, band

@@ -115,6 +115,9 @@ def disasm(program: Path, core: int | None, raw: bool):
                    "(metadata included) is at most this, by calibrated sensitivity.")
 @click.option("--sparsity", default=None,
               help="N:16 sparsity: N for every projection, 'q=8,k=8,...', or a YAML recipe.")
+@click.option("--attn-sparsity", default=None, metavar="sink=S,band=B",
+              help="Block-sparse prefill attention: the first S blocks plus a band of B blocks "
+                   "(blocks of the configuration's attn_block tokens); 'dense' or omitted: dense.")
 @click.option("--max-len", type=int, default=128, show_default=True,
               help="Longest sequence (prompt plus generated tokens) the build serves.")
 @click.option("--chunk", type=int, default=None,
@@ -128,8 +131,8 @@ def disasm(program: Path, core: int | None, raw: bool):
 @click.option("--dump-dir", type=click.Path(path_type=Path), default=None,
               help="Write every pipeline step's result and time here.")
 @_user_errors
-def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, max_len, chunk,
-                weights, smooth_alpha, calibration_seqs, dump_dir):
+def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, attn_sparsity, max_len,
+                chunk, weights, smooth_alpha, calibration_seqs, dump_dir):
     """Compile MODEL (an .onnx file, a config.json, or a preset) into a build directory.
 
     Without MODEL, the small LLaMA export bundled with flightllm is compiled. With --board,
@@ -137,7 +140,7 @@ def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, max_le
     bitstream (project/), and report.md.
     """
     from flightllm.compiler.build import CompileOptions, compile_model
-    from flightllm.compiler.sources import load_model, parse_sparsity
+    from flightllm.compiler.sources import load_model, parse_attn_sparsity, parse_sparsity
     from flightllm.contract.config import load_config
     if model is None:
         from flightllm.default_model import default_model_path
@@ -145,6 +148,7 @@ def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, max_le
         click.echo(f"no model given: compiling the bundled tiny LLaMA export ({model})")
     opts = CompileOptions(weight_bits=int(weight_bits), avg_bits=avg_bits,
                           sparsity=parse_sparsity(sparsity),
+                          attn_sparsity=parse_attn_sparsity(attn_sparsity),
                           max_len=max_len, chunk=chunk, smooth_alpha=smooth_alpha,
                           calibration_sequences=calibration_seqs)
     if board is None:

@@ -126,3 +126,18 @@ def test_tokens_are_minimal_on_a_chain():
 def test_prior_tokens_are_refused():
     with pytest.raises(ScheduleError, match="already carries tokens"):
         assign_tokens([Instruction(Opcode.LD, release=1 << Opcode.ST)], REGS)
+
+
+def test_offset_bound_store_is_ordered_at_every_position():
+    """A store at POS and a load of position 0 meet only when POS is small: the tokens must
+    cover every POS up to the largest, not just the footprints at the largest."""
+    pos_store = Instruction(Opcode.ST, buf=A, buf_addr=0, chan=0, hbm_addr=0, len=16, n1=1, n2=1,
+                            bindings=[Binding(BindKind.OFFSET, LengthReg.POS, "hbm_addr",
+                                              shift=4)])
+    load_first = Instruction(Opcode.LD, buf=W, buf_addr=0, chan=0, hbm_addr=0, len=16, n1=1,
+                             n2=1)
+    out = assign_tokens([pos_store, load_first], REGS)  # POS up to 7: the store reaches 0..127
+    assert out[0].release == 1 << Opcode.LD and out[1].wait == 1 << Opcode.ST
+    # ... and not when the load is past every position the store can write.
+    far = load_first.replace(hbm_addr=16 * 8)
+    assert [(i.wait, i.release) for i in assign_tokens([pos_store, far], REGS)] == [(0, 0)] * 2
