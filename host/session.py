@@ -1,64 +1,50 @@
 """Running a build: prefill and decode steps on a device, and greedy generation.
 
-A :class:`Session` holds the device state of one sequence (its KV cache lives in the device's
-HBM). It embeds tokens on the host, writes the input rows, sets the length registers, runs
-the program that serves the step, and reads the logits back. The golden device is the
-simulator in flightllm.sim; the RTL and XRT devices plug in behind the same few calls.
+A :class:`Session` holds the state of one sequence on one device (its KV cache lives in the
+device's HBM). Per step it embeds tokens on the host, writes the input rows into the input
+region of their HBM channel, runs the program that serves the step through the
+:class:`~flightllm.host.driver.Driver` (length registers, start, done, status), and reads the
+logits back. Any device of :mod:`flightllm.host.devices` serves: ``GoldenDevice`` (the golden
+simulator behind an emulation of the kernel's registers), ``RtlDevice`` or ``XrtDevice``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from flightllm.sim.execute import Counters
-from flightllm.sim.golden import GoldenSimulator
-
 from .build import Build, BuildError
+from .devices import Device, GoldenDevice
+from .driver import Driver, StepCounters
 
 __all__ = ["GoldenDevice", "Session", "StepResult"]
 
 
-class GoldenDevice:
-    """The golden functional simulator as a device: HBM images in, programs run."""
-
-    name = "golden"
-
-    def __init__(self, build: Build):
-        self.sim = GoldenSimulator(build.config)
-        self.programs = {p: build.program(p) for p in ("prefill", "decode")}
-        for entry in build.manifest["hbm"]:
-            phys = entry["core"] * build.config.hbm_channels_per_core + entry["channel"]
-            self.sim.hbm.write(phys, 0, build.file(entry["file"]))
-
-    def write(self, channel: int, offset: int, data: bytes) -> None:
-        self.sim.hbm.write(channel, offset, data)
-
-    def read(self, channel: int, offset: int, nbytes: int) -> bytes:
-        return self.sim.hbm.read(channel, offset, nbytes).tobytes()
-
-    def run(self, phase: str, *, seq: int, kv: int, pos: int) -> Counters:
-        return self.sim.run(self.programs[phase], seq=seq, kv=kv, pos=pos)
-
-
 @dataclass
 class StepResult:
-    logits: np.ndarray  # float [tokens, vocab]
-    counters: Counters
+    """The logits (float, ``[tokens, vocab]``) of one step and what the kernel counted."""
+
+    logits: np.ndarray
+    counters: StepCounters
 
 
-@dataclass
 class Session:
-    """One sequence on one device."""
+    """One sequence on one device.
 
-    build: Build
-    device: GoldenDevice
-    position: int = 0
-    counters: list = field(default_factory=list)
+    Args:
+        build: the loaded build.
+        device: the device to run on (its configuration must be the build's).
+        timeout_s: the driver's per-run timeout.
+    """
 
-    def _phys(self, entry: dict) -> int:
-        return entry["core"] * self.build.config.hbm_channels_per_core + entry["channels"][0]
+    def __init__(self, build: Build, device: Device, *, timeout_s: float = 60.0):
+        self.build = build
+        self.device = device
+        self.driver = Driver(build, device, timeout_s=timeout_s)
+        self.position = 0
+        #: StepCounters of every kernel run, in order.
+        self.counters: list[StepCounters] = []
 
     def _step(self, phase: str, tokens: np.ndarray) -> StepResult:
         io, n = self.build.io, len(tokens)
@@ -68,18 +54,18 @@ class Session:
         rows = self.build.embed(tokens, np.arange(self.position, self.position + n))
         data = rows.astype("<i4").tobytes()
         for inp in io["input"]:
-            self.device.write(self._phys(inp), inp["offset"], data)
-        counters = self.device.run(phase, seq=n, kv=self.position + n, pos=self.position)
-        vocab = io["vocab_size"]
+            self.driver.write_channel(inp["core"], inp["channels"][0], inp["offset"], data)
+        counters = self.driver.run(phase, seq=n, kv=self.position + n, pos=self.position)
         logits = np.zeros((n, max(part["columns"][1] for part in io["logits"])), np.int64)
         for part in io["logits"]:
             lo, hi = part["columns"]
             if hi > lo:
-                raw = self.device.read(self._phys(part), part["offset"], 4 * (hi - lo) * n)
+                raw = self.driver.read_channel(part["core"], part["channels"][0], part["offset"],
+                                               4 * (hi - lo) * n)
                 logits[:, lo:hi] = np.frombuffer(raw, dtype="<i4").reshape(n, hi - lo)
         self.position += n
         self.counters.append(counters)
-        logits = logits[:, :vocab]
+        logits = logits[:, :io["vocab_size"]]
         return StepResult(logits * io["logit_scale"], counters)
 
     def prefill(self, tokens) -> StepResult:
@@ -92,6 +78,7 @@ class Session:
         return StepResult(np.concatenate([p.logits for p in parts]), parts[-1].counters)
 
     def decode(self, token: int) -> StepResult:
+        """One decode step: the logits after ``token`` at the current position."""
         return self._step("decode", np.array([token], dtype=np.int64))
 
     def generate(self, prompt, steps: int):

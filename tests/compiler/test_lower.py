@@ -57,13 +57,13 @@ def test_prefill_then_eight_decode_steps_bit_exact(compiled):
         token = int(np.argmax(want[-1]))
     # The KV cache in HBM is the reference's, byte for byte (each core holds its heads).
     n = len(prompt) + 8
-    per_core = build.config.hbm_channels_per_core
     for core, caches in enumerate(build.io["k_cache"]):
         g_lo, g_hi = build.io["kv_heads"][core]
         for li, entry in enumerate(caches):
             heads, kb, L, _ = entry["shape"]
-            raw = np.frombuffer(session.device.read(core * per_core + entry["channels"][0],
-                                                    entry["offset"], heads * kb * L * 16), np.int8)
+            raw = np.frombuffer(session.driver.read_channel(core, entry["channels"][0],
+                                                            entry["offset"],
+                                                            heads * kb * L * 16), np.int8)
             keys = raw.reshape(heads, kb, L, 16).transpose(2, 0, 1, 3).reshape(L, heads, kb * 16)
             np.testing.assert_array_equal(keys[:n], kv.keys[li][:n, g_lo:g_hi])
 
@@ -83,11 +83,7 @@ def test_any_interleaving_gives_the_same_logits(compiled):
     prompt = [3, 1, 4, 1, 5]
     results = []
     for seed in range(3):
-        device = GoldenDevice(build)
-        run = device.run
-        device.run = lambda phase, seed=seed, run=run, **regs: device.sim.run(
-            device.programs[phase], order="random", seed=seed, **regs)
-        session = Session(build, device)
+        session = Session(build, GoldenDevice(build, order="random", seed=seed))
         results.append(np.concatenate([session.prefill(prompt).logits,
                                        session.decode(9).logits]))
     for r in results[1:]:
