@@ -1,0 +1,125 @@
+"""Predicted against RTL cycles for every step of a tiny build: the performance model's check.
+
+Compiles the bundled model for ``tiny`` (or takes ``--build``), runs a prompt and some decode
+steps through the host session on the RTL kernel simulation (``flightllm.sim.rtl.run_kernel``
+behind ``flightllm.host.devices.RtlDevice``), and times the same steps with the performance
+model (sim/perf.py). Prints the table and writes ``bench/results/perf_validation.json``; the
+issue's bar is agreement within 5 % on every step.
+
+If the RTL kernel cannot run here (not built yet, no simulator, a failing run), the script says
+so plainly, writes what it could not do, and exits with status 2: no table is made up.
+
+    python bench/perf_validation.py [--build DIR] [--prompt-ids 1,2,3] [--decode-steps 4]
+    python bench/perf_validation.py --build DIR --rtl-from bench/results/perf_validation.json
+
+``--rtl-from`` takes the RTL cycles of an earlier run and only predicts again: the way to check
+a recalibrated model without another RTL simulation. Builds are byte-identical across rebuilds,
+and the programs' checksums recorded with the cycles must match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOLERANCE = 0.05
+
+
+def _build(path: Path | None, tmp: Path):
+    from flightllm.host.build import load_build
+    if path is not None:
+        return load_build(path)
+    from flightllm.compiler.build import CompileOptions, compile_model
+    from flightllm.compiler.frontend import load_onnx
+    from flightllm.contract.config import preset
+    from flightllm.default_model import default_model_path
+    out = tmp / "tiny"
+    compile_model(load_onnx(default_model_path()), preset("tiny"), out,
+                  CompileOptions(max_len=64, weight_bits=4, calibration_sequences=1))
+    return load_build(out)
+
+
+def _checksums(build) -> dict:
+    return {p["phase"]: p["sha256"] for p in build.manifest["programs"]}
+
+
+def _rtl_steps(build, prompt: list[int], decode_steps: int) -> list[dict]:
+    """Run the steps on the RTL simulation; each step's length registers and cycles."""
+    from flightllm.host.devices import RtlDevice
+    from flightllm.host.session import Session
+    session = Session(build, RtlDevice(build.config), timeout_s=3600)
+    for _ in session.generate(prompt, decode_steps):
+        pass
+    return [{"phase": c.phase, "seq": c.seq, "kv": c.kv, "pos": c.pos, "rtl_cycles": c.cycles}
+            for c in session.counters]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", type=Path, default=None)
+    ap.add_argument("--prompt-ids", default="1,2,3,4,5")
+    ap.add_argument("--decode-steps", type=int, default=4)
+    ap.add_argument("--rtl-from", type=Path, default=None,
+                    help="Reuse the RTL cycles recorded in this result file.")
+    args = ap.parse_args()
+    prompt = [int(t) for t in args.prompt_ids.split(",")]
+    RESULTS.mkdir(exist_ok=True)
+    out_path = RESULTS / "perf_validation.json"
+    from flightllm.sim.perf import PerfModel, SparsityMap
+    with tempfile.TemporaryDirectory() as tmp:
+        build = _build(args.build, Path(tmp))
+        recipe = build.manifest["model"]["recipe"]
+        model = PerfModel(build.config, sparsity=SparsityMap.from_placements(
+            build.manifest["tensors"], recipe["sparsity"]))
+        t0 = time.perf_counter()
+        try:
+            if args.rtl_from is not None:
+                earlier = json.loads(args.rtl_from.read_text())
+                if "programs" not in earlier:
+                    print(f"{args.rtl_from} records no program checksums; assuming the same "
+                          "(deterministic) build of the bundled model")
+                elif earlier["programs"] != _checksums(build):
+                    print(f"{args.rtl_from}: recorded for other programs; run the RTL again")
+                    return 2
+                steps = [{k: s[k] for k in ("phase", "seq", "kv", "pos", "rtl_cycles")}
+                         for s in earlier["steps"]]
+            else:
+                steps = _rtl_steps(build, prompt, args.decode_steps)
+        except Exception as exc:  # whatever stops the RTL run is the report
+            reason = f"{type(exc).__name__}: {exc}"
+            out_path.write_text(json.dumps({"status": "no RTL run", "reason": reason},
+                                           indent=1) + "\n")
+            print(f"no validation table: the RTL kernel could not run these steps ({reason})")
+            return 2
+        rtl_seconds = time.perf_counter() - t0
+        programs = _checksums(build)
+        for step in steps:
+            program = build.program(step["phase"])
+            step["predicted_cycles"] = model.run(program, seq=step["seq"], kv=step["kv"],
+                                                 pos=step["pos"]).cycles
+            rtl = step["rtl_cycles"]
+            step["error"] = (step["predicted_cycles"] - rtl) / rtl if rtl else None
+    print(f"{'phase':8} {'seq':>4} {'kv':>4} {'RTL cycles':>11} {'predicted':>10} {'error':>7}")
+    for s in steps:
+        err = f"{100 * s['error']:+6.1f}%" if s["error"] is not None else "   n/a"
+        print(f"{s['phase']:8} {s['seq']:4} {s['kv']:4} {s['rtl_cycles']:11} "
+              f"{s['predicted_cycles']:10} {err}")
+    worst = max(abs(s["error"]) for s in steps if s["error"] is not None)
+    ok = worst <= TOLERANCE
+    print(f"worst error {100 * worst:.1f}% (bar: {100 * TOLERANCE:.0f}%): "
+          f"{'holds' if ok else 'does not hold'}")
+    out_path.write_text(json.dumps({"status": "holds" if ok else "does not hold",
+                                    "worst_error": worst, "tolerance": TOLERANCE,
+                                    "rtl_seconds": round(rtl_seconds, 1),
+                                    "programs": programs, "steps": steps},
+                                   indent=1) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

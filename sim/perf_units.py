@@ -1,0 +1,184 @@
+"""Unit timing of the performance model: how many cycles one instruction keeps its unit busy.
+
+All per-unit timing constants live in :class:`UnitTiming`, so calibrating the model against the
+RTL (``flightllm.sim.rtl.run_kernel``) is a change of data, not of code. The defaults come from
+the RTL unit benches recorded in docs/hw_datapath.md (``tiny``, no stalls):
+
+* **Matrix engine** (MM, MV). Strip ``s`` of an instruction runs on chain ``s mod chains``, each
+  chain behind its own dequantiser. A chain spends, per strip, one cycle per 8-byte word of the
+  strip's code table, then per 16x16 block ``block_switch + header words + max(value words,
+  chain passes)``: header words are the group-multiplier word and the 4-bit indices (N words
+  for N < 16), value words ``N * bits / 4``, passes ``16 N / mv_k``. The slowest chain sets the
+  time; MM repeats the weights once per pair of token rows; the output stage writes one
+  16-value row per cycle; every instruction pays the fill (chain ``mv_k + 7``, output stage,
+  sequencer). This reproduces the ``mv_cycles`` bench (313 / 309 / 181 / 119 cycles for N = 16
+  / 8 / 4 / 2, MM 594) within 1.5 %.
+* **SFU** (MISC): the per-row cycle model of the SFU bench with ``nb = ceil(n / lanes)``; rows
+  overlap, the pipeline latency is paid once.
+* **LD / ST**: issue cycles, then the HBM model (sim/hbm_model.py), but no faster than the
+  buffer's one row per cycle.
+* **Buffer ports**: each buffer serves one request (a row read or write) per cycle to all its
+  clients (hw/bufport.py); the matrix engine's weight reads and the LD/ST rows take turns on
+  it (sim/perf.py reserves each instruction's port cycles in time order).
+* **SYS**: a barrier latency, GATHER bytes over the inter-core links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from flightllm.contract.config import AcceleratorConfig
+from flightllm.contract.isa import Buffer, Instruction, MiscFunc, Opcode, WeightBits
+
+__all__ = ["UnitTiming", "MatrixCost", "matrix_cost", "misc_cycles", "buffer_port_cycles",
+           "sys_cycles"]
+
+
+@dataclass(frozen=True)
+class UnitTiming:
+    """Every unit-timing constant of the model (cycles of the kernel clock unless noted).
+
+    Attributes:
+        chains: DSP chains per core (None: ``mv_rows``, the matrix engine's default).
+        dequant_word_bytes: WBUF bytes a dequantiser reads per cycle.
+        block_switch: Dequantiser cycles between blocks.
+        chain_latency_extra: Chain pipeline beyond ``mv_k`` (a strip's result leaves
+            ``mv_k + 7`` edges after its last pass).
+        output_stage: Output stage registers (A-D).
+        matrix_issue: Sequencer and first-block cycles not covered above (calibrated so the
+            fill matches the bench's 37-41 cycles at ``mv_k = 16``).
+        mm_pair_switch: Extra cycles per additional token pair of an MM.
+        output_rows_per_cycle: 16-value result rows the output stage takes per cycle.
+        buffer_rows_per_cycle: Row requests one on-chip buffer serves per cycle. Each buffer
+            has one arbiter taking one read or write per cycle from all units (hw/bufport.py),
+            so the matrix engine's weight readers share one WBUF row per cycle with the LDs
+            refilling WBUF, and an LD writes at most one row per cycle whatever its channels
+            deliver.
+        sfu_latency: SFU issue to first result (9-cycle arithmetic pipeline and handshake).
+        sfu_drain: Row-pass pipeline drain ``D`` of the softmax and norm models.
+        sfu_divider: Divider cycles per row statistic (``2 + ceil(q/2)``, q-bit quotient;
+            18 is the worst case of a softmax reciprocal).
+        softmax_extra, defer_extra, defer_divider_extra, rmsnorm_extra, layernorm_extra,
+        rope_extra: The constant terms of the SFU bench's per-row model.
+        transfer_issue: LD/ST cycles from start to the first request.
+        token_latency: Cycles from a release to the waiting queue seeing the token.
+        barrier: A SYS instruction's cross-core handshake (cores sit in different SLRs).
+        gather_bytes_per_cycle: Bytes a core receives per cycle during a GATHER.
+    """
+
+    chains: int | None = None
+    dequant_word_bytes: int = 8
+    block_switch: int = 1
+    chain_latency_extra: int = 7
+    output_stage: int = 4
+    matrix_issue: int = 10
+    mm_pair_switch: int = 9
+    output_rows_per_cycle: int = 1
+    buffer_rows_per_cycle: int = 1
+    sfu_latency: int = 10
+    sfu_drain: int = 11
+    sfu_divider: int = 18
+    softmax_extra: int = 2
+    defer_extra: int = 12
+    defer_divider_extra: int = 10
+    rmsnorm_extra: int = 5
+    layernorm_extra: int = 8
+    rope_extra: int = 3
+    transfer_issue: int = 4
+    token_latency: int = 1
+    barrier: int = 64
+    gather_bytes_per_cycle: int = 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MatrixCost:
+    cycles: int
+    macs_dense: int
+    macs_stored: int
+    weight_bytes: int
+    #: Chain cycles summed over all chains' work: the engine time if the strips were spread
+    #: evenly over every chain (the cost of instructions with fewer strips than chains).
+    chain_work: int = 0
+    #: Cycles of the WBUF port the weights need, and the fill the instruction pays once.
+    port_cycles: int = 0
+    fill: int = 0
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
+                t: UnitTiming) -> MatrixCost:
+    """Cycles of one MM/MV (bindings resolved) whose blocks keep ``n_keep`` of 16 per row."""
+    rows = 1 if ins.op == Opcode.MV else ins.m_rows
+    strips, kb = ins.n_strips, ins.k_blocks
+    if rows == 0 or strips == 0:
+        return MatrixCost(0, 0, 0, 0)
+    bits = WeightBits(ins.wbits).bits
+    word = t.dequant_word_bytes
+    values = _ceil(16 * n_keep * bits // 8, word)
+    header = (1 if ins.gscale else 0) + (_ceil(8 * n_keep, word) if n_keep < 16 else 0)
+    passes = max(16 * n_keep // cfg.mv_k, 1)
+    block = t.block_switch + header + max(values, passes)
+    table = _ceil(kb, word) if ins.sparse else 0
+    strip = table + kb * block
+    chains = t.chains or cfg.mv_rows
+    per_chain = _ceil(strips, chains) * strip
+    pairs = _ceil(rows, 2)
+    chain_time = pairs * per_chain + (pairs - 1) * t.mm_pair_switch
+    output_time = _ceil(rows * strips, t.output_rows_per_cycle)
+    fill = cfg.mv_k + t.chain_latency_extra + t.output_stage + t.matrix_issue
+    block_bytes = word * (header + values)
+    weight_bytes = strips * (word * table + kb * block_bytes)
+    # The weights of every pair come through the one WBUF read port.
+    port_time = _ceil(pairs * weight_bytes, cfg.wbuf.width * t.buffer_rows_per_cycle)
+    return MatrixCost(cycles=max(chain_time, output_time, port_time) + fill,
+                      macs_dense=rows * 256 * strips * kb,
+                      macs_stored=rows * 16 * n_keep * strips * kb,
+                      weight_bytes=weight_bytes,
+                      chain_work=pairs * strips * strip, port_cycles=port_time, fill=fill)
+
+
+def misc_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
+    """Cycles of one MISC instruction (bindings resolved)."""
+    m, n = ins.m, ins.n
+    if m == 0 or n == 0:
+        return 0
+    lanes = cfg.sfu_lanes
+    nb = _ceil(n, lanes)
+    func = MiscFunc(ins.func)
+    if func == MiscFunc.SOFTMAX:
+        nbo = _ceil(_ceil(n, 16) * 16, lanes)
+        if ins.defer:
+            row = max(nbo + t.defer_extra, t.sfu_divider + t.defer_divider_extra)
+        else:
+            row = nb + nbo + t.sfu_drain + t.sfu_divider + t.softmax_extra
+    elif func == MiscFunc.RMSNORM:
+        row = nb + t.sfu_drain + t.sfu_divider + t.rmsnorm_extra
+    elif func == MiscFunc.LAYERNORM:
+        row = nb + t.sfu_drain + 2 * t.sfu_divider + t.layernorm_extra
+    elif func == MiscFunc.ROPE:
+        offset = 1 if ins.interleaved else max(ins.group // 2, 1)
+        row = nb + _ceil(offset, lanes) + t.rope_extra
+    else:  # element-wise: one beat of `lanes` elements per cycle
+        row = nb
+    return m * row + t.sfu_latency
+
+
+def buffer_port_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
+    """Cycles an LD/ST needs of its buffer's port: one row per cycle, every segment of every
+    channel at least one row (bindings resolved)."""
+    width = cfg.buffer(Buffer(ins.buf).name.lower()).width
+    nch = max(ins.nch, 1) if ins.op == Opcode.LD else 1
+    rows = _ceil(ins.buf_addr % width + ins.len, width) if ins.n1 * ins.n2 == 1 \
+        else _ceil(ins.len, width)
+    return _ceil(ins.n1 * ins.n2 * nch * rows, t.buffer_rows_per_cycle)
+
+
+def sys_cycles(received_bytes: int, t: UnitTiming) -> int:
+    """Cycles of a SYS collective in which a core receives ``received_bytes``."""
+    return t.barrier + _ceil(received_bytes, t.gather_bytes_per_cycle)

@@ -1,0 +1,283 @@
+"""The performance model against hand-computed cycle counts, and its counts against golden.
+
+Hand counts use the ``tiny`` configuration (mv_k 16, 4 chains, 4 SFU lanes, 64-bit AXI at
+200 MHz) with the U280's HBM figures: 8 bytes per cycle per channel (the port, not the DRAM,
+limits), a row gap of round(31.1 ns x 200 MHz) = 6 cycles, latency round(106.7 x 0.2) = 21.
+"""
+
+import pytest
+
+from flightllm.contract.config import BufferSpec, preset
+from flightllm.contract.isa import Buffer, Instruction, MiscFunc, Opcode, SysOp, WeightBits
+from flightllm.sim.golden import DeadlockError, GoldenSimulator
+from flightllm.sim.perf import PerfError, PerfModel, SparsityMap
+from flightllm.sim.perf_units import UnitTiming
+
+from .progs import Q, bit, load
+
+CFG = preset("tiny")
+#: tiny with a 64-byte WBUF port: the weight port no longer binds, so the matrix engine's own
+#: timing shows (as in the RTL engine bench, which fed the chains directly).
+ENGINE = CFG.replace(wbuf=BufferSpec(64, 1024))
+FILL = 16 + 7 + 4 + 10  # mv_k + chain latency extra + output stage + issue
+ISSUE, GAP, LAT = 4, 6, 21
+
+
+def mv(strips=8, kb=8, **kw) -> Instruction:
+    fields = dict(w_addr=0, wbits=WeightBits.INT4, n_strips=strips, k_blocks=kb, x_addr=0,
+                  out_addr=0)
+    fields.update(kw)
+    return Instruction(Opcode.MV, **fields)
+
+
+def run(streams, cfg=ENGINE, **kw):
+    model_kw = {k: kw.pop(k) for k in ("default_keep", "sparsity", "channel_map", "timing")
+                if k in kw}
+    return PerfModel(cfg, **model_kw).run(streams, **kw)
+
+
+# ----------------------------------------------------------------------------- units
+@pytest.mark.parametrize("sparse, keep, block, table", [
+    (0, 16, 1 + 0 + 16, 0),   # dense: 16 value words (4-bit), 16 passes of the 16-slice chain
+    (1, 8, 1 + 8 + 8, 1),     # 8 index words + 8 value words; one code-table word per strip
+    (1, 4, 1 + 4 + 4, 1),
+    (1, 2, 1 + 2 + 2, 1),
+])
+def test_mv_cycles_by_sparsity(sparse, keep, block, table):
+    # 8 strips on 4 chains: 2 strips of 8 blocks per chain.
+    r = run([[mv(sparse=sparse)]], default_keep=keep)
+    assert r.cycles == 2 * (table + 8 * block) + FILL
+    assert r.macs_dense == 256 * 64 and r.macs_stored == 16 * keep * 64
+
+
+def test_mv_model_is_close_to_the_rtl_engine_bench():
+    # docs/hw_datapath.md, mv_cycles bench: 313 / 309 / 181 / 119 cycles (N = 16, 8, 4, 2).
+    measured = {16: 313, 8: 309, 4: 181, 2: 119}
+    for keep, cycles in measured.items():
+        r = run([[mv(sparse=int(keep < 16))]], default_keep=keep)
+        assert abs(r.cycles - cycles) / cycles < 0.02, (keep, r.cycles)
+
+
+def test_the_wbuf_port_bounds_the_engine():
+    # tiny's WBUF serves one 16-byte row per cycle to all four chains: 8 strips x 8 blocks x
+    # 128 bytes take 512 cycles of the port, more than the chains' 272.
+    r = run([[mv()]], cfg=CFG)
+    assert r.cycles == 8 * 8 * 128 // 16 + FILL
+    assert run([[mv()]]).cycles == 272 + FILL
+
+
+def test_units_take_turns_on_a_buffer_port():
+    # 128-bit masters: an 8 KiB load's channel time (512 + gap) matches its 512 WBUF rows.
+    cfg = CFG.replace(axi_data_bits=128)
+    refill = load(Buffer.WBUF, 8192, 8192)
+    # The LD goes first (queue order breaks the tie at cycle 0) and holds the WBUF port for
+    # 512 cycles from cycle 4; the MV's 512 weight rows come after it.
+    both = run([[refill, mv()]], cfg=cfg)
+    assert both.cycles == ISSUE + 512 + 512 + FILL
+    # Negative control: a load into ABUF leaves the WBUF port to the MV.
+    apart = run([[load(Buffer.ABUF, 0, 8192), mv()]], cfg=cfg)
+    assert apart.cycles == 512 + FILL
+
+
+def test_mm_streams_weights_once_per_token_pair():
+    mm = Instruction(Opcode.MM, w_addr=0, wbits=WeightBits.INT4, n_strips=8, k_blocks=8,
+                     m_rows=4, x_stride=128, out_stride=128)
+    r = run([[mm]])
+    assert r.cycles == 2 * 272 + UnitTiming().mm_pair_switch + FILL  # RTL bench: 594
+    # Five rows need three pairs; the odd row's pair costs as much as a full one.
+    r5 = run([[mm.replace(m_rows=5)]])
+    assert r5.cycles == 3 * 272 + 2 * UnitTiming().mm_pair_switch + FILL
+
+
+def test_sfu_cycle_model():
+    soft = Instruction(Opcode.MISC, func=MiscFunc.SOFTMAX, defer=1, n=64, m=2,
+                       a_buf=Buffer.RBUF, b_buf=Buffer.RBUF, d_buf=Buffer.ABUF)
+    # 64 elements on 4 lanes: 16 beats; deferred row = max(16 + 12, divider 18 + 10) = 28.
+    assert run([[soft]]).cycles == 2 * 28 + 10
+    add = Instruction(Opcode.MISC, func=MiscFunc.ADD, n=256, m=8, a_buf=Buffer.ABUF,
+                      b_buf=Buffer.ABUF, d_buf=Buffer.ABUF)
+    assert run([[add]]).cycles == 8 * 64 + 10  # SFU bench: 64 cycles per 256-element row
+    norm = Instruction(Opcode.MISC, func=MiscFunc.RMSNORM, n=64, m=1, a_buf=Buffer.RBUF,
+                       d_buf=Buffer.ABUF)
+    assert run([[norm]]).cycles == (16 + 11 + 18 + 5) + 10
+
+
+def test_a_load_writes_one_buffer_row_per_cycle():
+    # With 128-bit masters two channels deliver 32 bytes per cycle, but tiny's ABUF takes one
+    # 16-byte row per cycle: the port binds (512 rows), not the channels (256 + gap each).
+    both = Instruction(Opcode.LD, buf=Buffer.ABUF, buf_addr=0, chan=0, nch=2, ch_stride=4096,
+                       hbm_addr=0, len=4096, n1=1, n2=1)
+    wide = run([[both]], cfg=CFG.replace(axi_data_bits=128))
+    assert wide.cycles == ISSUE + 2 * 4096 // 16 + LAT
+    # Negative control: with 64-bit masters the channels bind.
+    assert run([[both]]).cycles == ISSUE + 512 + GAP + LAT
+
+
+def test_load_cycles_and_contiguity():
+    r = run([[load(Buffer.ABUF, 0, 4096)]])
+    assert r.cycles == ISSUE + 4096 // 8 + GAP + LAT
+    assert r.hbm_read_bytes == {0: 4096}
+    # The same bytes as 16 separate 256-byte rows open 16 DRAM rows.
+    strided = Instruction(Opcode.LD, buf=Buffer.ABUF, buf_addr=0, chan=0, hbm_addr=0, len=256,
+                          n1=16, hbm_stride1=1024, buf_stride1=256, n2=1)
+    assert run([[strided]]).cycles == ISSUE + 4096 // 8 + 16 * GAP + LAT
+    contiguous = strided.replace(hbm_stride1=256)
+    assert run([[contiguous]]).cycles == ISSUE + 4096 // 8 + GAP + LAT
+
+
+def test_channels_work_in_parallel_but_one_channel_serialises():
+    both = Instruction(Opcode.LD, buf=Buffer.ABUF, buf_addr=0, chan=0, nch=2, ch_stride=4096,
+                       hbm_addr=0, len=4096, n1=1, n2=1)
+    parallel = run([[both]])
+    assert parallel.cycles == ISSUE + 512 + GAP + LAT
+    assert parallel.hbm_read_bytes == {0: 4096, 1: 4096}
+    serial = run([[load(Buffer.ABUF, 0, 4096), load(Buffer.ABUF, 4096, 4096)]])
+    assert serial.cycles == 2 * (ISSUE + 512 + GAP) + LAT
+
+
+def test_cross_channel_penalty():
+    plain = run([[load(Buffer.ABUF, 0, 4096)]])
+    # Local channel 0 wired to pseudo-channel 5: another mini-switch group (4 per group).
+    crossed = run([[load(Buffer.ABUF, 0, 4096)]], channel_map=lambda core, local: 5)
+    assert crossed.hbm_read_bytes == {5: 4096}
+    # Half the rate (1024 cycles for the bytes) plus the crossing latency round(20 x 0.2) = 4.
+    assert crossed.cycles == ISSUE + 1024 + GAP + 4 + LAT
+    assert crossed.cycles > plain.cycles
+
+
+# ----------------------------------------------------------------------------- tokens
+def test_token_orders_dependent_units():
+    ld = load(Buffer.WBUF, 0, 4096, release=bit(Q.MV))
+    ld_done = ISSUE + 512 + GAP + LAT
+    dependent = run([[ld, mv(wait=bit(Q.LD))]])
+    assert dependent.cycles == ld_done + 1 + 309
+    # Negative control: without the token the two units overlap.
+    independent = run([[load(Buffer.WBUF, 0, 4096), mv()]])
+    assert independent.cycles == max(ld_done, 309)
+
+
+def test_in_order_queue_and_double_buffering():
+    # Four weight chunks: LD i+1 overlaps MV i; the MV queue runs in order.
+    prog = []
+    for i in range(4):
+        prog.append(load(Buffer.WBUF, 4096 * (i % 2), 4096, release=bit(Q.MV)))
+        prog.append(mv(w_addr=4096 * (i % 2), wait=bit(Q.LD)))
+    r = run([prog])
+    ld = ISSUE + 512 + GAP  # channel time per chunk; the MV (309) is shorter: HBM-bound
+    assert r.cycles == 4 * ld + LAT + 1 + 309
+    assert r.binding_unit()[0] == "LD"
+
+
+def test_compute_bound_program_is_bound_by_the_engine():
+    prog = []
+    for i in range(4):
+        prog.append(load(Buffer.WBUF, 4096 * (i % 2), 256, release=bit(Q.MV)))
+        prog.append(mv(strips=16, kb=16, w_addr=4096 * (i % 2), wait=bit(Q.LD)))
+    r = run([prog])
+    mv_cycles = 4 * 16 * 17 + FILL
+    assert r.cycles == ISSUE + 32 + GAP + LAT + 1 + 4 * mv_cycles
+    unit, busy = r.binding_unit()
+    assert unit == "MPE" and busy > 0.95
+
+
+def test_barrier_waits_for_the_slowest_core():
+    cfg = ENGINE.replace(cores=2)
+    sync = dict(sync_op=SysOp.BARRIER, sync_id=0)
+    slow = [mv(release=bit(Q.SYS)), Instruction(Opcode.SYS, wait=bit(Q.MV), **sync)]
+    fast = [Instruction(Opcode.SYS, **sync)]
+    r = run([slow, fast], cfg=cfg)
+    assert r.cycles == 309 + 1 + UnitTiming().barrier
+    assert r.busy[1]["SYS"] == UnitTiming().barrier
+
+
+def test_gather_time_counts_received_bytes():
+    cfg = ENGINE.replace(cores=2)
+    g = dict(sync_op=SysOp.GATHER, sync_id=0, buf=Buffer.ABUF, addr=0, rows=1, stride=0)
+    r = run([[Instruction(Opcode.SYS, len=640, **g)], [Instruction(Opcode.SYS, len=64, **g)]],
+            cfg=cfg)
+    t = UnitTiming()
+    assert r.busy[0]["SYS"] == t.barrier + 64 // t.gather_bytes_per_cycle
+    assert r.busy[1]["SYS"] == t.barrier + 640 // t.gather_bytes_per_cycle
+
+
+def test_missing_token_is_a_deadlock():
+    with pytest.raises(DeadlockError, match="MV"):
+        run([[mv(wait=bit(Q.LD))]])
+
+
+def test_sparse_matrix_without_known_n_is_an_error():
+    with pytest.raises(PerfError, match=r"instruction #0 \(MV"):
+        run([[mv(sparse=1)]])
+
+
+def test_sparsity_map_tags_wbuf_from_the_load_source():
+    regions = SparsityMap([(0, 0, 1 << 20, 4096, 2)])
+    prog = [load(Buffer.WBUF, 0, 4096, hbm_addr=1 << 20, release=bit(Q.MV)),
+            mv(sparse=1, wait=bit(Q.LD))]
+    r = run([prog], sparsity=regions)
+    assert r.macs_stored == 16 * 2 * 64
+    assert regions.keep_at(0, 0, (1 << 20) + 4095) == 2
+    assert regions.keep_at(0, 0, (1 << 20) + 4096) is None
+
+
+def test_bindings_change_the_work():
+    from flightllm.contract.isa import Binding, BindKind, LengthReg
+    bound = mv(strips=64, bindings=[Binding(BindKind.COUNT, LengthReg.KV, "n_strips", 4)])
+    short, long = run([[bound]], kv=64), run([[bound]], kv=1024)
+    assert short.macs_dense == 256 * 4 * 8 and long.macs_dense == 256 * 64 * 8
+    assert long.cycles == 16 * 8 * 17 + FILL
+
+
+# ----------------------------------------------------------------------------- a whole build
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    from flightllm.compiler.build import CompileOptions, compile_model
+    from flightllm.compiler.sources import load_model
+    from flightllm.host.build import load_build
+    out = tmp_path_factory.mktemp("perf") / "build"
+    ir = load_model("tests/models/onnx/llama_dynamo_op18.onnx")
+    compile_model(ir, CFG, out, CompileOptions(weight_bits=4, max_len=64,
+                                               sparsity={"q": 8, "up": 2},
+                                               calibration_sequences=2))
+    return load_build(out)
+
+
+def test_counts_match_the_golden_simulator(tiny_build):
+    b = tiny_build
+    sim = GoldenSimulator(b.config)
+    for e in b.manifest["hbm"]:
+        sim.hbm.write(e["core"] * b.config.hbm_channels_per_core + e["channel"], 0,
+                      b.file(e["file"]))
+    recipe = b.manifest["model"]["recipe"]
+    model = PerfModel(b.config,
+                      sparsity=SparsityMap.from_placements(b.manifest["tensors"],
+                                                           recipe["sparsity"]))
+    for phase, seq, kv in (("prefill", 7, 7), ("decode", 1, 8), ("decode", 1, 40)):
+        golden = sim.run(b.program(phase), seq=seq, kv=kv)
+        timed = model.run(b.program(phase), seq=seq, kv=kv)
+        assert timed.hbm_read_bytes == dict(golden.hbm_read_bytes)
+        assert timed.hbm_write_bytes == dict(golden.hbm_write_bytes)
+        assert timed.macs_dense == golden.macs_dense
+        # Stored MACs depend on N per block, read here from the placements, there from bytes.
+        assert timed.macs_stored == golden.macs_stored < golden.macs_dense
+        assert timed.weight_stream_bytes == golden.weight_stream_bytes
+        assert dict(timed.instructions) == dict(golden.instructions)
+    # Longer KV means more attention work and more cycles.
+    assert model.run(b.program("decode"), seq=1, kv=64).cycles > \
+        model.run(b.program("decode"), seq=1, kv=8).cycles
+
+
+def test_hbm_parameters():
+    from flightllm.sim.hbm_model import HBMParams, transfer_runs
+    u280 = HBMParams.for_board("u280")
+    assert u280.board_peak_gbps == pytest.approx(460)
+    # 256-bit masters at 225 MHz: the port (32 B/cycle), not the DRAM (~58 B/cycle), limits.
+    assert u280.bytes_per_cycle(225, 256) == 32
+    assert u280.bytes_per_cycle(225, 512) == pytest.approx(425e9 / 32 / 225e6)
+    assert HBMParams.for_board("vhk158").board_peak_gbps == pytest.approx(819)
+    with pytest.raises(ValueError, match="zcu104"):
+        HBMParams.for_board("zcu104")
+    assert transfer_runs(256, 8, 256, 4, 2048) == 1       # one contiguous range
+    assert transfer_runs(256, 8, 4096, 4, 256) == 32      # every segment apart
+    assert transfer_runs(256, 8, 256, 4, 4096) == 4       # contiguous rows, strided blocks
+    assert transfer_runs(0, 8, 256, 4, 4096) == 0
