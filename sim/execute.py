@@ -19,8 +19,12 @@ from flightllm.contract.params import REQUANT_RECORD_BYTES, norm_beta_offset, un
 from flightllm.contract.weights import WeightFormatError, block_sparsity, unpack_matrix
 from flightllm.sim.hbm import HBM, HBMError
 from flightllm.sim.machine import ELEMENT_BYTES, CoreBuffers, ProgramError, check_size
+from flightllm.sim.speed import (
+    WEIGHT_CACHE, DecodedWeights, WeightCache, blas_threads, exact_matmul,
+)
 
-__all__ = ["Counters", "exec_transfer", "exec_matrix", "exec_misc"]
+__all__ = ["Counters", "exec_transfer", "exec_matrix", "exec_misc", "WeightCache", "WEIGHT_CACHE",
+           "blas_threads"]
 
 
 @dataclass
@@ -80,6 +84,9 @@ def exec_transfer(ins: Instruction, core: CoreBuffers, hbm: HBM, channel_base: i
         raise ProgramError(f"{where}: {ins.n1 * ins.n2 * nch} transfers (n1 x n2 x channels) "
                            f"exceed the golden simulator's limit of {MAX_TRANSFERS}")
     check_size(ins.n1 * ins.n2 * nch * ins.len, f"{where} bytes")
+    if _transfer_fast(ins, load, nch, buf, core, hbm, channel_base, counters):
+        return
+    # The definition: one transfer per (o, m, channel), in this order.
     for o in range(ins.n2):
         for m in range(ins.n1):
             hbm_addr = ins.hbm_addr + o * ins.hbm_stride2 + m * ins.hbm_stride1
@@ -101,10 +108,117 @@ def exec_transfer(ins: Instruction, core: CoreBuffers, hbm: HBM, channel_base: i
                     raise ProgramError(f"{where}: {exc}") from None
 
 
+
+def _transfer_fast(ins: Instruction, load: bool, nch: int, buf: Buffer, core: CoreBuffers, hbm,
+                   channel_base: int, counters: Counters) -> bool:
+    """LD/ST as a few array operations, when that provably gives what the transfer loop of
+    :func:`exec_transfer` gives; False (having changed nothing) otherwise.
+
+    Conditions: every buffer range is valid; the written ranges (buffer for LD, HBM for ST)
+    are pairwise disjoint, so their order does not matter; every HBM access is valid (LD: the
+    reads are done before anything is written; ST: probed at the highest end first). An
+    error case always falls back to the loop, which raises exactly as before.
+    """
+    v = ins.values
+    n1, n2, size = v["n1"], v["n2"], v["len"]
+    count = n1 * n2
+    if count * nch <= 2 or size == 0:
+        return False  # nothing to gain
+    mem = core.mem[buf]
+    o = np.arange(n2, dtype=np.int64)[:, None]
+    m = np.arange(n1, dtype=np.int64)[None, :]
+    hbm_at = (v["hbm_addr"] + o * v["hbm_stride2"] + m * v["hbm_stride1"]).ravel()
+    buf_at = (v["buf_addr"] + o * v["buf_stride2"] + m * v["buf_stride1"]).ravel()
+    if load:  # [o, m, c] in loop order
+        buf_at = (buf_at[:, None] + np.arange(nch, dtype=np.int64) * v["ch_stride"]).ravel()
+    if buf_at.min() < 0 or buf_at.max() + size > len(mem):
+        return False
+    if ELEMENT_BYTES[buf] == 4 and (buf_at % 4).any():
+        return False
+    if load:
+        if not _disjoint(buf_at, size):
+            return False
+        parts = []
+        for c in range(nch):
+            phys = channel_base + v["chan"] + c
+            try:
+                parts.append(_hbm_rows(hbm, phys, hbm_at, n1, n2, v["hbm_stride1"], size))
+            except HBMError:
+                return False
+        data = np.stack(parts, axis=1)  # [o*m, c, len]
+        if v["transpose"]:
+            data = data.reshape(-1, 16, 16).transpose(0, 2, 1)
+        _scatter(mem, buf_at, data.reshape(-1, size))
+        for c in range(nch):
+            counters.hbm_read_bytes[channel_base + v["chan"] + c] += count * size
+        return True
+    if hbm_at.min() < 0 or not _disjoint(hbm_at, size):
+        return False
+    phys = channel_base + v["chan"]
+    try:
+        hbm.read(phys, int(hbm_at.max()) + size - 1, 1)  # the highest byte written: in range?
+    except HBMError:
+        return False
+    data = _gather(mem, buf_at, size)
+    order = np.argsort(hbm_at, kind="stable")
+    starts, data = hbm_at[order], data[order]
+    # Runs of back-to-back ranges become one write each.
+    breaks = np.flatnonzero(np.diff(starts) != size) + 1
+    for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(starts)]):
+        hbm.write(phys, int(starts[lo]), data[lo:hi].ravel())
+    counters.hbm_write_bytes[phys] += count * size
+    return True
+
+
+def _gather(mem: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:
+    """``[len(starts), size]`` bytes of ``mem`` (few or long rows by slices, else one index)."""
+    if len(starts) <= 16 or size >= 256:
+        return np.stack([mem[a:a + size] for a in starts.tolist()])
+    return mem[starts[:, None] + np.arange(size, dtype=np.int64)]
+
+
+def _scatter(mem: np.ndarray, starts: np.ndarray, rows: np.ndarray) -> None:
+    """Write ``rows[i]`` at ``starts[i]`` (the ranges are disjoint)."""
+    if len(starts) <= 16 or rows.shape[1] >= 256:
+        for a, row in zip(starts.tolist(), rows):
+            mem[a:a + len(row)] = row
+        return
+    mem[starts[:, None] + np.arange(rows.shape[1], dtype=np.int64)] = rows
+
+
+def _disjoint(starts: np.ndarray, size: int) -> bool:
+    s = np.sort(starts)
+    return bool((np.diff(s) >= size).all())
+
+
+def _hbm_rows(hbm, phys: int, hbm_at: np.ndarray, n1: int, n2: int, stride1: int,
+              size: int) -> np.ndarray:
+    """The ``[n2 * n1, size]`` bytes at ``hbm_at`` of one channel: one read per ``o`` when
+    the rows of an ``o`` are back to back, else one per row."""
+    if stride1 == size or n1 == 1:
+        return np.stack([hbm.read(phys, int(hbm_at[i * n1]), n1 * size).reshape(n1, size)
+                         for i in range(n2)]).reshape(-1, size)
+    return np.stack([hbm.read(phys, int(a), size) for a in hbm_at])
+
+
 # --------------------------------------------------------------------------- MM / MV
+def _decode(ins: Instruction, core: CoreBuffers, where: str) -> DecodedWeights:
+    """The instruction's weights, decoded (through :data:`WEIGHT_CACHE`)."""
+    check_size(256 * ins.n_strips * ins.k_blocks, f"{where} weights")
+    bits = WeightBits(ins.wbits).bits
+    mem = core.mem[Buffer.WBUF]
+    key = WEIGHT_CACHE.key(mem, ins.w_addr, ins.n_strips, ins.k_blocks, bits, bool(ins.sparse),
+                           bool(ins.gscale), ins.w_stride)
+    if key is not None and (hit := WEIGHT_CACHE.get(key)) is not None:
+        return hit
+    entry = DecodedWeights(*_weights(ins, core, where))
+    if key is not None:
+        WEIGHT_CACHE.put(key, entry)
+    return entry
+
+
 def _weights(ins: Instruction, core: CoreBuffers, where: str) -> tuple[np.ndarray, int, int]:
     """Dequantised weights, WBUF bytes they span, and the MACs the chain spends per row."""
-    check_size(256 * ins.n_strips * ins.k_blocks, f"{where} weights")
     bits = WeightBits(ins.wbits).bits
     args = (core.mem[Buffer.WBUF], ins.w_addr, ins.n_strips, ins.k_blocks, bits)
     kw = dict(sparse=bool(ins.sparse), gscale=bool(ins.gscale), strip_stride=ins.w_stride)
@@ -123,14 +237,14 @@ def exec_matrix(ins: Instruction, core: CoreBuffers, counters: Counters, where: 
     if rows == 0 or ins.n_strips == 0:
         return
     check_size(rows * 16 * ins.n_strips, f"{where} outputs")
-    W, span, stored = _weights(ins, core, where)
-    n_out, k = W.shape
+    entry = _decode(ins, core, where)
+    n_out, k = entry.w.shape
     x_stride = 0 if mv else ins.x_stride
     X = core.read_rows(Buffer.ABUF, ins.x_addr, x_stride, rows, k, f"{where} x_addr")
-    acc = X @ W.T
+    acc = exact_matmul(X, entry)
     counters.macs_dense += rows * n_out * k
-    counters.macs_stored += rows * stored
-    counters.weight_stream_bytes += span
+    counters.macs_stored += rows * entry.stored
+    counters.weight_stream_bytes += entry.span
     out_stride = 0 if mv else ins.out_stride
     if ins.psum:
         acc = acc + core.read_rows(Buffer.RBUF, ins.psum_addr, 0 if mv else ins.psum_stride,

@@ -30,6 +30,7 @@ from flightllm.contract.isa import (
 )
 from flightllm.sim.execute import Counters, exec_matrix, exec_misc, exec_transfer
 from flightllm.sim.hbm import HBM
+from flightllm.sim.speed import blas_threads
 from flightllm.sim.machine import CoreBuffers, ProgramError, check_size
 
 __all__ = [
@@ -54,6 +55,34 @@ class _Slot:
 
 def load_streams(program) -> list[list[_Slot]]:
     """Decode a program: a program file's bytes, or per-core word lists, or instruction lists."""
+    if isinstance(program, (bytes, bytearray)):
+        key = bytes(program)
+    else:
+        try:
+            arrays = [np.asarray(stream) for stream in program]
+        except (TypeError, ValueError):
+            arrays = None
+        if arrays is None or any(a.size and a.dtype.kind not in "iu" for a in arrays):
+            return _decode_streams(program)  # instruction lists, or not plain integer words
+        key = tuple((a.dtype.str, a.tobytes()) for a in arrays)
+    # Hosts run the same few programs over and over: decode each once. The slots and
+    # instructions are immutable; the lists are copied so a caller may change its own.
+    cached = _STREAMS.get(key)
+    if cached is None:
+        cached = _decode_streams(program)
+        if len(_STREAMS) >= _STREAMS_MAX:
+            _STREAMS.pop(next(iter(_STREAMS)))
+        _STREAMS[key] = cached
+    return [list(stream) for stream in cached]
+
+
+_STREAMS: dict = {}
+_BOUND: dict = {}
+_BOUND_MAX = 1 << 17
+_STREAMS_MAX = 16
+
+
+def _decode_streams(program) -> list[list[_Slot]]:
     if isinstance(program, (bytes, bytearray)):
         program = decode_program_words(bytes(program))
     streams = []
@@ -122,7 +151,8 @@ class GoldenSimulator:
         counters = counters if counters is not None else Counters()
         if order not in ("greedy", "random", "program"):
             raise ValueError(f"order {order!r} is not greedy, random or program")
-        _Run(self, streams, regs, counters, order, seed).go()
+        with blas_threads():
+            _Run(self, streams, regs, counters, order, seed).go()
         return counters
 
 
@@ -249,7 +279,7 @@ class _Run:
     def _execute(self, c: int, slot: _Slot, *, tokens: bool = True) -> None:
         if tokens:
             self._consume(c, slot)
-        ins = apply_bindings(slot.ins, self.regs)
+        ins = self._bound(slot.ins)
         where = self._where(c, slot)
         core, cfg = self.sim.cores[c], self.sim.config
         try:
@@ -268,6 +298,20 @@ class _Run:
         if tokens:
             self._release(c, slot)
         self.heads[c, ins.op] += 1
+
+    def _bound(self, ins: Instruction) -> Instruction:
+        # apply_bindings, remembered per (instruction, length registers): a host runs the same
+        # program at the same few lengths again and again.
+        if not ins.bindings:
+            return ins
+        key = (id(ins), self.regs[LengthReg.SEQ], self.regs[LengthReg.KV],
+               self.regs[LengthReg.POS])
+        hit = _BOUND.get(key)
+        if hit is None or hit[0] is not ins:
+            if len(_BOUND) >= _BOUND_MAX:
+                _BOUND.clear()
+            hit = _BOUND[key] = (ins, apply_bindings(ins, self.regs))
+        return hit[1]
 
     def _consume(self, c: int, slot: _Slot) -> None:
         q = int(slot.ins.op)

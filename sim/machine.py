@@ -74,11 +74,12 @@ class CoreBuffers:
         if rows:
             self._span(buf, addr + (rows - 1) * stride, n * es, what)  # the last row, first
         check_size(rows * n, what)
-        out = np.empty((rows, n), dtype=np.int64)
-        for i in range(rows):
-            raw = self.mem[buf][self._span(buf, addr + i * stride, n * es, what)]
-            out[i] = raw.view(_DTYPE[buf])
-        return out
+        if rows == 0 or n == 0:
+            return np.zeros((rows, n), dtype=np.int64)
+        # The first and the last row are in range (checked), hence every row between.
+        self._span(buf, addr, n * es, what)
+        idx = addr + np.arange(rows, dtype=np.int64)[:, None] * stride + np.arange(n * es)
+        return self.mem[buf][idx].view(_DTYPE[buf]).astype(np.int64)
 
     def write_rows(self, buf: Buffer, addr: int, stride: int, values: np.ndarray,
                    what: str) -> None:
@@ -91,6 +92,16 @@ class CoreBuffers:
         es = ELEMENT_BYTES[buf]
         if values.shape[0] > 1 and es == 4 and stride % 4:
             raise ProgramError(f"{what}: row stride {stride} in {buf.name} is not 4-byte aligned")
+        rows, n = values.shape if values.ndim == 2 else (len(values), 0)
+        nbytes = n * es
+        size = len(self.mem[buf])
+        last = addr + (rows - 1) * stride
+        if (rows > 1 and nbytes and stride >= nbytes and addr + nbytes <= size
+                and last + nbytes <= size and not (es == 4 and addr % 4)):
+            # Disjoint rows, all in range: one scatter writes what the loop below would.
+            idx = addr + np.arange(rows, dtype=np.int64)[:, None] * stride + np.arange(nbytes)
+            self.mem[buf][idx] = values.astype(_DTYPE[buf]).view(np.uint8)
+            return
         for i, row in enumerate(values):
             span = self._span(buf, addr + i * stride, len(row) * es, what)
             self.mem[buf][span] = row.astype(_DTYPE[buf]).view(np.uint8)
