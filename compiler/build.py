@@ -216,6 +216,10 @@ def _write_build(out: Path, ir: TransformerIR, config: AcceleratorConfig, opts: 
         "isa": {"version": ISA_VERSION, "hash": isa_hash()},
         "config": config.to_dict(), "config_hash": config.config_hash(),
         "model": {"config": ir.config.to_dict(), "source": ir.source,
+                  # Absolute, so tools run from elsewhere (perplexity's float reference, the
+                  # tokenizer lookup) still find an ONNX source; None for presets.
+                  "source_path": (str(Path(ir.source).resolve())
+                                  if str(ir.source).endswith(".onnx") else None),
                   "recipe": asdict(qm.recipe), "max_len": L,
                   # The prefill attention mask the programs implement (null: dense causal).
                   "attention_sparsity": low.attention and low.attention.to_dict()},

@@ -27,11 +27,12 @@ def _user_errors(fn):
         from flightllm.contract.config import ConfigError
         from flightllm.contract.isa import IsaError, ProgramFileError
         from flightllm.host.build import BuildError
+        from flightllm.host.devices import DeviceError
         from flightllm.sim.machine import ProgramError
         try:
             return fn(*args, **kwargs)
         except (ConfigError, IsaError, ProgramFileError, ProgramError, OSError, IRError,
-                CompileError, FrontendError, BuildError) as exc:
+                CompileError, FrontendError, BuildError, DeviceError) as exc:
             raise click.ClickException(str(exc)) from None
     return wrapper
 
@@ -59,6 +60,9 @@ class _LazyGroup(click.Group):
 #: Top-level commands defined in their own areas' modules.
 LAZY_COMMANDS: dict[str, str] = {
     "boards": "flightllm.boards.cli:boards_command",
+    "estimate": "flightllm.sim.estimate:estimate_command",
+    "perplexity": "flightllm.compiler.perplexity:perplexity_command",
+    "run": "flightllm.host.cli:run_command",
 }
 
 
@@ -192,16 +196,22 @@ def _ids(text: str) -> list[int]:
 @click.option("--input-ids", required=True, help="Prompt token ids, comma-separated.")
 @click.option("--decode-steps", type=int, default=0, show_default=True,
               help="Greedy decode steps after the prefill.")
-@click.option("--engine", type=click.Choice(["golden"]), default="golden", show_default=True)
+@click.option("--engine", type=click.Choice(["golden", "rtl"]), default="golden",
+              show_default=True,
+              help="golden: the functional simulator; rtl: the generated kernel under "
+                   "Verilator and cocotb (tiny configurations; the first run builds the "
+                   "simulator, which takes minutes).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print {tokens, logits, counters} as JSON.")
 @_user_errors
 def simulate(build, input_ids, decode_steps, engine, as_json):
-    """Run BUILD on the golden simulator: prefill, then greedy decoding."""
+    """Run BUILD on the golden simulator or the RTL: prefill, then greedy decoding."""
     from flightllm.host.build import load_build
+    from flightllm.host.devices import RtlDevice
     from flightllm.host.session import GoldenDevice, Session
     b = load_build(build)
-    session = Session(b, GoldenDevice(b))
+    device = GoldenDevice(b) if engine == "golden" else RtlDevice(b.config)
+    session = Session(b, device)
     tokens, logits = [], []
     for token, row in session.generate(_ids(input_ids), decode_steps):
         tokens.append(token)
@@ -210,8 +220,11 @@ def simulate(build, input_ids, decode_steps, engine, as_json):
             click.echo(f"token {token}")
     if as_json:
         counters = [c.to_dict() for c in session.counters]
-        click.echo(json.dumps({"tokens": tokens, "logits": [r.tolist() for r in logits],
-                               "engine": engine, "counters": counters}))
+        out = {"tokens": tokens, "logits": [r.tolist() for r in logits], "engine": engine,
+               "counters": counters}
+        if engine == "rtl":  # kernel cycles of every call: prefill chunks, then decode steps
+            out["cycles"] = [c.cycles for c in session.counters]
+        click.echo(json.dumps(out))
 
 
 @main.group(cls=_LazyGroup, lazy={"resources": "flightllm.hw.resources:resources_command"})

@@ -57,9 +57,11 @@ class Build:
         bad = [int(t) for t in np.asarray(tokens).ravel() if not 0 <= t < vocab]
         if bad:
             raise BuildError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
-        x = np.load(self.path / io["embed"])[tokens].astype(np.float64)
+        # Memory-mapped: a step reads only its rows, not the whole table (113 MB for SmolLM2).
+        x = np.load(self.path / io["embed"], mmap_mode="r")[tokens].astype(np.float64)
         if io["pos_embed"]:
-            x = x + np.load(self.path / io["pos_embed"])[positions + io["position_offset"]]
+            table = np.load(self.path / io["pos_embed"], mmap_mode="r")
+            x = x + table[positions + io["position_offset"]]
         lim = (1 << 23) - 1
         return np.clip(np.round(x / io["residual_scale"]), -lim, lim).astype(np.int64)
 
