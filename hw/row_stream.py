@@ -1,0 +1,278 @@
+"""Byte-addressed streams over a row buffer: the readers, writers and the per-buffer port
+multiplexer that the execution units (:mod:`~flightllm.hw.matrix_unit`,
+:mod:`~flightllm.hw.misc_unit`) build their operand traffic from.
+
+The ISA addresses buffers in bytes, a buffer is ``depth`` rows of ``width`` bytes, and an
+operand may start at any byte. So:
+
+* :class:`ByteReader` takes *segments* ``{addr, nbytes}`` and delivers each as
+  ``ceil(nbytes / chunk)`` chunks of ``chunk`` bytes (``chunk <= width``), byte ``i`` of the
+  segment at chunk ``i // chunk``, lane ``i % chunk``; bytes past the segment's end are
+  undefined. It requests the rows the segment covers, in order, and realigns them through a
+  two-row window, so a chunk that straddles two rows costs nothing extra: one row per cycle
+  in, one chunk per cycle out.
+* :class:`ChunkWriter` writes one chunk of up to ``chunk`` bytes at any byte address: one
+  row write, or two when the chunk straddles a row boundary.
+* :class:`PortMux` puts several readers and one writer on one row client
+  (:func:`~flightllm.hw.bufport.row_client_signature`). Each reader owns a small response
+  FIFO and requests a row only when its FIFO has room for it, so responses, which come back
+  in request order, are always taken at once: no reader can block another, and a unit whose
+  streams are consumed at different rates (the matrix engine's chains) cannot deadlock on
+  the shared port.
+
+Addresses are not range-checked here: the units check operands before they start and wrap
+row numbers modulo the buffer depth otherwise.
+"""
+
+from __future__ import annotations
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from flightllm.contract.config import BufferSpec
+
+from .bufport import row_client_signature, row_request_layout
+
+__all__ = ["ADDR_BITS", "LEN_BITS", "segment_layout", "chunk_layout", "write_layout",
+           "ByteReader", "ChunkWriter", "PortMux"]
+
+#: Byte addresses: the ISA's 24-bit fields plus headroom so sums of fields do not wrap.
+ADDR_BITS = 26
+#: Bytes of one segment.
+LEN_BITS = 24
+
+
+def segment_layout() -> data.StructLayout:
+    """One read segment: ``nbytes`` (> 0) bytes starting at byte ``addr``."""
+    return data.StructLayout({"addr": ADDR_BITS, "nbytes": LEN_BITS})
+
+
+def chunk_layout(chunk: int) -> data.StructLayout:
+    """One chunk of a segment, ``last`` on the segment's final chunk."""
+    return data.StructLayout({"data": 8 * chunk, "last": 1})
+
+
+def write_layout(chunk: int) -> data.StructLayout:
+    """One chunk write: ``data`` byte ``i`` goes to ``addr + i`` for ``i < nbytes``."""
+    return data.StructLayout({"addr": ADDR_BITS, "data": 8 * chunk,
+                              "nbytes": range(chunk + 1)})
+
+
+def _lane_bits(spec: BufferSpec) -> int:
+    return spec.width.bit_length() - 1
+
+
+class ByteReader(wiring.Component):
+    """Reads byte segments of one buffer as chunks (see the module docstring).
+
+    Args:
+        spec: the buffer.
+        chunk: bytes per output chunk, 1..``spec.width``.
+        fifo_depth: rows the response FIFO holds (3 keeps one row per cycle flowing).
+
+    Ports:
+        cmd (In, :func:`segment_layout`), out (Out, :func:`chunk_layout`);
+        req (Out, row numbers) and rsp (In, rows): to a :class:`PortMux` reader slot. ``rsp``
+        is always ready: a row is requested only when the FIFO has room for it.
+        busy (Out 1): a segment is queued or in flight.
+    """
+
+    def __init__(self, spec: BufferSpec, chunk: int, *, fifo_depth: int = 3):
+        if not isinstance(chunk, int) or not 1 <= chunk <= spec.width:
+            raise ValueError(f"chunk must be 1..{spec.width} bytes, not {chunk!r}")
+        self.spec, self.chunk, self.fifo_depth = spec, chunk, fifo_depth
+        super().__init__({
+            "cmd": In(stream.Signature(segment_layout())),
+            "out": Out(stream.Signature(chunk_layout(chunk))),
+            "req": Out(stream.Signature(range(spec.depth))),
+            "rsp": In(stream.Signature(8 * spec.width)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        W, C, lw = self.spec.width, self.chunk, _lane_bits(self.spec)
+        row_bits = Shape.cast(range(self.spec.depth)).width
+        m.submodules.rows = rows = SyncFIFO(width=8 * W, depth=self.fifo_depth)
+        plan_layout = data.StructLayout({"off": lw or 1, "nbytes": LEN_BITS,
+                                         "nrows": LEN_BITS})
+        m.submodules.plans = plans = SyncFIFO(width=plan_layout.size, depth=2)
+
+        # ---- request side: the rows of each segment, in order, as FIFO room allows.
+        req_row = Signal(row_bits)
+        req_left = Signal(LEN_BITS)
+        inflight = Signal(range(self.fifo_depth + 1))
+        room = rows.level + inflight < self.fifo_depth
+        addr, nbytes = self.cmd.payload.addr, self.cmd.payload.nbytes
+        off = addr[:lw] if lw else Const(0, 1)
+        nrows = ((off + nbytes - 1) >> lw) + 1
+        m.d.comb += [self.cmd.ready.eq((req_left == 0) & plans.w_rdy),
+                     plans.w_en.eq(self.cmd.valid & self.cmd.ready)]
+        plan_in = Signal(plan_layout)
+        m.d.comb += [plan_in.off.eq(off), plan_in.nbytes.eq(nbytes), plan_in.nrows.eq(nrows),
+                     plans.w_data.eq(plan_in)]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [req_row.eq(addr[lw:]), req_left.eq(nrows)]
+        m.d.comb += [self.req.valid.eq((req_left != 0) & room), self.req.payload.eq(req_row)]
+        issued = self.req.valid & self.req.ready
+        with m.If(issued):
+            m.d.sync += [req_row.eq(req_row + 1), req_left.eq(req_left - 1)]
+        m.d.comb += [self.rsp.ready.eq(1), rows.w_en.eq(self.rsp.valid),
+                     rows.w_data.eq(self.rsp.payload)]
+        m.d.sync += inflight.eq(inflight + issued - self.rsp.valid)
+
+        # ---- assembly side: a two-row window (lo = row have-2, hi = row have-1).
+        active = Signal()
+        q = Signal(LEN_BITS + 2)          # byte position of the chunk from the first row
+        end = Signal(LEN_BITS + 2)        # position of the segment's last byte
+        left = Signal(LEN_BITS)           # chunks still to emit
+        have = Signal(LEN_BITS + 1)       # rows taken into the window
+        lo, hi = Signal(8 * W), Signal(8 * W)
+        plan = data.View(plan_layout, plans.r_data)
+        with m.If(~active & plans.r_rdy):
+            m.d.comb += plans.r_en.eq(1)
+            m.d.sync += [active.eq(1), q.eq(plan.off), end.eq(plan.off + plan.nbytes - 1),
+                         left.eq((plan.nbytes + C - 1) // C if C & (C - 1)
+                                 else (plan.nbytes + C - 1) >> (C.bit_length() - 1)),
+                         have.eq(0)]
+
+        last_byte = Mux(q + C - 1 < end, q + C - 1, end)
+        rel_b = last_byte >> lw
+        take = active & rows.r_rdy & (have <= rel_b)
+        m.d.comb += rows.r_en.eq(take)
+        win_lo = Mux(take, hi, lo)
+        win_hi = Mux(take, rows.r_data, hi)
+        have_eff = Mux(take, have + 1, have)
+        with m.If(take):
+            m.d.sync += [lo.eq(hi), hi.eq(rows.r_data), have.eq(have + 1)]
+        shift = Signal(lw + 2)
+        m.d.comb += shift.eq(q + 2 * W - (have_eff << lw))
+        window = Cat(win_lo, win_hi)
+        m.d.comb += [
+            self.out.valid.eq(active & (have_eff > rel_b)),
+            self.out.payload.data.eq((window >> (shift * 8))[:8 * C]),
+            self.out.payload.last.eq(left == 1),
+        ]
+        with m.If(self.out.valid & self.out.ready):
+            m.d.sync += [q.eq(q + C), left.eq(left - 1)]
+            with m.If(left == 1):
+                m.d.sync += active.eq(0)
+        m.d.comb += self.busy.eq(active | plans.r_rdy | (req_left != 0))
+        return m
+
+
+class ChunkWriter(wiring.Component):
+    """Writes chunks of up to ``chunk`` bytes at byte addresses (module docstring).
+
+    Ports:
+        cmd (In, :func:`write_layout`); req (Out, :func:`~flightllm.hw.bufport.
+        row_request_layout`): to the :class:`PortMux` writer slot; ``idle`` (Out 1): no write
+        is pending, so every chunk taken so far has been accepted by the buffer.
+    """
+
+    def __init__(self, spec: BufferSpec, chunk: int):
+        if not isinstance(chunk, int) or not 1 <= chunk <= spec.width:
+            raise ValueError(f"chunk must be 1..{spec.width} bytes, not {chunk!r}")
+        self.spec, self.chunk = spec, chunk
+        super().__init__({
+            "cmd": In(stream.Signature(write_layout(chunk))),
+            "req": Out(stream.Signature(row_request_layout(spec))),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        W, C, lw = self.spec.width, self.chunk, _lane_bits(self.spec)
+        # The chunk placed in a two-row window; the second row is written only if touched.
+        second = Signal()
+        second_row = Signal(range(self.spec.depth))
+        second_data = Signal(8 * W)
+        second_be = Signal(W)
+        p = self.cmd.payload
+        off = p.addr[:lw] if lw else Const(0, 1)
+        be_all = Signal(2 * W)
+        data_all = Signal(16 * W)
+        m.d.comb += [be_all.eq(((Const(1, C + 1) << p.nbytes) - 1) << off),
+                     data_all.eq(p.data << (off * 8))]
+        m.d.comb += self.cmd.ready.eq(~second & self.req.ready)
+        with m.If(second):
+            m.d.comb += [self.req.valid.eq(1), self.req.payload.addr.eq(second_row),
+                         self.req.payload.write.eq(1), self.req.payload.data.eq(second_data),
+                         self.req.payload.be.eq(second_be)]
+            with m.If(self.req.ready):
+                m.d.sync += second.eq(0)
+        with m.Else():
+            m.d.comb += [self.req.valid.eq(self.cmd.valid & (p.nbytes != 0)),
+                         self.req.payload.addr.eq(p.addr[lw:]),
+                         self.req.payload.write.eq(1),
+                         self.req.payload.data.eq(data_all[:8 * W]),
+                         self.req.payload.be.eq(be_all[:W])]
+            with m.If(self.cmd.valid & (p.nbytes == 0)):
+                m.d.comb += self.cmd.ready.eq(1)
+            with m.If(self.cmd.valid & self.cmd.ready & (be_all[W:] != 0)):
+                m.d.sync += [second.eq(1), second_row.eq(p.addr[lw:] + 1),
+                             second_data.eq(data_all[8 * W:]), second_be.eq(be_all[W:])]
+        m.d.comb += self.idle.eq(~second)
+        return m
+
+
+class PortMux(wiring.Component):
+    """``readers`` :class:`ByteReader` slots and ``writers`` :class:`ChunkWriter` slots on one
+    row client, round-robin, one request per cycle.
+
+    Ports:
+        readers (array): ``req`` (In row numbers), ``rsp`` (Out rows); writers (array of In
+        request streams); port (Out, the row client).
+    """
+
+    def __init__(self, spec: BufferSpec, readers: int, *, writers: int = 1):
+        if readers + writers < 1:
+            raise ValueError("a port multiplexer needs at least one reader or writer")
+        self.spec, self.n_readers, self.n_writers = spec, readers, writers
+        slot = wiring.Signature({"req": In(stream.Signature(range(spec.depth))),
+                                 "rsp": Out(stream.Signature(8 * spec.width))})
+        super().__init__({
+            "readers": Out(slot).array(readers),
+            "writers": In(stream.Signature(row_request_layout(spec))).array(writers),
+            "port": Out(row_client_signature(spec)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.n_readers + self.n_writers
+        reqs = []
+        for r in self.readers:
+            req = Signal(row_request_layout(self.spec))
+            m.d.comb += req.addr.eq(r.req.payload)
+            reqs.append((r.req, req))
+        for w in self.writers:
+            reqs.append((w, w.payload))
+        tag_bits = max(n - 1, 1).bit_length()
+        m.submodules.tags = tags = SyncFIFO(width=tag_bits, depth=4)
+
+        last = Signal(range(max(n, 2)), init=n - 1)
+        grant = Signal(range(max(n, 2)))
+        granted = Signal()
+        for offset in reversed(range(n)):
+            for i in range(n):
+                with m.If((last + 1 + offset) % n == i if n > 1 else i == 0):
+                    with m.If(reqs[i][0].valid):
+                        m.d.comb += [grant.eq(i), granted.eq(1)]
+        port = self.port
+        with m.Switch(grant):
+            for i, (s, payload) in enumerate(reqs):
+                with m.Case(i):
+                    m.d.comb += [port.req.payload.eq(payload),
+                                 s.ready.eq(port.req.ready & tags.w_rdy)]
+        m.d.comb += port.req.valid.eq(granted & tags.w_rdy)
+        accepted = port.req.valid & port.req.ready
+        with m.If(accepted):
+            m.d.sync += last.eq(grant)
+        m.d.comb += [tags.w_en.eq(accepted & ~port.req.payload.write), tags.w_data.eq(grant)]
+        m.d.comb += [port.rsp.ready.eq(1), tags.r_en.eq(port.rsp.valid)]
+        for i, r in enumerate(self.readers):
+            m.d.comb += [r.rsp.valid.eq(port.rsp.valid & (tags.r_data == i)),
+                         r.rsp.payload.eq(port.rsp.payload)]
+        return m
