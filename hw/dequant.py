@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 from flightllm.contract.config import BLOCK, AcceleratorConfig
 from flightllm.contract.weights import SPARSITY_CODES
 
-from .dsp_chain import check_chain_config, weight_beat_layout
+from .dsp_chain import check_chain_config, mux_tree, weight_beat_layout
 
 __all__ = ["Dequantiser", "COMMAND_LAYOUT", "WORD_BITS"]
 
@@ -96,11 +96,25 @@ class Dequantiser(wiring.Component):
         idx_store = Signal(8 * 64)  # up to N = 8: 16 x 8 nibbles
         idx_cnt = Signal(3)
         vwords = Signal(range(2 * BLOCK + 1))
-        vbuf = Signal(units_cap * 32)
         vcnt = Signal(range(units_cap + 1))
         ep = Signal(4)              # pass of the block being emitted
         out = Signal(weight_beat_layout(K))
         out_valid = Signal()
+
+        # ------------------------------------------------------------ value buffer
+        # A ring of 32-bit units: words are written at ``wunit`` (always even: a word is two
+        # units), beats read a window of ``K * bits / 32`` units from ``runit``. Nothing moves,
+        # so a unit register loads only when a word lands on it, and the only multiplexer is
+        # the window's, over the positions ``runit`` can take (multiples of ``step``).
+        step = min(K * bits // 32 for bits in _BITS)        # units every pass consumes
+        ring = 1 << (units_cap - 1).bit_length()
+        units = [Signal(32, name=f"vunit{u}", reset_less=True) for u in range(ring)]
+        wword = Signal(range(ring // 2))                    # next word's position, in words
+        rpos = Signal(range(ring // step))                  # window start, in steps
+        window = Signal(K * 8)
+        for w in range(K * 8 // 32):
+            m.d.comb += window.word_select(w, 32).eq(
+                mux_tree([units[(r * step + w) % ring] for r in range(ring // step)], rpos))
 
         # ------------------------------------------------------------ emitting beats
         pass_units = Signal(range(units_cap + 1))
@@ -116,55 +130,50 @@ class Dequantiser(wiring.Component):
         beat = Signal(weight_beat_layout(K))
         m.d.comb += [beat.code.eq(blk_code), beat.first.eq(blk_first), beat.last.eq(blk_last)]
         for j in range(K):
-            row = Signal(4, name=f"row{j}")
+            # ``mult`` moves down by a pass's rows after every beat (below), so the row of
+            # slot j is always nibble j // N.
+            nibble = Signal(4, name=f"mnib{j}")
             with m.Switch(blk_code):
                 for code, n in enumerate(SPARSITY_CODES):
-                    rows = K // n
                     with m.Case(code):
-                        m.d.comb += row.eq(ep * rows + j // n)
+                        m.d.comb += nibble.eq(mult.word_select(j // n, 4))
             mul = Signal(5, name=f"mul{j}")
-            m.d.comb += mul.eq(Mux(cfg.gscale, mult.word_select(row, 4) + 1, 1))
+            m.d.comb += mul.eq(Mux(cfg.gscale, nibble + 1, 1))
             v = Signal(signed(8), name=f"val{j}")
             with m.Switch(cfg.bits):
                 with m.Case(2):
-                    m.d.comb += v.eq(vbuf[2 * j:2 * j + 2].as_signed() * mul)
+                    m.d.comb += v.eq(window[2 * j:2 * j + 2].as_signed() * mul)
                 with m.Case(4):
-                    m.d.comb += v.eq(vbuf[4 * j:4 * j + 4].as_signed() * mul)
+                    m.d.comb += v.eq(window[4 * j:4 * j + 4].as_signed() * mul)
                 with m.Default():
-                    m.d.comb += v.eq(vbuf[8 * j:8 * j + 8].as_signed())
+                    m.d.comb += v.eq(window[8 * j:8 * j + 8].as_signed())
             chunk = idx_store.word_select(ep, K * 4)
             m.d.comb += [
                 beat.w[j].eq(v),
                 beat.idx[j].eq(Mux(blk_code == 3, j % BLOCK, chunk[4 * j:4 * j + 4])),
             ]
         with m.If(emit):
-            m.d.sync += [out.eq(beat), out_valid.eq(1), ep.eq(ep + 1)]
+            m.d.sync += [out.eq(beat), out_valid.eq(1), ep.eq(ep + 1),
+                         rpos.eq(rpos + pass_units // step)]
+            with m.Switch(blk_code):
+                for code, n in enumerate(SPARSITY_CODES):
+                    with m.Case(code):
+                        m.d.sync += mult.eq(mult >> (4 * (K // n)))
         with m.Elif(self.weights.ready):
             m.d.sync += out_valid.eq(0)
         m.d.comb += [self.weights.valid.eq(out_valid), self.weights.payload.eq(out)]
 
-        # ------------------------------------------------------------ value buffer
         accept = self.words.valid & self.words.ready
-        shifted = Signal.like(vbuf)
-        m.d.comb += shifted.eq(vbuf)
-        with m.If(emit):
-            with m.Switch(cfg.bits):
-                for bits in _BITS[:-1]:
-                    with m.Case(bits):
-                        m.d.comb += shifted.eq(vbuf >> (K * bits))
-                with m.Default():
-                    m.d.comb += shifted.eq(vbuf >> (K * 8))
         cnt_after = Signal.like(vcnt)
         m.d.comb += cnt_after.eq(vcnt - Mux(emit, pass_units, 0))
         in_values = Signal()
         with m.If(in_values & accept):
-            with m.Switch(cnt_after):
-                for pos in range(units_cap - 1):
-                    with m.Case(pos):
-                        m.d.sync += vbuf.eq(shifted | (word << (32 * pos)))
-            m.d.sync += vcnt.eq(cnt_after + WORD_BITS // 32)
+            for i in range(ring // 2):
+                with m.If(wword == i):
+                    m.d.sync += [units[2 * i].eq(word[:32]), units[2 * i + 1].eq(word[32:])]
+            m.d.sync += [wword.eq(wword + 1), vcnt.eq(cnt_after + WORD_BITS // 32)]
         with m.Else():
-            m.d.sync += [vbuf.eq(shifted), vcnt.eq(cnt_after)]
+            m.d.sync += vcnt.eq(cnt_after)
 
         # ------------------------------------------------------------ parser
         table_words = (cfg.k_blocks + 7) >> 3

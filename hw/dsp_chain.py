@@ -38,10 +38,19 @@ valid (the activation beat is consumed by the block's last pass) and, for a stri
 the result FIFO has a free slot counting the strips still in flight; the chain itself never
 stalls. Operands reach slice ``i`` ``i + 1`` cycles later (a triangular skew), its P is ready
 at ``f + 5 + i``, reduction outputs are deskewed to ``f + mv_k + 5``, the accumulators update
-at the end of that cycle and the strip result enters the FIFO, whose output register presents it
-one cycle later: a strip's result can be taken ``mv_k + 7`` clock edges after its last pass was
-accepted (:attr:`DSPChain.latency`; the throughput bench measures it).
+at the end of that cycle, the strip result enters the FIFO from the accumulator registers in the
+next, and the FIFO's output register presents it one cycle later: a strip's result can be taken
+``mv_k + 8`` clock edges after its last pass was accepted (:attr:`DSPChain.latency`; the
+throughput bench measures it).
+
+**Resources.** Everything that only delays (operand skew, reduction deskew, the control line
+except ``valid`` and the taps of the code) is written without reset and without enable, so that
+synthesis maps it to SRL16E/SRLC32E shift registers (one LUT per bit per 32 stages) rather than
+flip-flops: a 32-slice chain keeps about 3,300 flip-flops instead of 28,000.
 """
+
+import operator
+from functools import reduce
 
 from amaranth import *
 from amaranth.lib import data, stream, wiring
@@ -57,7 +66,7 @@ from .dsp48e2 import (
 )
 
 __all__ = [
-    "DSPChain", "LANES", "act_beat_layout", "result_beat_layout", "weight_beat_layout",
+    "DSPChain", "LANES", "LANE_BITS", "ROW_BITS", "mux_tree", "act_beat_layout", "result_beat_layout", "weight_beat_layout",
     "passes_per_block", "rows_per_pass", "cascade_restarts", "reduction_taps",
     "check_chain_config",
 ]
@@ -127,12 +136,30 @@ def check_chain_config(config: AcceleratorConfig) -> None:
                              f"that divides the {BLOCK} rows of a block")
 
 
-_CTL = data.StructLayout({
-    "valid": unsigned(1), "code": unsigned(2), "pidx": unsigned(4), "first": unsigned(1),
-    "last": unsigned(1),
-})
+#: Bits of one lane's sum over a cascade of at most CASCADE_LIMIT INT8 products (the split
+#: window of :func:`~flightllm.hw.dsp48e2.split_lanes`, ``[-(2**17 - 1), 2**17]``).
+LANE_BITS = 19
+#: Bits of one lane's sum over a block row (two cascades at most: 16 products).
+ROW_BITS = LANE_BITS + 1
+
+_TAIL = data.StructLayout({"pidx": unsigned(4), "first": unsigned(1), "last": unsigned(1)})
 _OPERAND = data.StructLayout({"w": signed(8), "x0": signed(8), "x1": signed(8)})
-_PART = data.StructLayout({"lo": signed(19), "hi": signed(31)})
+_PART = data.StructLayout({"lo": signed(LANE_BITS), "hi": signed(LANE_BITS)})
+
+
+def mux_tree(values, sel) -> Value:
+    """``values[sel]`` as a binary tree of 2:1 multiplexers, one level per select bit.
+
+    Synthesis packs such a tree into LUT6s and MUXF7/MUXF8 (four LUTs for 16 inputs); a case
+    statement or a variable part-select over the same values becomes an AND-OR tree or a
+    shifter of up to half as many LUTs again. ``len(values)`` must be ``2 ** len(sel)``.
+    """
+    level = [Value.cast(v) for v in values]
+    if len(level) != 1 << len(Value.cast(sel)):
+        raise ValueError(f"mux_tree needs 2 ** {len(Value.cast(sel))} values, not {len(level)}")
+    for bit in range(len(Value.cast(sel))):
+        level = [Mux(sel[bit], level[i + 1], level[i]) for i in range(0, len(level), 2)]
+    return level[0]
 
 
 class DSPChain(wiring.Component):
@@ -179,7 +206,7 @@ class DSPChain(wiring.Component):
     def latency(self) -> int:
         """Clock edges from accepting a strip's last pass to the earliest edge that can take
         its result beat."""
-        return self.mv_k + LATENCY + 3
+        return self.mv_k + LATENCY + 4
 
     def elaborate(self, platform):
         m = Module()
@@ -211,27 +238,35 @@ class DSPChain(wiring.Component):
             m.d.sync += pidx.eq(Mux(last_pass, 0, pidx + 1))
 
         # ---------------------------------------------------------------- control line
-        # ctl[k] holds the pass accepted k + 1 cycles earlier.
-        ctl = [Signal(_CTL, name=f"ctl{k}") for k in range(K + LATENCY + 1)]
-        m.d.sync += [
-            ctl[0].valid.eq(fire), ctl[0].code.eq(wp.code), ctl[0].pidx.eq(pidx),
-            ctl[0].first.eq(wp.first), ctl[0].last.eq(wp.last),
-        ]
-        for k in range(1, len(ctl)):
-            m.d.sync += ctl[k].eq(ctl[k - 1])
+        # Three lines of the pass accepted k + 1 cycles earlier: ``valid`` (with reset, so that
+        # a reset drops passes in flight), the code (tapped at every configurable link) and the
+        # rest, read only at the end. The last two have no reset and no enable, so a synthesis
+        # tool maps them to shift registers (SRL16/SRLC32E) instead of flip-flops.
+        depth = K + LATENCY + 1
+        valid = [Signal(name=f"valid{k}") for k in range(depth)]
+        code = [Signal(2, name=f"code{k}", reset_less=True) for k in range(depth)]
+        tail = [Signal(_TAIL, name=f"tail{k}", reset_less=True) for k in range(depth)]
+        m.d.sync += [valid[0].eq(fire), code[0].eq(wp.code),
+                     tail[0].eq(Cat(pidx, wp.first, wp.last))]
+        for k in range(1, depth):
+            m.d.sync += [valid[k].eq(valid[k - 1]), code[k].eq(code[k - 1]),
+                         tail[k].eq(tail[k - 1])]
 
         # ---------------------------------------------------------------- sparse mux + skew
+        # The operand register takes whatever is on the ports every cycle: a pass that was not
+        # accepted computes garbage that nothing reads (every accepted pass restarts the cascade
+        # at slice 0, and ``valid`` gates the accumulators). No reset and no enable anywhere in
+        # the skew lines, so they become shift registers.
         operands = []
         for i in range(K):
-            stage = Signal(_OPERAND, name=f"op{i}_0")
-            with m.If(fire):
-                col = wp.idx[i]
-                m.d.sync += [stage.w.eq(wp.w[i]), stage.x0.eq(xp.x[0][col]),
-                             stage.x1.eq(xp.x[1][col])]
-            with m.Else():
-                m.d.sync += stage.eq(0)
+            stage = Signal(_OPERAND, name=f"op{i}_0", reset_less=True)
+            # One assignment of the whole register (not field by field, which reads as a
+            # register that may hold its value and keeps it out of the shift register).
+            m.d.sync += stage.eq(Cat(
+                wp.w[i], mux_tree([xp.x[0][k] for k in range(BLOCK)], wp.idx[i]),
+                mux_tree([xp.x[1][k] for k in range(BLOCK)], wp.idx[i])))
             for s in range(1, i + 1):
-                nxt = Signal(_OPERAND, name=f"op{i}_{s}")
+                nxt = Signal(_OPERAND, name=f"op{i}_{s}", reset_less=True)
                 m.d.sync += nxt.eq(stage)
                 stage = nxt
             operands.append(stage)
@@ -253,11 +288,10 @@ class DSPChain(wiring.Component):
                 m.d.comb += dsp.opmode.eq(OPMODE_PCIN_M)     # fixed link inside a group
             else:
                 # Configurable link. OPMODE acts CTRL_LEAD cycles after the operands it goes
-                # with; slice i's operands arrive i + 1 cycles after acceptance, as ctl[i].
-                sel = ctl[i + CTRL_LEAD]
-                with m.Switch(sel.code):
-                    for code, n in self.codes:
-                        with m.Case(code):
+                # with; slice i's operands arrive i + 1 cycles after acceptance, as code[i].
+                with m.Switch(code[i + CTRL_LEAD]):
+                    for c, n in self.codes:
+                        with m.Case(c):
                             restart = i in cascade_restarts(n, K)
                             m.d.comb += dsp.opmode.eq(OPMODE_M if restart else OPMODE_PCIN_M)
                     with m.Default():
@@ -267,60 +301,67 @@ class DSPChain(wiring.Component):
         # ---------------------------------------------------------------- reduction nodes
         # A node at slice e splits P (ready LATENCY + 1 + e cycles after acceptance) into lanes
         # and is deskewed by K - e registers so that every node of a pass is seen together
-        # with ctl[K + LATENCY].
+        # with the control of K + LATENCY. A lane sum of at most CASCADE_LIMIT INT8 products
+        # fits LANE_BITS, so only that much of each lane is kept.
         taps = sorted({e for _, n in self.codes for row in reduction_taps(n, K) for e in row})
         parts = {}
         for e in taps:
             lo, hi = split_lanes(dsps[e].p)
-            stage = Signal(_PART, name=f"red{e}_0")
-            m.d.sync += [stage.lo.eq(lo), stage.hi.eq(hi)]
+            stage = Signal(_PART, name=f"red{e}_0", reset_less=True)
+            m.d.sync += stage.eq(Cat(lo[:LANE_BITS], hi[:LANE_BITS]))
             for s in range(1, K - e):
-                nxt = Signal(_PART, name=f"red{e}_{s}")
+                nxt = Signal(_PART, name=f"red{e}_{s}", reset_less=True)
                 m.d.sync += nxt.eq(stage)
                 stage = nxt
             parts[e] = stage
 
         # ---------------------------------------------------------------- accumulators
-        done = ctl[K + LATENCY]
+        done_valid, done_code, done = valid[K + LATENCY], code[K + LATENCY], tail[K + LATENCY]
         row_sums = {}
-        for code, n in self.codes:
+        for c, n in self.codes:
             sums = []
             for r, row_taps in enumerate(reduction_taps(n, K)):
-                lo = Signal(signed(32), name=f"sum_c{code}_r{r}_lo")
-                hi = Signal(signed(32), name=f"sum_c{code}_r{r}_hi")
-                m.d.comb += [lo.eq(sum(parts[e].lo for e in row_taps)),
-                             hi.eq(sum(parts[e].hi for e in row_taps))]
-                sums.append((lo, hi))
-            row_sums[code] = sums
+                pair = []
+                for lane in ("lo", "hi"):
+                    total = Signal(signed(ROW_BITS), name=f"sum_c{c}_r{r}_{lane}")
+                    m.d.comb += total.eq(reduce(operator.add,
+                                                (getattr(parts[e], lane) for e in row_taps)))
+                    pair.append(total)
+                sums.append(pair)
+            row_sums[c] = sums
 
+        # The accumulators are the strip's result: it enters the FIFO the cycle after the
+        # strip's last update, straight from the registers (no multiplexer in front of the
+        # FIFO), while the next strip's first pass may already restart them.
         result = Signal(result_beat_layout())
         for r in range(BLOCK):
             update = Signal(name=f"upd{r}")
-            add = [Signal(signed(32), name=f"add{r}_{lane}") for lane in range(LANES)]
-            with m.Switch(done.code):
-                for code, n in self.codes:
+            add = [Signal(signed(ROW_BITS), name=f"add{r}_{lane}") for lane in range(LANES)]
+            with m.Switch(done_code):
+                for c, n in self.codes:
                     rows = rows_per_pass(n, K)
-                    with m.Case(code):
-                        m.d.comb += update.eq(done.valid & (done.pidx == r // rows))
-                        m.d.comb += [add[lane].eq(row_sums[code][r % rows][lane])
+                    with m.Case(c):
+                        m.d.comb += update.eq(done_valid & (done.pidx == r // rows))
+                        m.d.comb += [add[lane].eq(row_sums[c][r % rows][lane])
                                      for lane in range(LANES)]
             for lane in range(LANES):
-                acc = Signal(signed(32), name=f"acc{r}_{lane}")
-                base = Mux(done.first, 0, acc)
-                nxt = result.y[lane][r]
-                m.d.comb += nxt.eq(Mux(update, base + add[lane], acc))
-                m.d.sync += acc.eq(nxt)
+                acc = Signal(signed(32), name=f"acc{r}_{lane}", reset_less=True)
+                with m.If(update):
+                    m.d.sync += acc.eq(Mux(done.first, 0, acc) + add[lane])
+                m.d.comb += result.y[lane][r].eq(acc)
 
         push = Signal()
-        with m.Switch(done.code):
-            for code, n in self.codes:
-                with m.Case(code):
-                    m.d.comb += push.eq(done.valid & done.last
+        with m.Switch(done_code):
+            for c, n in self.codes:
+                with m.Case(c):
+                    m.d.comb += push.eq(done_valid & done.last
                                         & (done.pidx == passes_per_block(n, K) - 1))
             with m.Default():
-                m.d.comb += push.eq(done.valid & done.last)
-        m.d.comb += [fifo.w_en.eq(push), fifo.w_data.eq(result)]
-        m.d.sync += pending.eq(pending + (fire & ends_strip) - push)
+                m.d.comb += push.eq(done_valid & done.last)
+        pushed = Signal()
+        m.d.sync += pushed.eq(push)
+        m.d.comb += [fifo.w_en.eq(pushed), fifo.w_data.eq(result)]
+        m.d.sync += pending.eq(pending + (fire & ends_strip) - pushed)
 
         m.d.comb += [
             self.results.valid.eq(fifo.r_rdy),

@@ -50,6 +50,8 @@ pipeline. ``format_error`` is the dequantisers' sticky flag (a bad code byte or 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -61,11 +63,11 @@ from flightllm.contract.numerics import INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN
 from flightllm.contract.params import REQUANT_RECORD
 
 from .dequant import WORD_BITS, Dequantiser
-from .dsp_chain import DSPChain, act_beat_layout, result_beat_layout
+from .dsp_chain import DSPChain, act_beat_layout, mux_tree, result_beat_layout
 
 __all__ = [
     "MatrixEngine", "COMMAND_LAYOUT", "RECORD_LAYOUT", "PARAMS_LAYOUT", "ROW_LAYOUT",
-    "RESULT_LAYOUT", "OUTPUT_STAGES",
+    "RESULT_LAYOUT", "OUTPUT_STAGES", "CHAIN_RESULTS",
 ]
 
 #: Instruction fields the engine needs, with the contract's widths (MM's; MV has no m_rows).
@@ -109,6 +111,10 @@ RESULT_LAYOUT = data.StructLayout({
 })
 #: Register stages between taking a strip result and presenting its result row.
 OUTPUT_STAGES = 4
+#: Strip results each chain's output FIFO holds. Two is the cheapest FIFO (two registers, no
+#: RAM and no read multiplexer); strips still in the chain count against it, so strips
+#: shorter than about ``(mv_k + 8) / 2`` passes leave bubbles.
+CHAIN_RESULTS = 2
 
 _CTL = data.StructLayout({
     "valid": unsigned(1), "mode": unsigned(2), "relu": unsigned(1), "residual": unsigned(1),
@@ -150,7 +156,8 @@ class MatrixEngine(wiring.Component):
         self.max_k_blocks = max_k_blocks
         self.dsp_impl = dsp_impl
         # Built here so that bad configurations fail at construction, naming the field.
-        self._chain_units = [DSPChain(config, dsp_impl=dsp_impl) for _ in range(chains)]
+        self._chain_units = [DSPChain(config, dsp_impl=dsp_impl, result_depth=CHAIN_RESULTS)
+                             for _ in range(chains)]
         self._dequantisers = [Dequantiser(config, max_k_blocks=max_k_blocks)
                               for _ in range(chains)]
         super().__init__({
@@ -164,6 +171,30 @@ class MatrixEngine(wiring.Component):
             "busy": Out(1),
             "format_error": Out(1),
         })
+
+    @property
+    def chain_units(self) -> list:
+        """The DSP chains, chain ``c`` working on strips ``c, c + chains, ...``."""
+        return list(self._chain_units)
+
+    @property
+    def dequantisers(self) -> list:
+        """The dequantisers, one in front of each chain."""
+        return list(self._dequantisers)
+
+    def replace_sub_units(self, make: Callable[[str, wiring.Signature], wiring.Component]
+                          ) -> None:
+        """Put ``make(kind, signature)`` in place of every chain (``kind = "dsp_chain"``) and
+        dequantiser (``"dequantiser"``) before elaboration.
+
+        For measuring the engine without its replicated units (a black box with the same
+        signature, see :mod:`flightllm.hw.resources`), which are measured once on their own.
+        The replaced units are never elaborated, so they are marked as used on purpose.
+        """
+        for unit in self._chain_units + self._dequantisers:
+            unit._MustUse__silence = True
+        self._chain_units = [make("dsp_chain", c.signature) for c in self._chain_units]
+        self._dequantisers = [make("dequantiser", d.signature) for d in self._dequantisers]
 
     def elaborate(self, platform):
         m = Module()
@@ -256,14 +287,13 @@ class MatrixEngine(wiring.Component):
         col_pair = Signal(16)
         col_strip = Signal(16)
         col_tok = Signal()
-        sel = col_strip[:chain_bits] if chain_bits else Const(0, 1)
+        sel = col_strip[:chain_bits]
         res_valid = Signal()
         res = Signal(result_beat_layout())
-        with m.Switch(sel):
-            for c, chain in enumerate(self._chain_units):
-                with m.Case(c):
-                    m.d.comb += [res_valid.eq(chain.results.valid),
-                                 res.eq(chain.results.payload)]
+        m.d.comb += [
+            res_valid.eq(mux_tree([c.results.valid for c in self._chain_units], sel)),
+            res.eq(mux_tree([c.results.payload.as_value() for c in self._chain_units], sel)),
+        ]
 
         acc32 = cfg.out_mode == OutMode.ACC32
         q32 = cfg.out_mode == OutMode.Q32

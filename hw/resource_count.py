@@ -88,13 +88,17 @@ def memory_primitives(width: int, depth: int, *, reads: int = 1, writes: int = 1
                       style: str = "auto", sync_read: bool = True) -> dict[str, float]:
     """BRAM36, URAM, LUTs and flip-flops for one memory of ``depth`` words of ``width`` bits.
 
-    Rules (what Yosys's ``memory_libmap`` and Vivado do for these shapes): a memory with an
+    Rules (what Yosys's ``memory_libmap`` and Vivado do for these shapes): one word is a
+    register (plus one per synchronous read port); a memory with an
     asynchronous read port, ``style="distributed"``, or at most 64 words goes to LUT RAM (one
     copy per read port; 8 LUTs hold 64 x 7 or 32 x 14 bits). ``style="ultra"`` uses URAM288s
     (4,096 x 72, no aspect ratios); anything else block RAM in the cheapest aspect ratio, BRAM18
     halves allowed. A block RAM or URAM has two ports: with a write port each copy serves one
     reader, a ROM's copy serves two. A synchronous read from LUT RAM adds flip-flops.
     """
+    if depth == 1:
+        # Synthesis turns a one-word memory into a register (and a register per sync read).
+        return {"bram36": 0, "uram": 0, "lut": 0, "ff": width * (1 + (reads if sync_read else 0))}
     if not sync_read or style == "distributed" or (style == "auto" and depth <= 64):
         bits_per_lut = 14 / 8 if depth <= 32 else 7 / 8
         luts = max(reads, 1) * math.ceil(width * math.ceil(depth / 64) / bits_per_lut)
@@ -117,6 +121,9 @@ class _Module:
         self.cells: list[tuple[str, dict, dict]] = []      # (type, parameters, connections)
         self.memories: dict[str, dict] = {}
         self.used: dict[str, int] = {}                      # wire -> mask of the bits read
+        self.refs: dict[str, int] = {}                      # wire -> readers (cells, processes)
+        self.aliases: list[tuple[str, str]] = []            # module-level connect (lhs, rhs)
+        self.ports: set[str] = set()
         self.choices: list[dict[str, list[int]]] = []       # per process: target -> widths
 
     def width(self, spec: str) -> int:
@@ -133,8 +140,10 @@ class _Module:
                 total += 32
         return total
 
-    def read(self, spec: str):
+    def read(self, spec: str, *, reader: bool = True):
         for m in _TOKEN.finditer(spec):
+            if m.group(3) and reader:
+                self.refs[m.group(3)] = self.refs.get(m.group(3), 0) + 1
             if m.group(3):
                 if m.group(4) is None:
                     lo, hi = 0, self.wires.get(m.group(3), 1) - 1
@@ -144,17 +153,24 @@ class _Module:
                 self.used[m.group(3)] = self.used.get(m.group(3), 0) | mask
 
     def mux_luts(self) -> float:
-        """Process assignments under a switch, as 2:1 multiplexer bits (half a LUT each).
+        """Process assignments under a switch, as multiplexers (synthesis with ``-widemux``).
 
         Constant choices fold into flip-flop resets or gates, and one choice of a register's
-        next value is its clock enable.
+        next value is its clock enable. Per bit, one remaining choice is half a LUT (a gate
+        or half of a LUT6_2), two or more are a mux of one LUT6 per four inputs (wider ones
+        through MUXF7/MUXF8, which are not LUTs).
         """
         regs = {re.split(r"\s", c["D"].strip())[0] for t, _, c in self.cells if t == "$dff"}
-        bits = 0
+        luts = 0.0
         for process in self.choices:
             for target, widths in process.items():
-                bits += sum(widths) - (max(widths) if target in regs else 0)
-        return bits / 2
+                n = len(widths) - (1 if target in regs else 0)
+                width = sum(widths) / len(widths)
+                if n == 1:
+                    luts += width / 2
+                elif n > 1:
+                    luts += width * math.ceil(n / 4)
+        return luts
 
 
 def _parse_rtlil(text: str) -> dict[str, _Module]:
@@ -170,6 +186,8 @@ def _parse_rtlil(text: str) -> dict[str, _Module]:
             attrs[words[1]] = " ".join(words[2:]).strip('"')
         elif key == "wire":
             mod.wires[words[-1]] = int(words[words.index("width") + 1]) if "width" in words else 1
+            if "input" in words or "output" in words:
+                mod.ports.add(words[-1])
         elif key == "memory":
             mod.memories[words[-1]] = {
                 "width": int(words[words.index("width") + 1]),
@@ -183,7 +201,9 @@ def _parse_rtlil(text: str) -> dict[str, _Module]:
         elif key == "connect" and cell:
             cell[2][words[1].lstrip("\\")] = line.split(None, 2)[2]
         elif key == "connect":
-            mod.read(line.split(None, 1)[1])
+            lhs, rhs = _split_connect(line.split(None, 1)[1])
+            mod.read(rhs, reader=False)
+            mod.aliases.append((lhs, rhs))
         elif key == "process":
             depth = 0
             mod.choices.append({})
@@ -208,7 +228,68 @@ def _parse_rtlil(text: str) -> dict[str, _Module]:
             for port, spec in conns.items():
                 if port not in ("Y", "Q") and not (ctype == "$memrd_v2" and port == "DATA"):
                     m.read(spec)
+        # A wire read through an alias (a struct field, a renamed output) is read.
+        for _ in range(4):
+            for lhs, rhs in m.aliases:
+                if any(m.refs.get(name) or name in m.wires and _is_port(name, m)
+                       for name in _NAME.findall(lhs)):
+                    for name in _NAME.findall(rhs):
+                        m.refs[name] = max(m.refs.get(name, 0), 1)
     return modules
+
+
+def _split_connect(text: str) -> tuple[str, str]:
+    """The two sides of a module-level ``connect`` (either may be a ``{...}`` concatenation)."""
+    text = text.strip()
+    if text.startswith("{"):
+        end = text.index("}") + 1
+    else:
+        match = re.match(r"\S+(?:\s+\[[\d:]+\])?", text)
+        end = match.end()
+    return text[:end], text[end:].strip()
+
+
+def _is_port(name: str, mod: _Module) -> bool:
+    return name in mod.ports
+
+
+#: Yosys ``shregmap``/``xilinx_srl`` turn a chain of at least this many plain registers into
+#: shift registers (SRL16E/SRLC32E: one LUT per bit and 32 stages).
+SRL_MIN_LENGTH = 3
+_SRL_STAGES = 32
+
+
+def shift_registers(mod: _Module) -> list[tuple[int, int]]:
+    """``(width, stages)`` of every chain of plain registers (``$dff``: no reset, no enable)
+    in which each register reads only the previous one and nothing else reads a register
+    before the last: what synthesis maps to SRL16E/SRLC32E."""
+    by_q = {}
+    for cell in mod.cells:
+        ctype, params, conns = cell
+        q = conns.get("Q", "").strip()
+        if ctype == "$dff" and _NAME.fullmatch(q):
+            by_q[q] = cell
+    nxt = {}
+    for q, (ctype, params, conns) in by_q.items():
+        d = conns["D"].strip()
+        m = re.fullmatch(r"([\\$]\S+)(?:\s+\[(\d+):0\])?", d)
+        if not m or m.group(1) not in by_q or m.group(1) == q:
+            continue
+        src = m.group(1)
+        width = int(params["WIDTH"])
+        if (mod.wires.get(src) == width and int(by_q[src][1]["WIDTH"]) == width
+                and (m.group(2) is None or int(m.group(2)) == width - 1)
+                and mod.refs.get(src, 0) == 1 and not _is_port(src, mod)):
+            nxt[src] = q
+    heads = set(nxt) - set(nxt.values())
+    chains = []
+    for head in heads:
+        length, q = 1, head
+        while q in nxt:
+            q = nxt[q]
+            length += 1
+        chains.append((int(by_q[head][1]["WIDTH"]), length))
+    return chains
 
 
 _NAME = re.compile(r"[\\$][^\s\[\]{}]+")
@@ -287,7 +368,7 @@ def _cell_cost(mod: _Module, ctype: str, p: dict, c: dict) -> dict[str, float]:
     if ctype.startswith("$reduce_") or ctype.startswith("$logic_"):
         return {"lut": math.ceil(w("A_WIDTH") / 5)}
     if ctype == "$mux":
-        return {"lut": y / 2}
+        return {}                                      # priced per tree, see _mux_tree_luts
     if ctype == "$pmux":
         return {"lut": y * (w("S_WIDTH") + 1) / 3}
     if ctype in ("$shift", "$shiftx", "$shl", "$shr", "$sshl", "$sshr"):
@@ -297,6 +378,44 @@ def _cell_cost(mod: _Module, ctype: str, p: dict, c: dict) -> dict[str, float]:
     if ctype in ("$div", "$mod", "$divfloor", "$modfloor"):
         return {"lut": w("A_WIDTH") * w("B_WIDTH")}
     return {}
+
+
+def _wide_mux_luts(leaves: int) -> int:
+    """LUTs per bit of a ``leaves``-input multiplexer: a LUT6 per four inputs, MUXF7/MUXF8
+    combining up to 16 (what ``synth_xilinx -widemux`` makes of a tree of 2:1 muxes)."""
+    if leaves <= 16:
+        return math.ceil(leaves / 4)
+    groups = math.ceil(leaves / 16)
+    return 4 * groups + _wide_mux_luts(groups)
+
+
+def _mux_tree_luts(mod: _Module) -> float:
+    """Every tree of ``$mux`` cells (2:1 muxes whose outputs feed only the next level) as one
+    wide multiplexer of its leaves; a lone 2:1 mux is one LUT per bit, one with a constant
+    input a gate (a quarter)."""
+    muxes = {c["Y"].strip(): (p, c) for t, p, c in mod.cells
+             if t == "$mux" and _NAME.fullmatch(c.get("Y", "").strip())}
+
+    def inner(spec):
+        m = re.fullmatch(r"([\\$]\S+)(?:\s+\[\d+:0\])?", spec.strip())
+        name = m.group(1) if m else None
+        return name if name in muxes and mod.refs.get(name, 0) == 1 else None
+
+    children = {inner(c[k]) for _, c in muxes.values() for k in ("A", "B")} - {None}
+
+    def leaves(name):
+        _, c = muxes[name]
+        return sum(leaves(inner(c[k])) if inner(c[k]) else 1 for k in ("A", "B"))
+
+    total = 0.0
+    for name, (p, c) in muxes.items():
+        if name in children:
+            continue
+        if any(_is_const(c[k]) is not None for k in ("A", "B")):
+            total += int(p["WIDTH"]) / 4                   # a gate, often folded downstream
+        else:
+            total += int(p["WIDTH"]) * _wide_mux_luts(leaves(name))
+    return total
 
 
 def count_rtlil(text: str, *, top: str = "top") -> dict:
@@ -320,7 +439,11 @@ def count_rtlil(text: str, *, top: str = "top") -> dict:
                 mem["reads" if ctype == "$memrd_v2" else "writes"] += 1
                 if ctype == "$memrd_v2" and p["CLK_ENABLE"] != "1":
                     mem["sync"] = False
-        total["lut"] += mod.mux_luts()
+        total["lut"] += mod.mux_luts() + _mux_tree_luts(mod)
+        for width, stages in shift_registers(mod):
+            if stages >= SRL_MIN_LENGTH:
+                total["ff"] -= width * stages
+                total["lut"] += width * math.ceil(stages / _SRL_STAGES)
         for mem in mod.memories.values():
             prims = memory_primitives(mem["width"], mem["size"], reads=mem["reads"],
                                       writes=mem["writes"], style=mem["style"] or "auto",
@@ -360,10 +483,10 @@ def synthesis_unavailable_reason() -> str | None:
 SYNTH_SCRIPT = """\
 read_verilog -lib stubs.v
 read_{reader} design.{ext}
-synth_xilinx -family xcup -top top -flatten -noiopad -noclkbuf -run :map_memory
+synth_xilinx -family xcup -top top -flatten -noiopad -noclkbuf -widemux 5 -run :map_memory
 select -set aside t:$mem_v2 r:WR_PORTS=0 %i r:RD_PORTS>2 %i t:$mem_v2 r:RD_PORTS>{ports} %i %u
 wrapcell -setattr blackbox -name set_aside_{{WIDTH}}x{{SIZE}}_{{RD_PORTS}}r{{WR_PORTS}}w @aside
-synth_xilinx -family xcup -top top -noiopad -noclkbuf -run map_memory:check
+synth_xilinx -family xcup -top top -noiopad -noclkbuf -widemux 5 -run map_memory:check
 tee -q -o stat.json stat -json
 """
 

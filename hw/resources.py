@@ -46,7 +46,7 @@ from .resource_count import (
 
 __all__ = [
     "RESOURCES", "Board", "BOARDS", "load_board", "Unit", "UNITS", "CACHE_DIR", "buffer_resources",
-    "estimate", "format_table", "resources_command",
+    "estimate", "datapath_totals", "format_table", "resources_command",
 ]
 
 #: Synthesis results, one JSON file per unit, configuration hash and design hash.
@@ -140,23 +140,15 @@ def _stub_class():
     return Stub
 
 
-def _silence(elaboratables):
-    # Built by the engine's constructor and replaced by stubs: never elaborated on purpose.
-    for e in elaboratables:
-        e._MustUse__silence = True
-
-
 def _engine(config, *, stubbed=False):
     from flightllm.hw.matrix_engine import MatrixEngine
     engine = MatrixEngine(config, dsp_impl="xilinx")
     if stubbed:
-        # The engine exposes no hook for its sub-units; the stubs take their place here.
-        _silence(engine._chain_units + engine._dequantisers)
-        stub = _stub_class()
-        engine._chain_units = [stub("dsp_chain", c.signature) for c in engine._chain_units]
-        engine._dequantisers = [stub("dequantiser", d.signature) for d in engine._dequantisers]
+        engine.replace_sub_units(_stub_class())
     else:
-        _silence([engine, *engine._chain_units, *engine._dequantisers])
+        # Only its sub-units are measured (each on its own); the engine is never elaborated.
+        for unit in (engine, *engine.chain_units, *engine.dequantisers):
+            unit._MustUse__silence = True
     return engine
 
 
@@ -167,13 +159,12 @@ def _engine_shape(config) -> tuple[int, int]:
 
 
 def _make_chain(config):
-    from flightllm.hw.dsp_chain import DSPChain
-    return DSPChain(config, dsp_impl="xilinx")
+    # The engine's own chain (its FIFO depth, the Xilinx primitive), measured once.
+    return _engine(config).chain_units[0]
 
 
 def _make_dequantiser(config):
-    from flightllm.hw.dequant import Dequantiser
-    return Dequantiser(config, max_k_blocks=_engine_shape(config)[1])
+    return _engine(config).dequantisers[0]
 
 
 def _make_sfu(config):
@@ -401,6 +392,26 @@ def estimate(config: AcceleratorConfig | str, *, board: Board | str = "u280",
         "units": units, "buffers": buffers, "fit": _fit(total, board), "notes": notes,
         "seconds": round(time.monotonic() - start, 1),
     }
+
+
+def datapath_totals(config: AcceleratorConfig | str, *, board: Board | str = "u280",
+                    synth: bool = False) -> dict:
+    """The datapath's totals and its fit, for callers that only need the numbers.
+
+    Counted from the RTLIL by default (no Yosys; seconds to elaborate, about 20 s for
+    ``u280``), or as :func:`estimate` with ``synth=True`` (cached syntheses).
+
+    Returns:
+        ``{"dsp", "bram36", "uram", "ff", "lut"}`` for every core together, plus ``"fits"``
+        (bool, with the board's shell reserved), ``"over"`` (resources over the board),
+        ``"utilisation_pct"`` (per resource, of what the shell leaves) and ``"method"``
+        (``"counted"`` or ``"synthesised"`` per unit).
+    """
+    est = estimate(config, board=board, synth=synth)
+    fit = est["fit"]
+    return {**{r: est[r] for r in RESOURCES}, "fits": fit["fits"], "over": fit["over"],
+            "utilisation_pct": fit["utilisation_pct"],
+            "method": {name: u["method"] for name, u in est["units"].items()}}
 
 
 # ---------------------------------------------------------------------------------- output

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
+from amaranth.lib import data
+from amaranth.sim import Simulator
 
 from flightllm.hw.sim_runner import build_amaranth, simulator_unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
 TB_DIR = Path(__file__).resolve().parent / "cocotb"
+sys.path.insert(0, str(TB_DIR))
+from tb_model import pack_fields, unpack_fields  # noqa: E402
 
 
 class RTLSim:
@@ -47,6 +52,24 @@ class RTLSim:
         print(f"{module}.{testcase}: {out}")
         return out
 
+    def expect_pass(self, build, module: str, testcase: str, run_dir: Path, *,
+                    min_count: int, **env) -> dict:
+        """Run a checking test case and assert it passed with no error after at least
+        ``min_count`` checked items; return its summary."""
+        out = self.run(build, module, testcase, run_dir, **env)
+        assert out["ok"], out
+        assert out["errors"] == 0 and out["count"] >= min_count, out
+        return out
+
+    def expect_caught(self, build, module: str, testcase: str, run_dir: Path, *,
+                      checked: str, per_item: int = 1, **env) -> dict:
+        """Run a corrupted-reference test case and assert that it failed on exactly one error
+        after checking every item (``per_item`` values per ``out[checked]``)."""
+        out = self.run(build, module, testcase, run_dir, **env)
+        assert out["tests"] == 1 and out["failed"] == 1, out
+        assert out["errors"] == 1 and out["count"] == per_item * out[checked], out
+        return out
+
 
 @pytest.fixture(scope="session")
 def rtl_sim():
@@ -54,3 +77,70 @@ def rtl_sim():
     if reason:
         pytest.skip(reason)
     return RTLSim()
+
+
+class StreamBench:
+    """A design in Amaranth's simulator with valid/ready streams: feeders drive input streams
+    beat by beat, one drainer takes an output stream (always ready).
+
+    A payload is given as a dict of fields when the port has a layout (packed with
+    :func:`tb_model.pack_fields`), as an int otherwise; drained beats come back the same way.
+    """
+
+    def __init__(self, dut):
+        self.dut = dut
+        self.sim = Simulator(dut)
+        self.sim.add_clock(1e-8)
+        #: Per drained cycle, the values of the drainer's ``watch`` signals.
+        self.samples: list[tuple] = []
+
+    def feed(self, port, beats) -> None:
+        layout = _layout(port)
+
+        async def feed(ctx):
+            for beat in beats:
+                if layout is None:
+                    ctx.set(port.payload, beat)
+                else:
+                    ctx.set(port.payload.as_value(),
+                            beat if isinstance(beat, int) else pack_fields(layout, beat))
+                ctx.set(port.valid, 1)
+                await ctx.tick().until(port.ready)
+            ctx.set(port.valid, 0)
+
+        self.sim.add_testbench(feed)
+
+    def drain(self, port, *, count: int | None = None, max_cycles: int = 20000,
+              watch=()) -> list:
+        """The list the beats of ``port`` go to: until ``count`` beats (``None``: for
+        ``max_cycles``), at most ``max_cycles`` cycles."""
+        layout = _layout(port)
+        got = []
+
+        async def drain(ctx):
+            ctx.set(port.ready, 1)
+            for _ in range(max_cycles):
+                if count is not None and len(got) >= count:
+                    return
+                _, _, valid, payload, *watched = await ctx.tick().sample(
+                    port.valid, port.payload.as_value() if layout else port.payload, *watch)
+                self.samples.append(tuple(watched))
+                if valid:
+                    got.append(payload if layout is None else unpack_fields(layout, payload))
+
+        self.sim.add_testbench(drain)
+        return got
+
+    def run(self) -> None:
+        self.sim.run()
+
+
+def _layout(port):
+    payload = port.payload
+    return payload.shape() if isinstance(payload, data.View) else None
+
+
+@pytest.fixture
+def stream_bench():
+    """:class:`StreamBench`, to build an Amaranth-simulator bench around a design."""
+    return StreamBench

@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 from amaranth import Elaboratable, Module
 from amaranth.lib import wiring
-from amaranth.sim import Simulator
 
 from flightllm.contract.config import preset
-from flightllm.hw.dequant import COMMAND_LAYOUT, Dequantiser
+from flightllm.hw.dequant import Dequantiser
 from flightllm.hw.dsp_chain import (
-    DSPChain, act_beat_layout, cascade_restarts, check_chain_config, passes_per_block,
-    reduction_taps, result_beat_layout, weight_beat_layout,
+    DSPChain, cascade_restarts, check_chain_config, passes_per_block, reduction_taps,
 )
 
 sys.path.insert(0, str(Path(__file__).parent / "cocotb"))
-from tb_model import (  # noqa: E402
-    chain_stimulus, pack_fields, scenario_matrix, unpack_fields, words64,
-)
+from tb_model import chain_stimulus, scenario_matrix, words64  # noqa: E402
 
 MODULE = "tb_dsp_chain"
 
@@ -50,12 +46,11 @@ def test_configuration_limits_are_named():
         DSPChain(cfg)
 
 
-def test_chain_in_amaranth_simulator():
+def test_chain_in_amaranth_simulator(stream_bench):
     """A few strips of every kind through the chain in Amaranth's own simulator."""
     cfg = preset("tiny")
     dut = DSPChain(cfg)
     rng = np.random.default_rng(3)
-    wl, al, rl = weight_beat_layout(cfg.mv_k), act_beat_layout(), result_beat_layout()
     weights, acts, expected = [], [], []
     for kind, bits, gscale in (("mixed", 4, True), ("dense", 8, False), ("extreme", 8, False),
                                ("extreme", 4, True), ("bytes", 2, True)):
@@ -64,13 +59,11 @@ def test_chain_in_amaranth_simulator():
         weights += stim.weights
         acts += stim.acts
         expected += stim.expected
-    got = []
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(_feeder(dut.weights, wl, weights))
-    sim.add_testbench(_feeder(dut.acts, al, acts))
-    sim.add_testbench(_drainer(dut.results, rl, got, len(expected)))
-    sim.run()
+    bench = stream_bench(dut)
+    bench.feed(dut.weights, weights)
+    bench.feed(dut.acts, acts)
+    got = bench.drain(dut.results, count=len(expected))
+    bench.run()
     assert got == expected
 
 
@@ -88,7 +81,7 @@ class _DequantIntoChain(Elaboratable):
 
 
 @pytest.mark.parametrize("config", ["tiny", "u280"])
-def test_dequantiser_feeds_the_chain(config):
+def test_dequantiser_feeds_the_chain(config, stream_bench):
     """Packed bytes in, strip results out: the two blocks joined, checked against
     unpack_matrix @ x."""
     cfg = preset(config)
@@ -103,38 +96,13 @@ def test_dequantiser_feeds_the_chain(config):
         words += words64(matrix.data)
         acts += stim.acts
         expected += stim.expected
-    got = []
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(_feeder(dut.dequant.cmd, COMMAND_LAYOUT, cmds))
-    sim.add_testbench(_feeder(dut.dequant.words, None, words))
-    sim.add_testbench(_feeder(dut.chain.acts, act_beat_layout(), acts))
-    sim.add_testbench(_drainer(dut.chain.results, result_beat_layout(), got, len(expected)))
-    sim.run()
+    bench = stream_bench(dut)
+    bench.feed(dut.dequant.cmd, cmds)
+    bench.feed(dut.dequant.words, words)
+    bench.feed(dut.chain.acts, acts)
+    got = bench.drain(dut.chain.results, count=len(expected))
+    bench.run()
     assert got == expected
-
-
-def _feeder(port, layout, beats):
-    async def feed(ctx):
-        for beat in beats:
-            if layout is None:
-                ctx.set(port.payload, beat)
-            else:
-                ctx.set(port.payload.as_value(), pack_fields(layout, beat))
-            ctx.set(port.valid, 1)
-            await ctx.tick().until(port.ready)
-        ctx.set(port.valid, 0)
-    return feed
-
-
-def _drainer(port, layout, got, count):
-    async def drain(ctx):
-        ctx.set(port.ready, 1)
-        while len(got) < count:
-            _, _, valid, payload = await ctx.tick().sample(port.valid, port.payload.as_value())
-            if valid:
-                got.append(unpack_fields(layout, payload))
-    return drain
 
 
 # --------------------------------------------------------------------------- cocotb
@@ -145,17 +113,14 @@ def chain_tiny(rtl_sim):
 
 @pytest.mark.rtl
 def test_random_vectors(rtl_sim, chain_tiny, tmp_path):
-    out = rtl_sim.run(chain_tiny, MODULE, "random_vectors", tmp_path, FLIGHTLLM_TB_PRESET="tiny")
-    assert out["ok"], out
-    assert out["errors"] == 0 and out["count"] >= 1000
+    rtl_sim.expect_pass(chain_tiny, MODULE, "random_vectors", tmp_path, min_count=1000,
+                        FLIGHTLLM_TB_PRESET="tiny")
 
 
 @pytest.mark.rtl
 def test_checker_catches_a_corrupted_reference(rtl_sim, chain_tiny, tmp_path):
-    out = rtl_sim.run(chain_tiny, MODULE, "corrupted_reference", tmp_path,
-                      FLIGHTLLM_TB_PRESET="tiny")
-    assert out["tests"] == 1 and out["failed"] == 1, out
-    assert out["errors"] == 1 and out["count"] == out["strips"], out
+    rtl_sim.expect_caught(chain_tiny, MODULE, "corrupted_reference", tmp_path, checked="strips",
+                          FLIGHTLLM_TB_PRESET="tiny")
 
 
 @pytest.mark.rtl
@@ -174,8 +139,8 @@ def test_sparse_speedup_in_cycles(rtl_sim, chain_tiny, tmp_path):
 def test_u280_chain_random_vectors_and_speedup(rtl_sim, tmp_path):
     """The 32-slice chain of the U280 preset: two dense rows per pass, one pass per N=2 block."""
     build = rtl_sim.build("dsp_chain_u280", lambda: DSPChain(preset("u280")))
-    out = rtl_sim.run(build, MODULE, "random_vectors", tmp_path, FLIGHTLLM_TB_PRESET="u280")
-    assert out["ok"] and out["count"] >= 1000, out
+    rtl_sim.expect_pass(build, MODULE, "random_vectors", tmp_path, min_count=1000,
+                        FLIGHTLLM_TB_PRESET="u280")
     out = rtl_sim.run(build, MODULE, "throughput", tmp_path, FLIGHTLLM_TB_PRESET="u280")
     assert out["ok"], out
     assert {int(n): c for n, c in out["cycles_per_block"].items()} == \

@@ -8,19 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from amaranth import Module
 from amaranth.lib import data
-from amaranth.sim import Simulator
 
 from flightllm.contract.config import preset
 from flightllm.contract.isa import OPCODES, Opcode, OutMode
 from flightllm.contract.params import pack_requant_records
-from flightllm.hw.matrix_engine import (
-    COMMAND_LAYOUT, PARAMS_LAYOUT, RESULT_LAYOUT, MatrixEngine,
-)
+from flightllm.hw.matrix_engine import COMMAND_LAYOUT, PARAMS_LAYOUT, MatrixEngine
 
 sys.path.insert(0, str(Path(__file__).parent / "cocotb"))
 from tb_matrix_model import RowChecker, random_case  # noqa: E402
-from tb_model import pack_fields, unpack_fields  # noqa: E402
+from tb_model import pack_fields  # noqa: E402
 
 MODULE = "tb_matrix_engine"
 #: The RTL benches' build: tiny's four chains, K up to 16 blocks.
@@ -51,48 +49,54 @@ def test_bad_arguments_are_named():
         MatrixEngine(preset("tiny"), max_k_blocks=12)
 
 
-def _simulate(cases, chains: int, *, max_cycles: int = 20000) -> RowChecker:
+def test_sub_units_can_be_replaced_by_black_boxes():
+    """The hook the resource estimate uses: every chain and dequantiser replaced by a unit
+    made from its kind and signature, the engine still elaborates around them."""
+    from amaranth.back import rtlil
+    from amaranth.lib import wiring
+
+    class Box(wiring.Component):
+        def __init__(self, kind, signature):
+            self.kind = kind
+            super().__init__(signature)
+
+        def elaborate(self, platform):
+            return Module()
+
+    engine = MatrixEngine(preset("tiny"), chains=2, max_k_blocks=8)
+    originals = engine.chain_units + engine.dequantisers
+    engine.replace_sub_units(Box)
+    assert [b.kind for b in engine.chain_units] == ["dsp_chain"] * 2
+    assert [b.kind for b in engine.dequantisers] == ["dequantiser"] * 2
+    assert [b.signature for b in engine.chain_units + engine.dequantisers] == \
+        [u.signature for u in originals]
+    text = rtlil.convert(engine, name="top")
+    # The boxes are empty: no slice of a chain, no code table of a dequantiser (both are in
+    # the engine's RTLIL without the replacement).
+    assert "top.chain0.dsp0" not in text and "\\codes" not in text
+
+
+def _simulate(bench_class, cases, chains: int, *, max_cycles: int = 20000) -> RowChecker:
     dut = MatrixEngine(preset("tiny"), chains=chains, max_k_blocks=8)
     checker = RowChecker("matrix engine")
     for case in cases:
         for row in case.expected:
             checker.expect(row)
-    rows = sum(len(case.expected) for case in cases)
-
-    def feeder(port, beats):
-        async def feed(ctx):
-            for beat in beats:
-                ctx.set(port.payload.as_value() if isinstance(port.payload, data.View)
-                        else port.payload, beat)
-                ctx.set(port.valid, 1)
-                await ctx.tick().until(port.ready)
-            ctx.set(port.valid, 0)
-        return feed
-
-    async def drain(ctx):
-        ctx.set(dut.results.ready, 1)
-        for _ in range(max_cycles):
-            if checker.count == 16 * rows:
-                break
-            _, _, valid, payload = await ctx.tick().sample(dut.results.valid,
-                                                           dut.results.payload.as_value())
-            if valid:
-                checker.check(unpack_fields(RESULT_LAYOUT, payload))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(feeder(dut.cmd, [pack_fields(COMMAND_LAYOUT, c.command) for c in cases]))
+    bench = bench_class(dut)
+    bench.feed(dut.cmd, [pack_fields(COMMAND_LAYOUT, c.command) for c in cases])
     for c in range(chains):
-        sim.add_testbench(feeder(dut.words[c], [w for case in cases for w in case.words[c]]))
+        bench.feed(dut.words[c], [w for case in cases for w in case.words[c]])
     for name in ("acts", "params", "psum", "residual"):
-        sim.add_testbench(feeder(getattr(dut, name),
-                                 [b for case in cases for b in getattr(case, name)]))
-    sim.add_testbench(drain)
-    sim.run()
+        bench.feed(getattr(dut, name), [b for case in cases for b in getattr(case, name)])
+    got = bench.drain(dut.results, count=sum(len(case.expected) for case in cases),
+                      max_cycles=max_cycles)
+    bench.run()
+    for row in got:
+        checker.check(row)
     return checker
 
 
-def test_engine_in_amaranth_simulator():
+def test_engine_in_amaranth_simulator(stream_bench):
     """Three instructions (MV ACC32 on mixed codes; MM Q8 with psum and relu, strided, odd
     rows; MM Q32 with psum, residual and a uniform record on random index bytes) through two
     chains, against exec_matrix."""
@@ -109,7 +113,7 @@ def test_engine_in_amaranth_simulator():
                     bits=2, gscale=True, kind="bytes", mode=OutMode.Q32, n_strips=3,
                     k_blocks=1),
     ]
-    checker = _simulate(cases, chains=2)
+    checker = _simulate(stream_bench, cases, chains=2)
     assert checker.errors == 0 and checker.count == sum(c.values for c in cases) == 336
 
 
@@ -120,30 +124,27 @@ def engine_tiny(rtl_sim):
                          lambda: MatrixEngine(preset("tiny"), max_k_blocks=MAX_K_BLOCKS))
 
 
-def _run(rtl_sim, build, testcase, tmp_path, **env):
-    return rtl_sim.run(build, MODULE, testcase, tmp_path, FLIGHTLLM_TB_PRESET="tiny",
-                       FLIGHTLLM_TB_MAX_K_BLOCKS=MAX_K_BLOCKS, **env)
+#: What the benches need to know about the build.
+TB_ENV = {"FLIGHTLLM_TB_PRESET": "tiny", "FLIGHTLLM_TB_MAX_K_BLOCKS": MAX_K_BLOCKS}
 
 
 @pytest.mark.rtl
 def test_random_instructions(rtl_sim, engine_tiny, tmp_path):
-    out = _run(rtl_sim, engine_tiny, "random_instructions", tmp_path)
-    assert out["ok"], out
-    assert out["errors"] == 0 and out["count"] >= 1000, out
+    rtl_sim.expect_pass(engine_tiny, MODULE, "random_instructions", tmp_path, min_count=1000,
+                        **TB_ENV)
 
 
 @pytest.mark.rtl
 def test_checker_catches_a_corrupted_reference(rtl_sim, engine_tiny, tmp_path):
-    out = _run(rtl_sim, engine_tiny, "corrupted_reference", tmp_path)
-    assert out["tests"] == 1 and out["failed"] == 1, out
-    assert out["errors"] == 1 and out["count"] == 16 * out["rows"], out
+    rtl_sim.expect_caught(engine_tiny, MODULE, "corrupted_reference", tmp_path, checked="rows",
+                          per_item=16, **TB_ENV)
 
 
 @pytest.mark.rtl
 def test_mv_cycles_per_instruction(rtl_sim, engine_tiny, tmp_path):
     """Cycles per MV instruction at each N: sparser is never slower, and no instruction takes
     more than its chain-bound or dequantiser-bound time plus the pipeline's fill."""
-    out = _run(rtl_sim, engine_tiny, "mv_cycles", tmp_path)
+    out = rtl_sim.run(engine_tiny, MODULE, "mv_cycles", tmp_path, **TB_ENV)
     assert out["ok"], out
     cycles = {key: v["cycles"] for key, v in out["cycles"].items()}
     mv = [cycles[f"MV N={n}"] for n in (16, 8, 4, 2)]
@@ -159,6 +160,5 @@ def test_mv_cycles_per_instruction(rtl_sim, engine_tiny, tmp_path):
 @pytest.mark.rtl
 @pytest.mark.slow
 def test_random_instructions_long(rtl_sim, engine_tiny, tmp_path):
-    out = _run(rtl_sim, engine_tiny, "random_instructions", tmp_path,
-               FLIGHTLLM_TB_VALUES="100000", FLIGHTLLM_TB_SEED="7")
-    assert out["ok"] and out["errors"] == 0 and out["count"] >= 100000, out
+    rtl_sim.expect_pass(engine_tiny, MODULE, "random_instructions", tmp_path, min_count=100000,
+                        FLIGHTLLM_TB_VALUES="100000", FLIGHTLLM_TB_SEED="7", **TB_ENV)
