@@ -7,7 +7,6 @@ configuration, program, or file) print one line naming the problem and exit with
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -15,26 +14,10 @@ from pathlib import Path
 import click
 
 from flightllm import __version__
+from flightllm.cliutil import parse_ids, user_errors
 
 
-def _user_errors(fn):
-    """Turn the project's input errors into a clean message and a non-zero exit."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from flightllm.compiler.ir import IRError
-        from flightllm.compiler.layout import CompileError
-        from flightllm.compiler.onnx_patterns import FrontendError
-        from flightllm.contract.config import ConfigError
-        from flightllm.contract.isa import IsaError, ProgramFileError
-        from flightllm.host.build import BuildError
-        from flightllm.host.devices import DeviceError
-        from flightllm.sim.machine import ProgramError
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, IsaError, ProgramFileError, ProgramError, OSError, IRError,
-                CompileError, FrontendError, BuildError, DeviceError) as exc:
-            raise click.ClickException(str(exc)) from None
-    return wrapper
+_user_errors = user_errors
 
 
 class _LazyGroup(click.Group):
@@ -181,16 +164,6 @@ def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, attn_s
         click.echo(build_hint(target, str(out / "project")))
 
 
-def _ids(text: str) -> list[int]:
-    try:
-        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected comma-separated integers") from None
-    if not ids:
-        raise click.BadParameter("at least one token id is needed")
-    return ids
-
-
 @main.command()
 @click.argument("build", type=click.Path(path_type=Path))
 @click.option("--input-ids", required=True, help="Prompt token ids, comma-separated.")
@@ -213,7 +186,7 @@ def simulate(build, input_ids, decode_steps, engine, as_json):
     device = GoldenDevice(b) if engine == "golden" else RtlDevice(b.config)
     session = Session(b, device)
     tokens, logits = [], []
-    for token, row in session.generate(_ids(input_ids), decode_steps):
+    for token, row in session.generate(parse_ids(input_ids, "--input-ids"), decode_steps):
         tokens.append(token)
         logits.append(row)
         if not as_json:

@@ -7,43 +7,21 @@ simulated device).
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
 
 import click
 
+from flightllm.cliutil import parse_ids, user_errors
+
 __all__ = ["run_command"]
 
 
 def _errors(fn):
     """Input, build, device and kernel errors: one line naming the problem, exit status 1."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from flightllm.contract.config import ConfigError
-        from flightllm.contract.isa import IsaError, ProgramFileError
-        from flightllm.sim.machine import ProgramError
-        from .build import BuildError
-        from .devices import DeviceError
-        from .generate import TokenizerError
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, IsaError, ProgramFileError, ProgramError, BuildError, DeviceError,
-                TokenizerError, OSError) as exc:
-            raise click.ClickException(str(exc)) from None
-    return wrapper
-
-
-def _parse_ids(text: str) -> list[int]:
-    try:
-        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected comma-separated integers",
-                                 param_hint="--prompt-ids") from None
-    if not ids:
-        raise click.BadParameter("at least one token id is needed", param_hint="--prompt-ids")
-    return ids
+    from .generate import TokenizerError
+    return user_errors(fn, extra=(TokenizerError,))
 
 
 def open_device(kind: str, build, *, device_config: str | None, xclbin: Path | None):
@@ -149,7 +127,7 @@ def run_command(build, prompt, prompt_ids, device_kind, max_new_tokens, top_k, t
                                  "--tokenizer PATH or --prompt-ids")
         ids = tok.encode(prompt)
     else:
-        ids = _parse_ids(prompt_ids)
+        ids = parse_ids(prompt_ids, "--prompt-ids")
     if tok is None and not as_json:
         click.echo("(no tokenizer for this model: printing token ids)", err=True)
     eos = eos_id if eos_id is not None else find_eos_id(b, tok)

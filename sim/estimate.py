@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from flightllm.cliutil import parse_ids
 from flightllm.contract.config import AcceleratorConfig, load_config
 from flightllm.sim.hbm_model import HBMParams
 from flightllm.sim.perf import PerfModel, PerfResult, SparsityMap
@@ -188,17 +189,6 @@ def step_cycles(target: Target, model: PerfModel, prompt_len: int,
     return steps
 
 
-def _ids(text: str) -> list[int]:
-    try:
-        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected comma-separated integers",
-                                 param_hint="--input-ids") from None
-    if not ids:
-        raise click.BadParameter("at least one token id is needed", param_hint="--input-ids")
-    return ids
-
-
 def _text(out: dict) -> str:
     lines = [f"{out['model']} on {out['board']} ({out['config']}, {out['cores']} cores, "
              f"{out['clock_mhz']:g} MHz, HBM {out['hbm_peak_gbps']:.0f} GB/s)"]
@@ -255,7 +245,7 @@ def estimate_command(source, board, arch, weight_bits, avg_bits, sparsity, max_l
                      decode_steps, trace_path, roofline_path, cache_dir, no_cache, as_json):
     """Model SOURCE (a build directory, a preset, a config.json or an .onnx file) on BOARD:
     prefill latency, decode tokens/s, HBM and matrix-engine utilisation."""
-    from flightllm.cli import _user_errors
+    from flightllm.cliutil import user_errors as _user_errors
     cache = None if no_cache else (cache_dir or "default")
     _user_errors(_run)(source, board, arch, int(weight_bits), avg_bits, sparsity, max_len,
                        input_ids, decode_steps, trace_path, roofline_path, cache, as_json)
@@ -277,7 +267,7 @@ def _run(source, board, arch, weight_bits, avg_bits, sparsity, max_len, input_id
     model = PerfModel(target.config, hbm, sparsity=target.sparsity)
     out = estimate(target, hbm, model)
     if input_ids is not None:
-        out["steps"] = step_cycles(target, model, len(_ids(input_ids)), decode_steps)
+        out["steps"] = step_cycles(target, model, len(parse_ids(input_ids, "--input-ids")), decode_steps)
         out["cycles"] = [s["cycles"] for s in out["steps"]]
     if trace_path is not None:
         from flightllm.sim.trace import write_chrome_trace
