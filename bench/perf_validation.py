@@ -14,7 +14,15 @@ so plainly, writes what it could not do, and exits with status 2: no table is ma
 
 ``--rtl-from`` takes the RTL cycles of an earlier run and only predicts again: the way to check
 a recalibrated model without another RTL simulation. Builds are byte-identical across rebuilds,
-and the programs' checksums recorded with the cycles must match.
+and the programs' checksums recorded with the cycles must match. It also reads
+``bench/results/rtl_cycles.json`` (bench/rtl_cycles.py: per model, per step the cycles and the
+busy counters): each model listed there is compiled as that script does and every step is
+predicted, with the model's per-unit busy cycles beside the RTL's counters.
+
+    python bench/perf_validation.py --rtl-from bench/results/rtl_cycles.json
+
+The RTL runs against the testbench's memories (cocotbext-axi ``AxiRam``, no stalls), not HBM, so
+the check uses ``flightllm.sim.hbm_model.RTL_TESTBENCH``; the U280 figures are listed beside it.
 """
 
 from __future__ import annotations
@@ -27,7 +35,68 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.05
+#: bench/rtl_cycles.py's builds: the same options give byte-identical programs.
+RTL_CYCLES_OPTIONS = dict(max_len=32, chunk=8, calibration_sequences=1)
+#: The model's units against the RTL's busy counters (MM and MV share the matrix engine).
+BUSY = {"LD": ("ld",), "ST": ("st",), "MPE": ("mm", "mv"), "SFU": ("misc",), "SYS": ("sys",)}
+
+
+def _rtl_cycles_table(path: Path) -> int:
+    """Predict every step recorded by bench/rtl_cycles.py; print and write the table."""
+    from flightllm.compiler.build import CompileOptions, compile_model
+    from flightllm.compiler.frontend import load_onnx
+    from flightllm.contract.config import preset
+    from flightllm.host.build import load_build
+    from flightllm.sim.hbm_model import RTL_TESTBENCH, HBMParams
+    from flightllm.sim.perf import PerfModel, SparsityMap
+    record = json.loads(path.read_text())
+    cfg = preset(record["config"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for entry in record["models"]:
+            out = Path(tmp) / entry["model"]
+            compile_model(load_onnx(ROOT / "tests" / "models" / "onnx" / entry["model"]), cfg,
+                          out, CompileOptions(**RTL_CYCLES_OPTIONS))
+            build = load_build(out)
+            sparsity = SparsityMap.from_placements(build.manifest["tensors"],
+                                                   build.manifest["model"]["recipe"]["sparsity"])
+            models = {"testbench": PerfModel(build.config, RTL_TESTBENCH, sparsity=sparsity),
+                      "u280": PerfModel(build.config, HBMParams.for_board("u280"),
+                                        sparsity=sparsity)}
+            pos = 0
+            for step in entry["steps"]:
+                seq = step["tokens"]
+                row = {"model": entry["model"], "phase": step["phase"], "seq": seq,
+                       "kv": pos + seq, "pos": pos, "rtl_cycles": step["cycles"]}
+                for name, model in models.items():
+                    r = model.run(build.program(step["phase"]), seq=seq, kv=pos + seq, pos=pos)
+                    row[f"predicted_{name}"] = r.cycles
+                    row[f"ratio_{name}"] = r.cycles / step["cycles"]
+                    if name == "testbench":
+                        row["busy"] = {u: {"model": r.busy[0][u], "rtl": sum(
+                            step["busy"].get(f"busy_c0_{k}", 0) for k in keys)}
+                            for u, keys in BUSY.items()}
+                rows.append(row)
+                pos += seq
+    print(f"{'model':24} {'phase':8} {'RTL':>7} {'testbench':>9} {'ratio':>6} "
+          f"{'u280':>7} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['model']:24} {r['phase']:8} {r['rtl_cycles']:7} {r['predicted_testbench']:9} "
+              f"{r['ratio_testbench']:6.3f} {r['predicted_u280']:7} {r['ratio_u280']:6.3f}")
+        print("    busy model/RTL: " + "  ".join(
+            f"{u} {b['model']}/{b['rtl']}" for u, b in r["busy"].items() if b["rtl"] or b["model"]))
+    worst = max(abs(r["ratio_testbench"] - 1) for r in rows)
+    ok = worst <= TOLERANCE
+    print(f"worst error {100 * worst:.1f}% (bar: {100 * TOLERANCE:.0f}%): "
+          f"{'holds' if ok else 'does not hold'}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "perf_validation.json").write_text(json.dumps(
+        {"status": "holds" if ok else "does not hold", "worst_error": worst,
+         "tolerance": TOLERANCE, "rtl_from": str(path), "memory": "rtl_testbench",
+         "compile_options": RTL_CYCLES_OPTIONS, "steps": rows}, indent=1) + "\n")
+    return 0 if ok else 1
 
 
 def _build(path: Path | None, tmp: Path):
@@ -67,6 +136,8 @@ def main() -> int:
     ap.add_argument("--rtl-from", type=Path, default=None,
                     help="Reuse the RTL cycles recorded in this result file.")
     args = ap.parse_args()
+    if args.rtl_from is not None and "models" in json.loads(args.rtl_from.read_text()):
+        return _rtl_cycles_table(args.rtl_from)
     prompt = [int(t) for t in args.prompt_ids.split(",")]
     RESULTS.mkdir(exist_ok=True)
     out_path = RESULTS / "perf_validation.json"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HBMParams", "ChannelTimeline", "transfer_runs"]
+__all__ = ["HBMParams", "ChannelTimeline", "transfer_runs", "RTL_TESTBENCH"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,13 @@ _BOARDS = {
     "vhk158": HBMParams("vhk158", pseudo_channels=32, pc_peak_gbps=819 / 32,
                         sustained_fraction=425 / 460, latency_ns=106.7, row_gap_ns=31.1),
 }
+
+
+#: The RTL testbench's memories (sim/rtl_tb.py: one cocotbext-axi ``AxiRam`` per channel, no
+#: stalls), for checking the model against the RTL's cycle counts: the port's rate, a couple of
+#: cycles from request to data, no DRAM rows. Not a board: the RTL runs say nothing of HBM.
+RTL_TESTBENCH = HBMParams("rtl_testbench", pseudo_channels=32, pc_peak_gbps=1e3,
+                          sustained_fraction=1.0, latency_ns=10.0, row_gap_ns=0.0)
 
 
 def transfer_runs(length: int, n1: int, stride1: int, n2: int, stride2: int) -> int:

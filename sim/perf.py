@@ -2,10 +2,12 @@
 
 It reads the same binary programs as the golden simulator and the RTL and follows the same
 rules: per core, one in-order queue per instruction type; an instruction starts once its unit
-is free and every token it waits for has been released (queue A's k-th release to B is B's
-k-th wait on A); SYS instructions start together on all cores. Units per core: the LD and ST
-engines (each transfer occupies its HBM channels, sim/hbm_model.py), the matrix engine (shared
-by MM and MV), the SFU (MISC) and SYS. Instruction costs come from sim/perf_units.py.
+is free, it has been decoded into its queue's FIFO (in program order, stopping at a full FIFO
+as hw/core.py's fetch does) and every token it waits for has been released (queue A's k-th
+release to B is B's k-th wait on A); SYS instructions start together on all cores. Units per
+core: the LD and ST engines (each transfer occupies its HBM channels, sim/hbm_model.py), the
+matrix engine (shared by MM and MV), the SFU (MISC) and SYS. Instruction costs come from
+sim/perf_units.py.
 
 Matrix cost depends on N of N:16, which lives in the weight bytes, not in the instruction. The
 model tags WBUF regions with the N of the tensor their LD read (:class:`SparsityMap`, built
@@ -25,12 +27,12 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from flightllm.contract.config import AcceleratorConfig
-from flightllm.contract.isa import Buffer, LengthReg, Opcode, SysOp, apply_bindings
+from flightllm.contract.isa import Buffer, LengthReg, Opcode, SysOp, apply_bindings, encode
 from flightllm.sim.golden import DeadlockError, load_streams
 from flightllm.sim.hbm_model import ChannelTimeline, HBMParams, transfer_runs
 from flightllm.sim.machine import ProgramError
 from flightllm.sim.perf_units import (
-    UnitTiming, buffer_port_cycles, matrix_cost, misc_cycles, sys_cycles,
+    UnitTiming, buffer_port_cycles, datapath_cycles, matrix_cost, misc_cycles, sys_cycles,
 )
 
 __all__ = ["PerfModel", "PerfResult", "PerfError", "SparsityMap", "UNITS"]
@@ -204,16 +206,23 @@ class _Op:
     releases: tuple[int, ...]
 
 
-def _ops(streams) -> list[list[list[_Op]]]:
+def _ops(streams) -> list[tuple[list[list[_Op]], list[tuple[int, int, int]]]]:
+    """Per core: the queues, and the program order as (queue, index in it, words)."""
     out = []
     for stream in streams:
         queues = [[] for _ in Opcode]
-        for s in stream:
+        order = []
+        for i, s in enumerate(stream):
             ins = s.ins
+            # Words of the instruction (its fixed words and binding words), from the next
+            # one's first word; the last instruction's from the encoder.
+            words = (stream[i + 1].word - s.word if i + 1 < len(stream)
+                     else len(encode(ins)))
+            order.append((int(ins.op), len(queues[int(ins.op)]), words))
             queues[int(ins.op)].append(_Op(
                 s, ins.op, _UNIT[ins.op], tuple(q for q in range(len(Opcode)) if ins.wait >> q & 1),
                 tuple(q for q in range(len(Opcode)) if ins.release >> q & 1)))
-        out.append(queues)
+        out.append((queues, order))
     return out
 
 
@@ -228,7 +237,9 @@ class _Timeline:
     def __init__(self, model: PerfModel, queues, regs, trace: bool, cache: dict):
         self.m, self.cfg, self.t, self.regs = model, model.config, model.timing, regs
         n = len(queues)
-        self.queues = queues
+        self.queues = [q for q, _ in queues]
+        self.order = [o for _, o in queues]
+        queues = self.queues
         self.cache = cache
         nq = len(Opcode)
         self.heads = [[0] * nq for _ in range(n)]
@@ -236,6 +247,8 @@ class _Timeline:
         self.free = [dict.fromkeys(UNITS, 0) for _ in range(n)]
         self.busy = [dict.fromkeys(UNITS, 0) for _ in range(n)]
         self.port_free = [[0] * len(Buffer) for _ in range(n)]
+        # The matrix engine's share of its buffer port: (until, fraction of the rows).
+        self.port_share = [[(0, 0.0)] * len(Buffer) for _ in range(n)]
         self.queued = [[False] * nq for _ in range(n)]
         self.heap: list[tuple[int, int, int]] = []
         self.sys_ready = [False] * n
@@ -252,6 +265,13 @@ class _Timeline:
         self.row_gap = model.hbm.cycles(model.hbm.row_gap_ns, clock)
         self.cross_latency = model.hbm.cycles(model.hbm.cross_channel_latency_ns, clock)
         self.cpc = self.cfg.hbm_channels_per_core
+        # Fetch and decode, in program order: when each instruction reaches its queue's FIFO,
+        # and when each was dispatched (a FIFO holds queue_depth instructions not yet
+        # dispatched; a full one stops the decoder, whatever the other queues need).
+        self.fetch_ptr = [0] * n
+        self.decoder_free = [0] * n
+        self.fetched = [[[] for _ in range(nq)] for _ in range(n)]
+        self.dispatched = [[[] for _ in range(nq)] for _ in range(n)]
 
     # ------------------------------------------------------------------ scheduling
     def _head(self, c: int, q: int) -> _Op | None:
@@ -261,8 +281,11 @@ class _Timeline:
 
     def _ready_time(self, c: int, op: _Op) -> int | None:
         """When the head could start (unit free, tokens released), None if a token is missing."""
-        t = self.free[c][op.unit]
         q = int(op.op)
+        fetched = self.fetched[c][q]
+        if self.heads[c][q] >= len(fetched):
+            return None
+        t = max(self.free[c][op.unit], fetched[self.heads[c][q]])
         for src in op.waits:
             pending = self.tokens[c][src][q]
             if not pending:
@@ -291,11 +314,35 @@ class _Timeline:
         else:
             heapq.heappush(self.heap, (t, c, q))
 
+    def _fetch(self, c: int) -> None:
+        """Decode instructions in program order until one finds its queue's FIFO full of
+        instructions not yet dispatched; offer the heads that arrived."""
+        order, depth = self.order[c], self.t.queue_depth
+        arrived = set()
+        while self.fetch_ptr[c] < len(order):
+            q, k, words = order[self.fetch_ptr[c]]
+            gate = 0
+            if k >= depth:
+                done = self.dispatched[c][q]
+                if len(done) <= k - depth:
+                    break  # the FIFO is full until that one is dispatched
+                gate = done[k - depth] + 1
+            push = max(self.decoder_free[c] + words * self.t.decode_word, gate)
+            self.decoder_free[c] = push
+            self.fetched[c][q].append(push + self.t.queue_latency)
+            self.fetch_ptr[c] += 1
+            arrived.add(q)
+        for q in arrived:
+            self._offer(c, q)
+
+    def _dispatch(self, c: int, q: int, start: int) -> None:
+        self.dispatched[c][q].append(start)
+        self._fetch(c)
+
     def go(self) -> PerfResult:
         ncores = len(self.queues)
         for c in range(ncores):
-            for q in range(len(Opcode)):
-                self._offer(c, q)
+            self._fetch(c)
         while self.heap:
             t, c, q = heapq.heappop(self.heap)
             if c < 0:
@@ -351,6 +398,7 @@ class _Timeline:
                                               ins.hbm_stride2)
                 entry["bytes"] = ins.len * ins.n1 * ins.n2
                 entry["port"] = buffer_port_cycles(ins, self.cfg, self.t)
+                entry["datapath"] = datapath_cycles(ins, self.cfg, self.t)
             elif op.op == Opcode.MISC:
                 entry["cycles"] = misc_cycles(ins, self.cfg, self.t)
             self.cache[key] = entry
@@ -378,12 +426,19 @@ class _Timeline:
             r.ideal_mpe_cycles += cost.macs_dense / peak
             port_end = self._port(c, Buffer.WBUF, start, cost.port_cycles)
             end = unit_free = max(start + cost.cycles, port_end + cost.fill)
+            # The arbiter interleaves requests cycle by cycle: the weight reads take their
+            # share of the port over the whole instruction, not a block at its start.
+            span = end - start - cost.fill
+            if span > 0 and cost.port_cycles:
+                self.port_free[c][Buffer.WBUF] = max(start, port_end - cost.port_cycles)
+                self.port_share[c][Buffer.WBUF] = (start + span, cost.port_cycles / span)
             busy = end - start
         else:
             busy = entry["cycles"]
             end = unit_free = start + busy
         self.free[c][op.unit] = unit_free
         self._complete(c, op, start, end, busy, lambda: _label(ins))
+        self._dispatch(c, int(op.op), start)  # after the head moved on: it may refill
 
     # ------------------------------------------------------------------ units
     def _transfer(self, c: int, ins, entry: dict, start: int) -> tuple[int, int]:
@@ -398,6 +453,8 @@ class _Timeline:
             self._tag(c, ins, nch)
         ready = start + self.t.transfer_issue
         last = self._port(c, Buffer(ins.buf), ready, entry["port"]) if nbytes else ready
+        # One segment at a time through the engine's data path, whichever channel it is on.
+        last = max(last, ready + entry["datapath"])
         for i in range(nch):
             phys, cross = self._physical(c, ins.chan + i)
             rate = self.cross_rate if cross else self.rate
@@ -406,14 +463,36 @@ class _Timeline:
                 cycles = entry.setdefault("cycles", cycles)
             _, end = self.channels.occupy(phys, ready, cycles, nbytes, write=not load)
             last = max(last, end + (self.cross_latency if cross else 0))
-        return last, (last + self.latency if nbytes else last)
+        # The engine leaves DRAIN only when every burst has returned and the last row is
+        # written: the latency and the drain keep the unit (and so its queue) busy.
+        done = (last + self.latency if nbytes else last) + self.t.transfer_drain
+        return done, done
 
     def _port(self, c: int, buf: Buffer, ready: int, cycles: int) -> int:
         """Reserve ``cycles`` of a buffer's port from ``ready`` on (after earlier users);
         returns when the reservation ends."""
         begin = max(ready, self.port_free[c][buf])
-        self.port_free[c][buf] = begin + cycles
-        return begin + cycles
+        until, share = self.port_share[c][buf]
+        if begin < until:
+            # The arbiter is round-robin (hw/bufport.py): against the matrix engine's share a
+            # transfer gets what is left, and at least every other cycle; after it, the port.
+            rate = max(1.0 - share, 0.5)
+            spare = (until - begin) * rate
+            end = begin + math.ceil(cycles / rate) if cycles <= spare \
+                else until + math.ceil(cycles - spare)
+            # Rows taken beyond the matrix engine's slack delay it by as many cycles (a
+            # port-bound MM loses every row an LD writes meanwhile).
+            taken = min(cycles, spare) - (until - begin) * (1.0 - share)
+            if taken > 0:
+                delay = math.ceil(taken)
+                self.free[c]["MPE"] += delay
+                self.busy[c]["MPE"] += delay
+                self.end = max(self.end, self.free[c]["MPE"])
+                self.port_share[c][buf] = (until + delay, share)
+        else:
+            end = begin + cycles
+        self.port_free[c][buf] = end
+        return end
 
     def _physical(self, core: int, local: int) -> tuple[int, bool]:
         """Physical pseudo-channel of a core's local channel and whether the master crosses a
@@ -469,6 +548,7 @@ class _Timeline:
             self.free[c]["SYS"] = start + cycles
             self._complete(c, h, start, start + cycles, cycles,
                            lambda: f"SYS {first.sync_id}")
+            self._dispatch(c, int(Opcode.SYS), start)
 
     def _finish(self) -> None:
         stuck = [f"core {c} {Opcode(q).name} #{self._head(c, q).slot.index}"

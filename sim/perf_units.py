@@ -16,7 +16,11 @@ the RTL unit benches recorded in docs/hw_datapath.md (``tiny``, no stalls):
 * **SFU** (MISC): the per-row cycle model of the SFU bench with ``nb = ceil(n / lanes)``; rows
   overlap, the pipeline latency is paid once.
 * **LD / ST**: issue cycles, then the HBM model (sim/hbm_model.py), but no faster than the
-  buffer's one row per cycle.
+  buffer's one row per cycle, nor than the engine's data path: it handles one segment at a
+  time, one AXI beat per cycle, so the channels of a multi-channel LD take turns (their
+  bytes add up at ``axi_data_bits / 8`` per cycle), and each segment costs
+  ``segment_overhead`` more. The engine waits in DRAIN until every burst has returned, so
+  the memory latency is paid by every transfer (one instruction in flight per queue).
 * **Buffer ports**: each buffer serves one request (a row read or write) per cycle to all its
   clients (hw/bufport.py); the matrix engine's weight reads and the LD/ST rows take turns on
   it (sim/perf.py reserves each instruction's port cycles in time order).
@@ -31,7 +35,7 @@ from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Buffer, Instruction, MiscFunc, Opcode, WeightBits
 
 __all__ = ["UnitTiming", "MatrixCost", "matrix_cost", "misc_cycles", "buffer_port_cycles",
-           "sys_cycles"]
+           "datapath_cycles", "sys_cycles"]
 
 
 @dataclass(frozen=True)
@@ -55,12 +59,30 @@ class UnitTiming:
             refilling WBUF, and an LD writes at most one row per cycle whatever its channels
             deliver.
         sfu_latency: SFU issue to first result (9-cycle arithmetic pipeline and handshake).
+        misc_issue: MISC cycles per instruction outside the SFU (hw/misc_unit.py): the field
+            check, the ByteReaders' first rows through the buffer arbiters, the ChunkWriter's
+            last write and ``done`` after the arbiter accepted it. Not derived cycle by cycle:
+            the RTL's ``busy_c0_misc`` on the tiny LLaMA decode step (33 one-row MISCs) is
+            15.5 cycles per instruction above the SFU bench's figures.
         sfu_drain: Row-pass pipeline drain ``D`` of the softmax and norm models.
         sfu_divider: Divider cycles per row statistic (``2 + ceil(q/2)``, q-bit quotient;
             18 is the worst case of a softmax reciprocal).
         softmax_extra, defer_extra, defer_divider_extra, rmsnorm_extra, layernorm_extra,
         rope_extra: The constant terms of the SFU bench's per-row model.
-        transfer_issue: LD/ST cycles from start to the first request.
+        queue_depth: Decoded instructions an opcode's FIFO holds before dispatch
+            (``QUEUE_DEPTH`` in hw/core.py). Fetch decodes in program order and stops while
+            the next instruction's FIFO is full, so a queue that lags holds up the others.
+        decode_word: Decoder cycles per instruction word (one word per cycle, bindings
+            included; hw/fetch.py).
+        queue_latency: Cycles from the decoder's push to the FIFO presenting the head.
+        transfer_issue: LD/ST cycles from start to the first request (dispatch, then the
+            engine's IDLE -> CHECK -> SEGMENT -> BURST states, hw/dma.py).
+        transfer_drain: LD/ST cycles from the last beat to the queue seeing ``done``: the row
+            writer's last partial row, the DRAIN state, the core's done handshake.
+        segment_overhead: Data-path cycles per segment beyond its beats. The LD/ST data path
+            moves one segment at a time: a cycle to pop the segment's descriptor and one to
+            retire it, plus a row merge at the segment's end (hw/dma.py; the RTL's busy counters
+            give 3 per LD segment and 2.6 per ST segment on the tiny builds).
         token_latency: Cycles from a release to the waiting queue seeing the token.
         barrier: A SYS instruction's cross-core handshake (cores sit in different SLRs).
         gather_bytes_per_cycle: Bytes a core receives per cycle during a GATHER.
@@ -76,6 +98,7 @@ class UnitTiming:
     output_rows_per_cycle: int = 1
     buffer_rows_per_cycle: int = 1
     sfu_latency: int = 10
+    misc_issue: int = 15
     sfu_drain: int = 11
     sfu_divider: int = 18
     softmax_extra: int = 2
@@ -84,7 +107,12 @@ class UnitTiming:
     rmsnorm_extra: int = 5
     layernorm_extra: int = 8
     rope_extra: int = 3
+    queue_depth: int = 2
+    decode_word: int = 1
+    queue_latency: int = 1
     transfer_issue: int = 4
+    transfer_drain: int = 2
+    segment_overhead: int = 3
     token_latency: int = 1
     barrier: int = 64
     gather_bytes_per_cycle: int = 64
@@ -166,7 +194,7 @@ def misc_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
         row = nb + _ceil(offset, lanes) + t.rope_extra
     else:  # element-wise: one beat of `lanes` elements per cycle
         row = nb
-    return m * row + t.sfu_latency
+    return m * row + t.sfu_latency + t.misc_issue
 
 
 def buffer_port_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
@@ -177,6 +205,18 @@ def buffer_port_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) 
     rows = _ceil(ins.buf_addr % width + ins.len, width) if ins.n1 * ins.n2 == 1 \
         else _ceil(ins.len, width)
     return _ceil(ins.n1 * ins.n2 * nch * rows, t.buffer_rows_per_cycle)
+
+
+def datapath_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
+    """Cycles of an LD/ST's data path: every channel's segments one after another, one AXI
+    beat per cycle (an unaligned segment takes one beat more), plus ``segment_overhead`` per
+    segment (bindings resolved)."""
+    if ins.len <= 0 or ins.n1 <= 0 or ins.n2 <= 0:
+        return 0
+    beat = cfg.axi_data_bits // 8
+    nch = max(ins.nch, 1) if ins.op == Opcode.LD else 1
+    segments = ins.n1 * ins.n2 * nch
+    return segments * (_ceil(ins.len, beat) + t.segment_overhead)
 
 
 def sys_cycles(received_bytes: int, t: UnitTiming) -> int:

@@ -3,6 +3,9 @@
 Hand counts use the ``tiny`` configuration (mv_k 16, 4 chains, 4 SFU lanes, 64-bit AXI at
 200 MHz) with the U280's HBM figures: 8 bytes per cycle per channel (the port, not the DRAM,
 limits), a row gap of round(31.1 ns x 200 MHz) = 6 cycles, latency round(106.7 x 0.2) = 21.
+An LD/ST keeps its engine busy for ISSUE, then the longest of its channels' time, its data
+path (every segment of every channel in turn: one 8-byte beat per cycle + SEG per segment) and
+its buffer port, then LAT and DRAIN (the engine waits for every burst before ``done``).
 """
 
 import pytest
@@ -21,6 +24,7 @@ CFG = preset("tiny")
 ENGINE = CFG.replace(wbuf=BufferSpec(64, 1024))
 FILL = 16 + 7 + 4 + 10  # mv_k + chain latency extra + output stage + issue
 ISSUE, GAP, LAT = 4, 6, 21
+SEG, DRAIN, MISC_ISSUE = 3, 2, 15
 
 
 def mv(strips=8, kb=8, **kw) -> Instruction:
@@ -30,9 +34,15 @@ def mv(strips=8, kb=8, **kw) -> Instruction:
     return Instruction(Opcode.MV, **fields)
 
 
+#: Fetch out of the way (every instruction decoded at cycle 0, no FIFO limit), so the unit
+#: tests below count one mechanism at a time; the fetch tests use the defaults.
+NO_FETCH = dict(decode_word=0, queue_latency=0, queue_depth=1 << 30)
+
+
 def run(streams, cfg=ENGINE, **kw):
     model_kw = {k: kw.pop(k) for k in ("default_keep", "sparsity", "channel_map", "timing")
                 if k in kw}
+    model_kw.setdefault("timing", UnitTiming(**NO_FETCH))
     return PerfModel(cfg, **model_kw).run(streams, **kw)
 
 
@@ -93,46 +103,48 @@ def test_sfu_cycle_model():
     soft = Instruction(Opcode.MISC, func=MiscFunc.SOFTMAX, defer=1, n=64, m=2,
                        a_buf=Buffer.RBUF, b_buf=Buffer.RBUF, d_buf=Buffer.ABUF)
     # 64 elements on 4 lanes: 16 beats; deferred row = max(16 + 12, divider 18 + 10) = 28.
-    assert run([[soft]]).cycles == 2 * 28 + 10
+    assert run([[soft]]).cycles == 2 * 28 + 10 + MISC_ISSUE
     add = Instruction(Opcode.MISC, func=MiscFunc.ADD, n=256, m=8, a_buf=Buffer.ABUF,
                       b_buf=Buffer.ABUF, d_buf=Buffer.ABUF)
-    assert run([[add]]).cycles == 8 * 64 + 10  # SFU bench: 64 cycles per 256-element row
+    # SFU bench: 64 cycles per 256-element row.
+    assert run([[add]]).cycles == 8 * 64 + 10 + MISC_ISSUE
     norm = Instruction(Opcode.MISC, func=MiscFunc.RMSNORM, n=64, m=1, a_buf=Buffer.RBUF,
                        d_buf=Buffer.ABUF)
-    assert run([[norm]]).cycles == (16 + 11 + 18 + 5) + 10
+    assert run([[norm]]).cycles == (16 + 11 + 18 + 5) + 10 + MISC_ISSUE
 
 
-def test_a_load_writes_one_buffer_row_per_cycle():
-    # With 128-bit masters two channels deliver 32 bytes per cycle, but tiny's ABUF takes one
-    # 16-byte row per cycle: the port binds (512 rows), not the channels (256 + gap each).
+def test_a_load_moves_one_beat_per_cycle_whatever_its_channels():
+    # hw/dma.py's data path takes one segment at a time: two channels' 4096 bytes pass one
+    # after the other, 2 x (512 beats + SEG), although each channel alone needs 512 + GAP.
     both = Instruction(Opcode.LD, buf=Buffer.ABUF, buf_addr=0, chan=0, nch=2, ch_stride=4096,
                        hbm_addr=0, len=4096, n1=1, n2=1)
+    assert run([[both]]).cycles == ISSUE + 2 * (512 + SEG) + LAT + DRAIN
+    # 128-bit beats halve it; the 16-byte ABUF row per cycle (512 rows) does not bind.
     wide = run([[both]], cfg=CFG.replace(axi_data_bits=128))
-    assert wide.cycles == ISSUE + 2 * 4096 // 16 + LAT
-    # Negative control: with 64-bit masters the channels bind.
-    assert run([[both]]).cycles == ISSUE + 512 + GAP + LAT
+    assert wide.cycles == ISSUE + 2 * (256 + SEG) + LAT + DRAIN
 
 
 def test_load_cycles_and_contiguity():
     r = run([[load(Buffer.ABUF, 0, 4096)]])
-    assert r.cycles == ISSUE + 4096 // 8 + GAP + LAT
+    assert r.cycles == ISSUE + 4096 // 8 + GAP + LAT + DRAIN  # the channel binds (GAP > SEG)
     assert r.hbm_read_bytes == {0: 4096}
     # The same bytes as 16 separate 256-byte rows open 16 DRAM rows.
     strided = Instruction(Opcode.LD, buf=Buffer.ABUF, buf_addr=0, chan=0, hbm_addr=0, len=256,
                           n1=16, hbm_stride1=1024, buf_stride1=256, n2=1)
-    assert run([[strided]]).cycles == ISSUE + 4096 // 8 + 16 * GAP + LAT
+    assert run([[strided]]).cycles == ISSUE + 4096 // 8 + 16 * GAP + LAT + DRAIN
+    # Contiguous, one DRAM row, but still 16 segments through the data path.
     contiguous = strided.replace(hbm_stride1=256)
-    assert run([[contiguous]]).cycles == ISSUE + 4096 // 8 + GAP + LAT
+    assert run([[contiguous]]).cycles == ISSUE + 16 * (256 // 8 + SEG) + LAT + DRAIN
 
 
-def test_channels_work_in_parallel_but_one_channel_serialises():
+def test_one_transfer_in_flight_per_engine():
     both = Instruction(Opcode.LD, buf=Buffer.ABUF, buf_addr=0, chan=0, nch=2, ch_stride=4096,
                        hbm_addr=0, len=4096, n1=1, n2=1)
-    parallel = run([[both]])
-    assert parallel.cycles == ISSUE + 512 + GAP + LAT
-    assert parallel.hbm_read_bytes == {0: 4096, 1: 4096}
+    assert run([[both]]).hbm_read_bytes == {0: 4096, 1: 4096}
+    # Two LDs: the second starts once the first is done, latency included.
     serial = run([[load(Buffer.ABUF, 0, 4096), load(Buffer.ABUF, 4096, 4096)]])
-    assert serial.cycles == 2 * (ISSUE + 512 + GAP) + LAT
+    assert serial.cycles == 2 * (ISSUE + 512 + GAP + LAT + DRAIN)
+    assert serial.busy[0]["LD"] == serial.cycles
 
 
 def test_cross_channel_penalty():
@@ -141,14 +153,46 @@ def test_cross_channel_penalty():
     crossed = run([[load(Buffer.ABUF, 0, 4096)]], channel_map=lambda core, local: 5)
     assert crossed.hbm_read_bytes == {5: 4096}
     # Half the rate (1024 cycles for the bytes) plus the crossing latency round(20 x 0.2) = 4.
-    assert crossed.cycles == ISSUE + 1024 + GAP + 4 + LAT
+    assert crossed.cycles == ISSUE + 1024 + GAP + 4 + LAT + DRAIN
     assert crossed.cycles > plain.cycles
+
+
+def test_a_load_during_a_port_bound_matrix_instruction_delays_it():
+    # On tiny's 16-byte WBUF port the MV's 8192 weight bytes need 512 port cycles, more than
+    # its chains (272): port-bound, 512 + FILL. An LD that writes 1024 bytes (64 rows) into
+    # WBUF meanwhile wins every other cycle of the round-robin arbiter: the MV loses 64.
+    add = Instruction(Opcode.MISC, func=MiscFunc.ADD, n=4, m=1, a_buf=Buffer.ABUF,
+                      b_buf=Buffer.ABUF, d_buf=Buffer.ABUF, release=bit(Q.LD))
+    alone = run([[mv()]], cfg=CFG)
+    assert alone.cycles == 512 + FILL
+    into_wbuf = load(Buffer.WBUF, 8192, 1024, wait=bit(Q.MISC))
+    assert run([[add, into_wbuf, mv()]], cfg=CFG).cycles == 512 + FILL + 64
+    # Negative control: the same LD into ABUF leaves the WBUF port to the MV.
+    into_abuf = load(Buffer.ABUF, 0, 1024, wait=bit(Q.MISC))
+    assert run([[add, into_abuf, mv()]], cfg=CFG).cycles == 512 + FILL
+
+
+def test_fetch_stops_at_a_full_queue():
+    # Decode is in program order, one word per cycle, into FIFOs of 2 undispatched
+    # instructions (hw/core.py), heads visible a cycle after the push. MV0 starts at
+    # w + 1 (w: an MV's words) and MV1 when MV0 is done (309 later); MV3 finds the FIFO
+    # full (MV1, MV2) until MV1 is dispatched, and the LD behind it must wait as well.
+    from flightllm.contract.isa import encode
+    prog = [mv(), mv(), mv(), mv(), load(Buffer.ABUF, 0, 64)]
+    w, w_ld = len(encode(prog[0])), len(encode(prog[4]))
+    mv1_start = w + 1 + 309
+    r = PerfModel(ENGINE).run([prog], trace=True)
+    ld_start = next(start for _, unit, start, _, _ in r.trace if unit == "LD")
+    assert ld_start == (mv1_start + 1) + w_ld + 1
+    # Negative control: FIFOs of 8 let the LD through once decoded.
+    deep = PerfModel(ENGINE, timing=UnitTiming(queue_depth=8)).run([prog], trace=True)
+    assert next(start for _, unit, start, _, _ in deep.trace if unit == "LD") == 4 * w + w_ld + 1
 
 
 # ----------------------------------------------------------------------------- tokens
 def test_token_orders_dependent_units():
     ld = load(Buffer.WBUF, 0, 4096, release=bit(Q.MV))
-    ld_done = ISSUE + 512 + GAP + LAT
+    ld_done = ISSUE + 512 + GAP + LAT + DRAIN
     dependent = run([[ld, mv(wait=bit(Q.LD))]])
     assert dependent.cycles == ld_done + 1 + 309
     # Negative control: without the token the two units overlap.
@@ -163,8 +207,8 @@ def test_in_order_queue_and_double_buffering():
         prog.append(load(Buffer.WBUF, 4096 * (i % 2), 4096, release=bit(Q.MV)))
         prog.append(mv(w_addr=4096 * (i % 2), wait=bit(Q.LD)))
     r = run([prog])
-    ld = ISSUE + 512 + GAP  # channel time per chunk; the MV (309) is shorter: HBM-bound
-    assert r.cycles == 4 * ld + LAT + 1 + 309
+    ld = ISSUE + 512 + GAP + LAT + DRAIN  # per chunk; the MV (309) is shorter: HBM-bound
+    assert r.cycles == 4 * ld + 1 + 309
     assert r.binding_unit()[0] == "LD"
 
 
@@ -175,7 +219,7 @@ def test_compute_bound_program_is_bound_by_the_engine():
         prog.append(mv(strips=16, kb=16, w_addr=4096 * (i % 2), wait=bit(Q.LD)))
     r = run([prog])
     mv_cycles = 4 * 16 * 17 + FILL
-    assert r.cycles == ISSUE + 32 + GAP + LAT + 1 + 4 * mv_cycles
+    assert r.cycles == ISSUE + 32 + GAP + LAT + DRAIN + 1 + 4 * mv_cycles
     unit, busy = r.binding_unit()
     assert unit == "MPE" and busy > 0.95
 
@@ -277,6 +321,10 @@ def test_hbm_parameters():
     assert HBMParams.for_board("vhk158").board_peak_gbps == pytest.approx(819)
     with pytest.raises(ValueError, match="zcu104"):
         HBMParams.for_board("zcu104")
+    from flightllm.sim.hbm_model import RTL_TESTBENCH
+    # The RTL testbench's AxiRam: the 64-bit port's 8 bytes per cycle, 2 cycles to data.
+    assert RTL_TESTBENCH.bytes_per_cycle(200, 64) == 8
+    assert RTL_TESTBENCH.cycles(RTL_TESTBENCH.latency_ns, 200) == 2
     assert transfer_runs(256, 8, 256, 4, 2048) == 1       # one contiguous range
     assert transfer_runs(256, 8, 4096, 4, 256) == 32      # every segment apart
     assert transfer_runs(256, 8, 256, 4, 4096) == 4       # contiguous rows, strided blocks
