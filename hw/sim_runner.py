@@ -132,7 +132,8 @@ class CocotbBuild:
         self.verilog = verilog
 
     def run(self, test_module: str, *, test_dir: Path, testcase: str | None = None,
-            module_paths=(), extra_env: dict[str, str] | None = None) -> CocotbResult:
+            module_paths=(), extra_env: dict[str, str] | None = None,
+            log_file: Path | None = None) -> CocotbResult:
         """Run ``test_module`` (optionally one ``testcase``) and return its results.
 
         Args:
@@ -140,6 +141,8 @@ class CocotbBuild:
             test_dir: where the simulator runs and writes its results (one per run).
             module_paths: folders to put on the simulator's Python path (for ``test_module``).
             extra_env: environment for the testbench (seeds, options).
+            log_file: write the simulator's output there instead of to standard output (for
+                callers whose standard output is a result, such as ``--json``).
         """
         from cocotb_tools.check_results import get_results
         from cocotb_tools.runner import get_runner
@@ -158,7 +161,8 @@ class CocotbBuild:
                     runner.test(test_module=test_module, hdl_toplevel=self.toplevel,
                                 hdl_toplevel_lang="verilog", testcase=testcase,
                                 build_dir=self.build_dir, test_dir=test_dir,
-                                results_xml=str(xml), extra_env=dict(extra_env or {}))
+                                results_xml=str(xml), extra_env=dict(extra_env or {}),
+                                log_file=log_file)
                 except SystemExit as exc:   # the simulator exited with an error code
                     exit_code = exc.code if isinstance(exc.code, int) else 1
         finally:

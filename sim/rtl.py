@@ -191,11 +191,15 @@ def run_kernel(cfg: AcceleratorConfig, *, buffers: dict[str, bytes | bytearray],
                                                               buffers.items()},
                          "args": dict(args), "timeout_cycles": int(timeout_cycles),
                          "stall": float(stall), "seed": int(seed)}, f)
-        result = build.run("flightllm.sim.rtl_tb", test_dir=Path(tmp),
+        # The simulator's log goes to a file: callers print results (JSON) on standard output.
+        log = Path(tmp) / "simulation.log"
+        result = build.run("flightllm.sim.rtl_tb", test_dir=Path(tmp), log_file=log,
                            extra_env={"FLIGHTLLM_KERNEL_JOB": str(job)})
         out = Path(str(job) + ".out")
         if not out.exists():
-            raise KernelRunError(f"the RTL simulation produced no result ({result})")
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise KernelRunError(f"the RTL simulation produced no result ({result}); the "
+                                 f"end of its log:\n{tail}")
         with open(out, "rb") as f:
             res = pickle.load(f)
     if res["timed_out"]:
