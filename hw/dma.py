@@ -24,6 +24,8 @@ left quiet.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -311,10 +313,19 @@ class _TransferEngine(wiring.Component):
             **members,
         })
 
-    def _generate(self, m, addr_channel, issue_ready, issue_valid, issue_addr, issue_len,
-                  segs, data_idle, outstanding):
-        """The command FSM: checks, segment descriptors to ``segs``, burst requests."""
+    def _generate(self, m):
+        """The command FSM shared by LD and ST: checks, segment descriptors to the ``segs``
+        FIFO, burst requests on ``issue_*`` for the channel ``addr_channel``. Returns the
+        signals the subclass's data path drives or reads; it must drive ``issue_ready`` and
+        ``data_idle`` and count ``outstanding`` bursts."""
         cfg, B = self.cfg, self.beat_bytes
+        m.submodules.segs = segs = SyncFIFOBuffered(width=_segment_layout(self.channels).size,
+                                                    depth=MAX_OUTSTANDING)
+        outstanding = Signal(range(MAX_OUTSTANDING + 2))
+        data_idle = Signal()
+        addr_channel = Signal(range(self.channels))
+        issue_valid, issue_ready = Signal(), Signal()
+        issue_addr, issue_len = Signal(64), Signal(range(MAX_BURST + 1))
         load = self.opcode == Opcode.LD
         ins = Signal(instruction_layout(self.opcode))
         loops = _Loops(m, ins, self.channels, load)
@@ -391,7 +402,10 @@ class _TransferEngine(wiring.Component):
         desc = Signal(_segment_layout(self.channels))
         m.d.comb += [desc.chan.eq(seg_chan), desc.addr.eq(full), desc.len.eq(ins.len),
                      desc.baddr.eq(seg_b), desc.buf.eq(ins.buf), segs.w_data.eq(desc)]
-        return ins
+        return SimpleNamespace(ins=ins, segs=segs, outstanding=outstanding, data_idle=data_idle,
+                               addr_channel=addr_channel, issue_valid=issue_valid,
+                               issue_ready=issue_ready, issue_addr=issue_addr,
+                               issue_len=issue_len)
 
 
 class LoadEngine(_TransferEngine):
@@ -409,14 +423,10 @@ class LoadEngine(_TransferEngine):
         m = Module()
         B, nch = self.beat_bytes, self.channels
         layout = _segment_layout(nch)
-        m.submodules.segs = segs = SyncFIFOBuffered(width=layout.size, depth=MAX_OUTSTANDING)
-        outstanding = Signal(range(MAX_OUTSTANDING + 2))
-        data_idle = Signal()
-        addr_channel = Signal(range(nch))
-        issue_valid, issue_ready = Signal(), Signal()
-        issue_addr, issue_len = Signal(64), Signal(range(MAX_BURST + 1))
-        ins = self._generate(m, addr_channel, issue_ready, issue_valid, issue_addr, issue_len,
-                             segs, data_idle, outstanding)
+        g = self._generate(m)
+        segs, outstanding, data_idle = g.segs, g.outstanding, g.data_idle
+        addr_channel, issue_valid, issue_ready = g.addr_channel, g.issue_valid, g.issue_ready
+        issue_addr, issue_len, ins = g.issue_addr, g.issue_len, g.ins
         for i, axi in enumerate(self.axi):
             m.d.comb += [axi.arvalid.eq(issue_valid & (addr_channel == i)),
                          axi.araddr.eq(issue_addr), axi.arlen.eq(issue_len - 1),
@@ -554,14 +564,10 @@ class StoreEngine(_TransferEngine):
         m = Module()
         B, nch = self.beat_bytes, self.channels
         layout = _segment_layout(nch)
-        m.submodules.segs = segs = SyncFIFOBuffered(width=layout.size, depth=MAX_OUTSTANDING)
-        outstanding = Signal(range(MAX_OUTSTANDING + 2))
-        data_idle = Signal()
-        addr_channel = Signal(range(nch))
-        issue_valid, issue_ready = Signal(), Signal()
-        issue_addr, issue_len = Signal(64), Signal(range(MAX_BURST + 1))
-        self._generate(m, addr_channel, issue_ready, issue_valid, issue_addr, issue_len,
-                       segs, data_idle, outstanding)
+        g = self._generate(m)
+        segs, outstanding, data_idle = g.segs, g.outstanding, g.data_idle
+        addr_channel, issue_valid, issue_ready = g.addr_channel, g.issue_valid, g.issue_ready
+        issue_addr, issue_len = g.issue_addr, g.issue_len
         for i, axi in enumerate(self.axi):
             m.d.comb += [axi.awvalid.eq(issue_valid & (addr_channel == i)),
                          axi.awaddr.eq(issue_addr), axi.awlen.eq(issue_len - 1),
