@@ -24,9 +24,14 @@ from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from flightllm.contract.config import BufferSpec
+from flightllm.contract.config import AcceleratorConfig, BufferSpec
+from flightllm.contract.isa import Buffer
 
-__all__ = ["row_request_layout", "row_client_signature", "BufferArbiter"]
+#: The on-chip buffers by their port names, in the ISA's Buffer order.
+BUFFERS = tuple(b.name.lower() for b in Buffer)
+
+__all__ = ["BUFFERS", "row_request_layout", "row_client_signature", "buffer_clients",
+           "BufferArbiter"]
 
 
 def row_request_layout(spec: BufferSpec) -> data.StructLayout:
@@ -42,6 +47,11 @@ def row_client_signature(spec: BufferSpec) -> wiring.Signature:
         "req": Out(stream.Signature(row_request_layout(spec))),
         "rsp": In(stream.Signature(8 * spec.width)),
     })
+
+
+def buffer_clients(cfg: AcceleratorConfig) -> dict[str, wiring.Member]:
+    """Signature members of a unit with one row-client port per buffer, named as BUFFERS."""
+    return {name: Out(row_client_signature(cfg.buffer(name))) for name in BUFFERS}
 
 
 class BufferArbiter(wiring.Component):

@@ -33,9 +33,9 @@ from amaranth.lib.wiring import In, Out
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Opcode
 from flightllm.contract.regmap import ErrorCode
-from flightllm.hw.bufport import BufferArbiter, row_client_signature
+from flightllm.hw.bufport import BUFFERS, BufferArbiter, buffer_clients, row_client_signature
 from flightllm.hw.buffers import BufferMemory, suggested_ram_style
-from flightllm.hw.dma import BUFFERS, LoadEngine, StoreEngine, axi4_read_signature, axi4_signature
+from flightllm.hw.dma import LoadEngine, StoreEngine, axi4_read_signature, axi4_signature
 from flightllm.hw.fetch import InstructionFetch
 from flightllm.hw.isa_layouts import instruction_bits, instruction_layout
 from flightllm.hw.sync import SyncUnit, sync_port_signature
@@ -71,8 +71,7 @@ class _MissingUnit(wiring.Component):
         for name, (op, done) in ops.items():
             members[name] = In(stream.Signature(instruction_layout(op)))
             members[done] = Out(1)
-        for buf in BUFFERS:
-            members[buf] = Out(row_client_signature(cfg.buffer(buf)))
+        members.update(buffer_clients(cfg))
         self._ops = ops
         super().__init__(members)
 

@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 from flightllm.contract.config import AcceleratorConfig, BufferSpec
 from flightllm.contract.isa import Buffer, Opcode
 from flightllm.contract.regmap import ErrorCode
-from flightllm.hw.bufport import row_client_signature
+from flightllm.hw.bufport import BUFFERS, buffer_clients, row_client_signature
 from flightllm.hw.isa_layouts import instruction_layout
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
 MAX_BURST = 16
 #: Bursts one engine keeps in flight, to cover HBM latency.
 MAX_OUTSTANDING = 8
-BUFFERS = tuple(b.name.lower() for b in Buffer)
 #: AXI ID width. Every master uses ID 0 (responses in order); the ports exist because the
 #: AXI verification models (cocotbext-axi) require them; Vitis accepts them.
 ID_BITS = 1
@@ -309,7 +308,7 @@ class _TransferEngine(wiring.Component):
             "cmd": In(stream.Signature(instruction_layout(self.opcode))),
             "done": Out(1), "busy": Out(1), "error": Out(3), "progress": Out(1),
             "hbm_base": In(64).array(self.channels),
-            **{name: Out(row_client_signature(cfg.buffer(name))) for name in BUFFERS},
+            **buffer_clients(cfg),
             **members,
         })
 

@@ -50,7 +50,7 @@ from flightllm.contract.isa import OPCODES, Opcode, OutMode
 from flightllm.contract.params import REQUANT_RECORD_BYTES
 from flightllm.contract.regmap import ErrorCode
 
-from .bufport import row_client_signature
+from .bufport import buffer_clients
 from .isa_layouts import instruction_layout
 from .matrix_engine import COMMAND_LAYOUT, PARAMS_LAYOUT, MatrixEngine
 from .row_stream import ADDR_BITS, ByteReader, ChunkWriter, PortMux, segment_layout
@@ -137,10 +137,7 @@ class MatrixUnit(wiring.Component):
             "mm": In(stream.Signature(instruction_layout(Opcode.MM))),
             "mv": In(stream.Signature(instruction_layout(Opcode.MV))),
             "mm_done": Out(1), "mv_done": Out(1), "busy": Out(1), "error": Out(3),
-            "abuf": Out(row_client_signature(config.abuf)),
-            "wbuf": Out(row_client_signature(config.wbuf)),
-            "rbuf": Out(row_client_signature(config.rbuf)),
-            "pbuf": Out(row_client_signature(config.pbuf)),
+            **buffer_clients(config),
         })
 
     # ------------------------------------------------------------------ elaborate

@@ -40,7 +40,7 @@ from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import OPCODES, Buffer, MiscFunc, Opcode
 from flightllm.contract.regmap import ErrorCode
 
-from .bufport import row_client_signature
+from .bufport import buffer_clients
 from .isa_layouts import field_shape, instruction_layout
 from .row_stream import ADDR_BITS, ByteReader, ChunkWriter, PortMux
 from .sfu import COMMAND_FIELDS, SFU
@@ -109,10 +109,7 @@ class MiscUnit(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(instruction_layout(Opcode.MISC))),
             "done": Out(1), "busy": Out(1), "error": Out(3),
-            "abuf": Out(row_client_signature(config.abuf)),
-            "wbuf": Out(row_client_signature(config.wbuf)),
-            "rbuf": Out(row_client_signature(config.rbuf)),
-            "pbuf": Out(row_client_signature(config.pbuf)),
+            **buffer_clients(config),
         })
 
     def elaborate(self, platform):

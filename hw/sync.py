@@ -24,12 +24,11 @@ from amaranth.lib.wiring import In, Out
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Buffer, Opcode, SysOp
 from flightllm.contract.regmap import ErrorCode
-from flightllm.hw.bufport import row_client_signature
+from flightllm.hw.bufport import BUFFERS, row_client_signature
 from flightllm.hw.isa_layouts import instruction_layout
 
 __all__ = ["sync_port_signature", "SyncUnit", "SyncHub", "BUFFERS"]
 
-BUFFERS = tuple(b.name.lower() for b in Buffer)
 
 
 def sync_port_signature(cfg: AcceleratorConfig) -> wiring.Signature:
