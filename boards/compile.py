@@ -43,11 +43,11 @@ def compile_for_board(ir, board: Board, cfg: AcceleratorConfig, out: Path, opts=
         FitError: the configuration does not fit the board (nothing is written).
     """
     from flightllm.compiler.build import compile_model, write_atomically
-    from flightllm.hw.kernel import kernel_verilog
+    from flightllm.hw.kernel import cached_kernel_verilog
 
     fit = fit or require_fit(board, cfg)
     project = render_project(board, cfg, kernel_name=kernel_name,
-                             verilog=kernel_verilog(cfg, name=kernel_name))
+                             verilog=cached_kernel_verilog(cfg, name=kernel_name))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.board.", dir=out.parent))

