@@ -100,7 +100,8 @@ class PerfResult:
         weight_stream_bytes: WBUF bytes the matrix engines consumed.
         chain_work: Busy cycles of all DSP chains together (see ``MatrixCost.chain_work``).
         ideal_mpe_cycles: Cycles the matrix work would take at the configuration's peak MACs
-            per cycle (MM: ``mm_m*mm_n*mm_k``, MV: ``mv_rows*mv_k`` per core), summed over cores.
+            per cycle (MM: ``mv_rows*mv_k*macs_per_dsp``, MV: ``mv_rows*mv_k`` per core),
+            summed over cores.
         instructions: Executed instructions by opcode name.
         trace: (core, unit, start, end, label) per instruction when asked for.
     """
@@ -421,8 +422,8 @@ class _Timeline:
             r.macs_stored += cost.macs_stored
             r.weight_stream_bytes += cost.weight_bytes
             r.chain_work += cost.chain_work
-            peak = (self.cfg.mm_m * self.cfg.mm_n * self.cfg.mm_k if op.op == Opcode.MM
-                    else self.cfg.mv_rows * self.cfg.mv_k)
+            peak = (self.cfg.mm_macs_per_cycle if op.op == Opcode.MM
+                    else self.cfg.mv_macs_per_cycle) // self.cfg.cores
             r.ideal_mpe_cycles += cost.macs_dense / peak
             port_end = self._port(c, Buffer.WBUF, start, cost.port_cycles)
             end = unit_free = max(start + cost.cycles, port_end + cost.fill)

@@ -55,15 +55,14 @@ class AcceleratorConfig:
     Attributes:
         name: A label; it takes part in the hash so two presets never collide.
         cores: Number of cores (about one per SLR); each runs its own instruction stream.
-        mv_rows: Matrix-vector engine: output rows computed in parallel (one per DSP chain).
-        mv_k: Matrix-vector engine: K elements per chain per cycle (the chain length in DSPs).
-        mm_m: Matrix-matrix engine: token rows per cycle; 2 means two INT8 activations share
-            each weight inside one DSP48E2 (the paper's packing).
-        mm_n: Matrix-matrix engine: output columns per cycle.
-        mm_k: Matrix-matrix engine: K elements per cycle.
+        mv_rows: DSP chains of the matrix engine (each works on its own 16-row output strip).
+        mv_k: K elements per chain per cycle (the chain length in DSPs). MM (prefill) and MV
+            (decode) run on the same chains: MM feeds ``macs_per_dsp`` token rows through
+            each DSP's packed lanes, MV one (see :attr:`mm_macs_per_cycle`).
         dsp_group: DSPs per group in a chain; reduction nodes sit between groups. It must
             divide every supported sparsity N so an N:16 row maps onto whole groups.
-        macs_per_dsp: INT8 MACs one DSP slice performs per cycle (2 for a packed DSP48E2).
+        macs_per_dsp: INT8 MACs one DSP slice performs per cycle in MM mode: 2, the two
+            activations packed into a DSP48E2's pre-adder (the only packing the chain builds).
         sparsity_codes: Supported N of N:16 block sparsity (16 means dense).
         weight_bits: Supported weight bit widths.
         sfu_lanes: Special-function unit elements per cycle.
@@ -85,9 +84,6 @@ class AcceleratorConfig:
     cores: int
     mv_rows: int
     mv_k: int
-    mm_m: int
-    mm_n: int
-    mm_k: int
     dsp_group: int
     macs_per_dsp: int
     sparsity_codes: tuple[int, ...]
@@ -121,20 +117,15 @@ class AcceleratorConfig:
         if not isinstance(self.name, str) or not self.name:
             _bad("name", self.name, "a non-empty string")
         for name, lo, hi in (
-            ("cores", 1, 16), ("mv_rows", 1, 1024), ("mv_k", BLOCK, 4096), ("mm_m", 1, 64),
-            ("mm_n", 1, 4096), ("mm_k", BLOCK, 4096), ("dsp_group", 1, 16),
-            ("macs_per_dsp", 1, 4), ("sfu_lanes", 1, 256), ("hbm_channels_per_core", 1, 64),
+            ("cores", 1, 16), ("mv_rows", 1, 1024), ("mv_k", BLOCK, 4096), ("dsp_group", 1, 16),
+            ("macs_per_dsp", 2, 2), ("sfu_lanes", 1, 256), ("hbm_channels_per_core", 1, 64),
             ("token_depth", 1, 65535),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 _bad(name, value, f"an integer in [{lo}, {hi}]")
-        for name in ("mv_k", "mm_k"):
-            if getattr(self, name) % BLOCK:
-                _bad(name, getattr(self, name), f"a multiple of the {BLOCK}-wide weight block")
-        if self.mm_m % self.macs_per_dsp:
-            _bad("mm_m", self.mm_m, f"a multiple of macs_per_dsp={self.macs_per_dsp} "
-                 "(the packed MACs of one DSP share its weight across token rows)")
+        if self.mv_k % BLOCK:
+            _bad("mv_k", self.mv_k, f"a multiple of the {BLOCK}-wide weight block")
         if not self.sparsity_codes or any(n not in SPARSITY_CODES_ALL for n in self.sparsity_codes):
             _bad("sparsity_codes", list(self.sparsity_codes),
                  f"a non-empty subset of {list(SPARSITY_CODES_ALL)}")
@@ -172,8 +163,8 @@ class AcceleratorConfig:
     # ------------------------------------------------------------------ derived values
     @property
     def dsps_per_core(self) -> int:
-        """DSP slices in the matrix engine of one core (the MM array; MV reuses its chains)."""
-        return self.mm_m * self.mm_n * self.mm_k // self.macs_per_dsp
+        """DSP slices in the matrix engine of one core: ``mv_rows`` chains of ``mv_k``."""
+        return self.mv_rows * self.mv_k
 
     @property
     def dsps_total(self) -> int:
@@ -181,8 +172,9 @@ class AcceleratorConfig:
 
     @property
     def mm_macs_per_cycle(self) -> int:
-        """Dense INT8 MACs per cycle of the matrix-matrix engine, all cores."""
-        return self.mm_m * self.mm_n * self.mm_k * self.cores
+        """Dense INT8 MACs per cycle in MM mode, all cores: every DSP multiplies its weight by
+        ``macs_per_dsp`` token rows at once (the packed lanes)."""
+        return self.dsps_total * self.macs_per_dsp
 
     @property
     def mv_macs_per_cycle(self) -> int:
@@ -225,6 +217,9 @@ class AcceleratorConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
         names = {f.name for f in fields(cls)}
+        retired = sorted(set(data) & set(_RETIRED))
+        if retired:
+            raise ConfigError(f"{source}: field(s) {retired} no longer exist: {_RETIRED[retired[0]]}")
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {unknown}; known: {sorted(names)}")
@@ -259,6 +254,13 @@ class AcceleratorConfig:
         return dataclasses.replace(self, **changes)
 
 
+#: Fields of earlier versions, with what replaced them.
+_RETIRED = dict.fromkeys(
+    ("mm_m", "mm_n", "mm_k"),
+    "MM runs on the matrix engine's mv_rows x mv_k DSP chains (macs_per_dsp token rows per "
+    "DSP); remove the mm_* keys and size the engine with mv_rows and mv_k")
+
+
 def _bad(name: str, value: Any, expected: str):
     raise ConfigError(f"field '{name}' = {value!r} is invalid: expected {expected}")
 
@@ -276,7 +278,7 @@ def _preset_tiny() -> AcceleratorConfig:
     # Small enough that a whole compiled toy model simulates in RTL in seconds to minutes,
     # while keeping every feature: packed DSPs, all sparsity codes and bit widths.
     return AcceleratorConfig(
-        name="tiny", cores=1, mv_rows=4, mv_k=16, mm_m=2, mm_n=4, mm_k=16, dsp_group=2,
+        name="tiny", cores=1, mv_rows=4, mv_k=16, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=4,
         abuf=BufferSpec(16, 2048), wbuf=BufferSpec(16, 4096), rbuf=BufferSpec(64, 1024),
         pbuf=BufferSpec(16, 2048), hbm_channels_per_core=2, hbm_channel_bytes=1 << 28,
@@ -285,12 +287,12 @@ def _preset_tiny() -> AcceleratorConfig:
 
 
 def _preset_u280() -> AcceleratorConfig:
-    # Three cores, one per SLR. 2x48x48 MACs = 2,304 packed DSP48E2 per core, 6,912 of the
-    # card's 9,024 (77%) before the SFU and requantisation multipliers. Nine HBM pseudo-channels
-    # per core plus one instruction master makes 28 AXI masters, the count that still closes
-    # timing at 225 MHz on this shell.
+    # Three cores, one per SLR, each with 32 chains of 32 packed DSP48E2 (1,024 DSPs, 2,048
+    # INT8 MACs per cycle in MM mode): 3,072 of the card's 9,024 DSPs. 64 chains would double
+    # that but need ~1.5x the LUTs the shell leaves (hw resources --arch, counted estimate).
+    # Nine HBM pseudo-channels per core plus one instruction master makes 28 AXI masters.
     return AcceleratorConfig(
-        name="u280", cores=3, mv_rows=64, mv_k=32, mm_m=2, mm_n=48, mm_k=48, dsp_group=2,
+        name="u280", cores=3, mv_rows=32, mv_k=32, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
         abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(256, 4096),
         pbuf=BufferSpec(64, 8192), hbm_channels_per_core=9, hbm_channel_bytes=256 << 20,
@@ -300,9 +302,9 @@ def _preset_u280() -> AcceleratorConfig:
 
 def _preset_vhk158() -> AcceleratorConfig:
     # Four cores as in the FlightLLM artefact's VHK158 model, 8 HBM2e pseudo-channels each
-    # (all 32). MV is twice the artefact's 64x16 so decode is bound by HBM, not by the engine.
+    # (all 32), 32 chains of 32 DSPs per core (64 chains need more LUTs than the card has).
     return AcceleratorConfig(
-        name="vhk158", cores=4, mv_rows=64, mv_k=32, mm_m=2, mm_n=32, mm_k=64, dsp_group=2,
+        name="vhk158", cores=4, mv_rows=32, mv_k=32, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
         abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(256, 4096),
         pbuf=BufferSpec(64, 8192), hbm_channels_per_core=8, hbm_channel_bytes=1 << 30,

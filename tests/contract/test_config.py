@@ -34,10 +34,10 @@ def test_hashes_are_distinct_and_stable():
     assert preset("tiny").replace(clock_mhz=201.0).config_hash() != hashes["tiny"]
 
 
-def test_u280_fills_the_card_with_packed_dsps():
+def test_u280_uses_packed_dsps_within_the_card():
     cfg = preset("u280")
     assert cfg.macs_per_dsp == 2
-    assert 0.6 * 9024 <= cfg.dsps_total <= 9024
+    assert cfg.dsps_total == 3 * 32 * 32 <= 9024
     # Nine channels per core plus one instruction master: the 28 masters that close timing.
     assert cfg.hbm_channels_total + 1 <= 28
 
@@ -45,7 +45,7 @@ def test_u280_fills_the_card_with_packed_dsps():
 @pytest.mark.parametrize("field,value,needle", [
     ("cores", 0, "field 'cores' = 0"),
     ("mv_k", 24, "field 'mv_k' = 24"),
-    ("mm_m", 3, "field 'mm_m' = 3"),
+    ("macs_per_dsp", 4, "field 'macs_per_dsp' = 4"),
     ("dsp_group", 3, "field 'dsp_group' = 3"),
     ("sparsity_codes", (2, 4, 8), "includes 16"),
     ("sparsity_codes", (3, 16), "field 'sparsity_codes'"),
@@ -71,6 +71,10 @@ def test_file_errors_name_the_file_and_key(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"missing field\(s\) \['cores'\]"):
         load_config(path)
+    # A configuration written for the retired MM array says what replaced it.
+    path.write_text(yaml.safe_dump({**preset("tiny").to_dict(), "mm_n": 48}))
+    with pytest.raises(ConfigError, match=r"\['mm_n'\] no longer exist: MM runs on the"):
+        load_config(path)
     path.write_text("cores: [1, 2\n")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(path)
@@ -82,10 +86,11 @@ def test_file_errors_name_the_file_and_key(tmp_path):
         AcceleratorConfig.from_dict(data)
 
 
-@given(st.sampled_from(sorted(PRESETS)), st.integers(1, 16), st.sampled_from([2, 4, 8]))
-def test_derived_values_follow_the_fields(name, cores, mm_m):
-    cfg = preset(name).replace(cores=cores, mm_m=mm_m)
-    assert cfg.dsps_per_core * cfg.macs_per_dsp == cfg.mm_m * cfg.mm_n * cfg.mm_k
+@given(st.sampled_from(sorted(PRESETS)), st.integers(1, 16), st.sampled_from([1, 8, 64]))
+def test_derived_values_follow_the_fields(name, cores, rows):
+    cfg = preset(name).replace(cores=cores, mv_rows=rows)
+    assert cfg.dsps_per_core == rows * cfg.mv_k
+    assert cfg.mm_macs_per_cycle == 2 * cfg.mv_macs_per_cycle == 2 * rows * cfg.mv_k * cores
     assert cfg.dsps_total == cfg.dsps_per_core * cores
     assert cfg.hbm_channels_total == cfg.hbm_channels_per_core * cores
     assert cfg.groups_per_chain * cfg.dsp_group == cfg.mv_k
