@@ -24,7 +24,16 @@ from .fit import FitReport, require_fit
 from .project import render_project
 from .schema import Board
 
-__all__ = ["compile_for_board", "report_markdown"]
+__all__ = ["compile_for_board", "dsp_implementation", "report_markdown"]
+
+
+def dsp_implementation(board: Board) -> str:
+    """How the kernel's DSP slices are written for ``board``: the DSP48E2 primitive on
+    UltraScale+ cards (the cascade is then exactly the chain's, and the primitive matches the
+    simulated twin on AMD's UNISIM model: tests/hw/test_dsp48e2_unisim.py); on DSP58 cards the
+    behavioural twin, left to Vivado to infer (the primitive has only been checked against the
+    UltraScale+ model)."""
+    return "xilinx" if board.family == "DSP48E2" else "twin"
 
 
 def compile_for_board(ir, board: Board, cfg: AcceleratorConfig, out: Path, opts=None, *,
@@ -46,8 +55,10 @@ def compile_for_board(ir, board: Board, cfg: AcceleratorConfig, out: Path, opts=
     from flightllm.hw.kernel import cached_kernel_verilog
 
     fit = fit or require_fit(board, cfg)
+    dsp_impl = dsp_implementation(board)
     project = render_project(board, cfg, kernel_name=kernel_name,
-                             verilog=cached_kernel_verilog(cfg, name=kernel_name))
+                             verilog=cached_kernel_verilog(cfg, name=kernel_name,
+                                                           dsp_impl=dsp_impl))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.board.", dir=out.parent))
@@ -56,7 +67,7 @@ def compile_for_board(ir, board: Board, cfg: AcceleratorConfig, out: Path, opts=
         report = compile_model(ir, cfg, build, opts, dump_dir=dump_dir)
         report["board"] = {"name": board.name, "part": board.part, "flow": board.flow,
                            "platform": board.platform, "family": board.family,
-                           "kernel": kernel_name, "project": "project"}
+                           "kernel": kernel_name, "project": "project", "dsp_impl": dsp_impl}
         report["fit"] = fit.to_dict()
         report["performance"] = _performance(build, board)
         files: dict = {rel.as_posix(): path for path in sorted(build.rglob("*"))

@@ -152,8 +152,9 @@ def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, attn_s
         click.echo(f"checking that configuration {cfg.name!r} fits {target.name} ...")
         fit = require_fit(target, cfg)
         ir = load_model(model, weights=weights)
+        from flightllm.boards.compile import dsp_implementation
         from flightllm.hw.kernel import cached_verilog_path
-        cached = cached_verilog_path(cfg)
+        cached = cached_verilog_path(cfg, dsp_impl=dsp_implementation(target))
         if cached.is_file():
             click.echo(f"kernel Verilog for {cfg.name!r}: reusing {cached}")
         else:

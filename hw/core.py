@@ -96,7 +96,7 @@ class Core(wiring.Component):
         watchdog_cycles: cycles without progress before a TIMEOUT error.
         execution_units: include the MM/MV and MISC units; without them (a small build for
             testing the instruction path and the DMA) MM, MV and MISC end in a DECODE error.
-        library: see :class:`~flightllm.hw.matrix_unit.MatrixUnit`.
+        library, dsp_impl: see :class:`~flightllm.hw.matrix_unit.MatrixUnit`.
 
     Ports:
         start: pulse: run the program with the current arguments (reset the core just before).
@@ -112,9 +112,9 @@ class Core(wiring.Component):
 
     def __init__(self, cfg: AcceleratorConfig, *, index: int = 0,
                  watchdog_cycles: int = DEFAULT_WATCHDOG, execution_units: bool = True,
-                 library=None):
+                 library=None, dsp_impl: str = "twin"):
         self.cfg, self.index, self.watchdog_cycles = cfg, index, watchdog_cycles
-        self.execution_units, self.library = execution_units, library
+        self.execution_units, self.library, self.dsp_impl = execution_units, library, dsp_impl
         beat = 32 * ((cfg.axi_data_bits + 31) // 32)
         super().__init__({
             "start": In(1), "instr_base": In(64), "prog_offset": In(32), "prog_words": In(32),
@@ -143,8 +143,10 @@ class Core(wiring.Component):
         units = self.execution_units
         matrix_cls = _unit_class("matrix_unit", "MatrixUnit") if units else None
         misc_cls = _unit_class("misc_unit", "MiscUnit") if units else None
-        mat = matrix_cls(cfg, library=self.library) if matrix_cls else _MissingUnit(cfg, {"mm": (Opcode.MM, "mm_done"),
-                                                                   "mv": (Opcode.MV, "mv_done")})
+        if matrix_cls:
+            mat = matrix_cls(cfg, library=self.library, dsp_impl=self.dsp_impl)
+        else:
+            mat = _MissingUnit(cfg, {"mm": (Opcode.MM, "mm_done"), "mv": (Opcode.MV, "mv_done")})
         misc = misc_cls(cfg) if misc_cls else _MissingUnit(cfg, {"cmd": (Opcode.MISC, "done")})
         m.submodules.matrix, m.submodules.misc = mat, misc
         # Per queue: the command stream, the done pulse, the unit's error.

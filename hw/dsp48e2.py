@@ -40,7 +40,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = [
-    "DSP48E2", "IMPLEMENTATIONS", "PIPELINE", "LATENCY", "CTRL_LEAD", "INMODE_A_PLUS_D",
+    "DSP48E2", "lint_stub", "IMPLEMENTATIONS", "PIPELINE", "LATENCY", "CTRL_LEAD", "INMODE_A_PLUS_D",
     "OPMODE_M", "OPMODE_PCIN_M", "ALUMODE_SUM", "PACK_SHIFT", "CASCADE_LIMIT",
     "opmode", "pack_lanes", "split_lanes",
 ]
@@ -154,13 +154,13 @@ class DSP48E2(wiring.Component):
             return self._elaborate_primitive()
         return self._elaborate_twin()
 
-    def _elaborate_primitive(self):
-        m = Module()
+    def primitive_connections(self) -> dict:
+        """The ``DSP48E2`` instance's parameters (``p_``) and ports (``i_``/``o_``), as
+        :class:`~amaranth.hdl.Instance` takes them."""
         ce = self.ce
         rst = ResetSignal()
         params = {f"p_{name}": value for name, value in PIPELINE.items()}
-        m.submodules.dsp = Instance(
-            "DSP48E2",
+        return dict(
             p_AMULTSEL="AD", p_BMULTSEL="B", p_PREADDINSEL="A", p_A_INPUT="DIRECT",
             p_B_INPUT="DIRECT", p_USE_MULT="MULTIPLY", p_USE_SIMD="ONE48",
             p_USE_PATTERN_DETECT="NO_PATDET", p_AUTORESET_PATDET="NO_RESET",
@@ -178,6 +178,10 @@ class DSP48E2(wiring.Component):
             i_RSTCTRL=rst, i_RSTINMODE=rst, i_RSTALUMODE=rst, i_RSTALLCARRYIN=rst,
             o_P=self.p, o_PCOUT=self.pcout,
         )
+
+    def _elaborate_primitive(self):
+        m = Module()
+        m.submodules.dsp = Instance("DSP48E2", **self.primitive_connections())
         return m
 
     def _elaborate_twin(self):
@@ -248,3 +252,25 @@ class DSP48E2(wiring.Component):
             ]
         m.d.comb += [self.p.eq(p), self.pcout.eq(p)]
         return m
+
+
+def lint_stub() -> str:
+    """An empty Verilog ``DSP48E2`` with the parameters and ports this project uses.
+
+    For linting Verilog built with ``impl="xilinx"`` where AMD's UNISIM library is not
+    installed; never part of a project (Vivado brings the real primitive). Simulating the
+    primitive needs the UNISIM model itself: ``tests/hw/test_dsp48e2_unisim.py``.
+    """
+    slice_ = DSP48E2(impl="xilinx")
+    slice_._MustUse__silence = True
+    params, ports = [], []
+    for key, value in slice_.primitive_connections().items():
+        kind, name = key.split("_", 1)
+        if kind == "p":
+            params.append(f"parameter {name} = " + (f'"{value}"' if isinstance(value, str)
+                                                    else "0"))
+        else:
+            width = len(Value.cast(value))
+            ports.append(f"{'input' if kind == 'i' else 'output'} [{width - 1}:0] {name}")
+    return ("/* verilator lint_off UNUSEDSIGNAL */\n/* verilator lint_off UNDRIVEN */\n"
+            f"module DSP48E2 #({', '.join(params)}) ({', '.join(ports)});\nendmodule\n")

@@ -80,12 +80,15 @@ class Kernel(wiring.Component):
         library: a :class:`~flightllm.hw.hierarchy.ModuleLibrary`: the cores (and their DSP
             chains and dequantisers) become instances of modules emitted once; ``None``
             elaborates every core.
+        dsp_impl: ``"twin"`` (behavioural DSP48E2, for simulation and DSP inference) or
+            ``"xilinx"`` (the DSP48E2 primitive), see :class:`~flightllm.hw.dsp48e2.DSP48E2`.
     """
 
     def __init__(self, cfg: AcceleratorConfig, *, watchdog_cycles: int = DEFAULT_WATCHDOG,
-                 execution_units: bool = True, library: ModuleLibrary | None = None):
+                 execution_units: bool = True, library: ModuleLibrary | None = None,
+                 dsp_impl: str = "twin"):
         self.cfg, self.watchdog_cycles = cfg, watchdog_cycles
-        self.execution_units, self.library = execution_units, library
+        self.execution_units, self.library, self.dsp_impl = execution_units, library, dsp_impl
         self.regmap = register_map(cfg)
         super().__init__(kernel_ports(cfg))
 
@@ -116,7 +119,8 @@ class Kernel(wiring.Component):
         m.submodules.hub = hub = SyncHub(cfg)
         for c in range(cfg.cores):
             core = Core(cfg, index=c, watchdog_cycles=self.watchdog_cycles,
-                        execution_units=self.execution_units, library=self.library)
+                        execution_units=self.execution_units, library=self.library,
+                        dsp_impl=self.dsp_impl)
             if self.library is None:
                 m.submodules[f"core{c}"] = ResetInserter({"sync": core_reset})(core)
             else:
@@ -220,18 +224,21 @@ class Kernel(wiring.Component):
 
 def kernel_verilog(cfg: AcceleratorConfig, name: str = "flightllm", *,
                    watchdog_cycles: int = DEFAULT_WATCHDOG, execution_units: bool = True,
-                   hierarchical: bool = True) -> str:
+                   hierarchical: bool = True, dsp_impl: str = "twin") -> str:
     """The kernel's Verilog: the top module ``name`` with the Vitis port names, preceded by
     the modules it instantiates.
 
     ``hierarchical`` (the default) emits the core, the DSP chain and the dequantiser once each
     (modules ``<name>_core``, ``<name>_dsp_chain``, ``<name>_dequantiser``) and instantiates
     them; ``False`` writes a module body per instance (the same netlist, many times larger:
-    impractical beyond the tiny configuration).
+    impractical beyond the tiny configuration). ``dsp_impl="xilinx"`` instantiates the
+    DSP48E2 primitive in every chain slice (for UltraScale+ builds; the Verilog then needs the
+    vendor's UNISIM library to simulate or lint).
     """
     library = ModuleLibrary(name) if hierarchical else None
     top = verilog.convert(Kernel(cfg, watchdog_cycles=watchdog_cycles,
-                                 execution_units=execution_units, library=library), name=name)
+                                 execution_units=execution_units, library=library,
+                                 dsp_impl=dsp_impl), name=name)
     return (library.verilog() if library else "") + top
 
 

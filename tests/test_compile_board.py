@@ -1,6 +1,7 @@
 """`flightllm compile --board`: the main job, end to end (bundled model, kernel, project)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 
 from flightllm.boards.registry import load_board
 from flightllm.cli import main
+from flightllm.contract.config import preset
 from flightllm.host.build import load_build
 
 BOARDS_DIR = Path(__file__).resolve().parents[1] / "boards"
@@ -33,9 +35,13 @@ def test_bundled_model_compiles_into_a_complete_vitis_project(demo):
     for name in ("Makefile", "kernel.xml", "link.cfg", "package_kernel.tcl", "README.md",
                  "project.json", "src/flightllm.v"):
         assert (project / name).is_file(), name
-    assert "module flightllm" in (project / "src/flightllm.v").read_text()
+    verilog = (project / "src/flightllm.v").read_text()
+    assert "module flightllm" in verilog
     report = json.loads((out / "report.json").read_text())
     assert report["board"]["name"] == "u280" and report["fit"]["fits"]
+    # An UltraScale+ card gets the DSP48E2 primitive in every slice of the one chain module.
+    assert report["board"]["dsp_impl"] == "xilinx"
+    assert len(re.findall(r"^\s*DSP48E2\s", verilog, re.MULTILINE)) == preset("tiny").mv_k
     assert "| dsp |" in (out / "report.md").read_text()
     build = load_build(out)  # the host files verify against the manifest
     assert build.config.name == "tiny"

@@ -251,3 +251,11 @@ def test_real_kernel_renders_and_lints(tmp_path):
     root = write(files, tmp_path)
     result = _lint(root / "src" / "flightllm.v", "flightllm")
     assert result.returncode == 0, result.stderr[-2000:]
+    # With the DSP48E2 primitive (what UltraScale+ projects get), linted against an empty
+    # DSP48E2 with the ports and parameters the slices use.
+    from flightllm.hw.dsp48e2 import lint_stub
+    from flightllm.hw.kernel import kernel_verilog
+    primitive = tmp_path / "primitive.v"
+    primitive.write_text(lint_stub() + kernel_verilog(cfg, dsp_impl="xilinx"))
+    result = _lint(primitive, "flightllm")
+    assert result.returncode == 0, result.stderr[-2000:]
