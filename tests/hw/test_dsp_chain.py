@@ -145,3 +145,14 @@ def test_u280_chain_random_vectors_and_speedup(rtl_sim, tmp_path):
     assert out["ok"], out
     assert {int(n): c for n, c in out["cycles_per_block"].items()} == \
         {2: 1.0, 4: 2.0, 8: 4.0, 16: 8.0}
+
+
+@pytest.mark.parametrize("name", ["tiny", "u280"])
+def test_performance_model_uses_the_chains_latency(name):
+    # The performance model (sim/perf_units.py) must not import the RTL, so it carries the
+    # chain's pipeline depth as a number; this keeps the two in step.
+    from flightllm.sim.perf_units import UnitTiming
+    cfg = preset(name)
+    chain = DSPChain(cfg)
+    chain._MustUse__silence = True
+    assert chain.latency == cfg.mv_k + UnitTiming().chain_latency_extra
