@@ -50,15 +50,16 @@ def test_bad_arguments_are_named():
 
 
 def test_sub_units_can_be_replaced_by_black_boxes():
-    """The hook the resource estimate uses: every chain and dequantiser replaced by a unit
-    made from its kind and signature, the engine still elaborates around them."""
+    """The hook hierarchical Verilog and the resource estimate use: every chain and
+    dequantiser replaced by a unit made from its kind and the unit, the engine still
+    elaborates around them."""
     from amaranth.back import rtlil
     from amaranth.lib import wiring
 
     class Box(wiring.Component):
-        def __init__(self, kind, signature):
+        def __init__(self, kind, unit):
             self.kind = kind
-            super().__init__(signature)
+            super().__init__(unit.signature)
 
         def elaborate(self, platform):
             return Module()
