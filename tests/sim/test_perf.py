@@ -22,7 +22,11 @@ CFG = preset("tiny")
 #: tiny with a 64-byte WBUF port: the weight port no longer binds, so the matrix engine's own
 #: timing shows (as in the RTL engine bench, which fed the chains directly).
 ENGINE = CFG.replace(wbuf=BufferSpec(64, 1024))
-FILL = 16 + 7 + 4 + 10  # mv_k + chain latency extra + output stage + issue
+_T = UnitTiming()
+#: mv_k + the chain's pipeline beyond it + the output stage + issue.
+FILL = CFG.mv_k + _T.chain_latency_extra + _T.output_stage + _T.matrix_issue
+#: The default mv() (8 dense strips of 8 blocks on the four chains) on ENGINE: 272 + FILL.
+MV_ENGINE = 272 + FILL
 ISSUE, GAP, LAT = 4, 6, 21
 SEG, DRAIN, MISC_ISSUE = 3, 2, 15
 
@@ -73,7 +77,7 @@ def test_the_wbuf_port_bounds_the_engine():
     # 128 bytes take 512 cycles of the port, more than the chains' 272.
     r = run([[mv()]], cfg=CFG)
     assert r.cycles == 8 * 8 * 128 // 16 + FILL
-    assert run([[mv()]]).cycles == 272 + FILL
+    assert run([[mv()]]).cycles == MV_ENGINE
 
 
 def test_units_take_turns_on_a_buffer_port():
@@ -175,12 +179,12 @@ def test_a_load_during_a_port_bound_matrix_instruction_delays_it():
 def test_fetch_stops_at_a_full_queue():
     # Decode is in program order, one word per cycle, into FIFOs of 2 undispatched
     # instructions (hw/core.py), heads visible a cycle after the push. MV0 starts at
-    # w + 1 (w: an MV's words) and MV1 when MV0 is done (309 later); MV3 finds the FIFO
+    # w + 1 (w: an MV's words) and MV1 when MV0 is done (MV_ENGINE later); MV3 finds the FIFO
     # full (MV1, MV2) until MV1 is dispatched, and the LD behind it must wait as well.
     from flightllm.contract.isa import encode
     prog = [mv(), mv(), mv(), mv(), load(Buffer.ABUF, 0, 64)]
     w, w_ld = len(encode(prog[0])), len(encode(prog[4]))
-    mv1_start = w + 1 + 309
+    mv1_start = w + 1 + MV_ENGINE
     r = PerfModel(ENGINE).run([prog], trace=True)
     ld_start = next(start for _, unit, start, _, _ in r.trace if unit == "LD")
     assert ld_start == (mv1_start + 1) + w_ld + 1
@@ -194,10 +198,10 @@ def test_token_orders_dependent_units():
     ld = load(Buffer.WBUF, 0, 4096, release=bit(Q.MV))
     ld_done = ISSUE + 512 + GAP + LAT + DRAIN
     dependent = run([[ld, mv(wait=bit(Q.LD))]])
-    assert dependent.cycles == ld_done + 1 + 309
+    assert dependent.cycles == ld_done + 1 + MV_ENGINE
     # Negative control: without the token the two units overlap.
     independent = run([[load(Buffer.WBUF, 0, 4096), mv()]])
-    assert independent.cycles == max(ld_done, 309)
+    assert independent.cycles == max(ld_done, MV_ENGINE)
 
 
 def test_in_order_queue_and_double_buffering():
@@ -207,8 +211,8 @@ def test_in_order_queue_and_double_buffering():
         prog.append(load(Buffer.WBUF, 4096 * (i % 2), 4096, release=bit(Q.MV)))
         prog.append(mv(w_addr=4096 * (i % 2), wait=bit(Q.LD)))
     r = run([prog])
-    ld = ISSUE + 512 + GAP + LAT + DRAIN  # per chunk; the MV (309) is shorter: HBM-bound
-    assert r.cycles == 4 * ld + 1 + 309
+    ld = ISSUE + 512 + GAP + LAT + DRAIN  # per chunk; the MV (MV_ENGINE) is shorter: HBM-bound
+    assert r.cycles == 4 * ld + 1 + MV_ENGINE
     assert r.binding_unit()[0] == "LD"
 
 
@@ -230,7 +234,7 @@ def test_barrier_waits_for_the_slowest_core():
     slow = [mv(release=bit(Q.SYS)), Instruction(Opcode.SYS, wait=bit(Q.MV), **sync)]
     fast = [Instruction(Opcode.SYS, **sync)]
     r = run([slow, fast], cfg=cfg)
-    assert r.cycles == 309 + 1 + UnitTiming().barrier
+    assert r.cycles == MV_ENGINE + 1 + UnitTiming().barrier
     assert r.busy[1]["SYS"] == UnitTiming().barrier
 
 
