@@ -7,7 +7,8 @@ matrix-engine utilisation, the binding unit, and the goals of issue 7 checked. A
 that explain the figures: decode at the AXI ports' and at the DRAM's sustained bandwidth, and
 the matrix engine's time if every DSP chain had work. Writes
 ``bench/results/estimate_<model>_<board>.json`` and a roofline,
-``bench/results/roofline_<model>_<board>.svg``.
+``bench/results/roofline_<model>_<board>.svg`` and ``.png`` (the PNG needs matplotlib, in the
+``bench`` extra).
 
     python bench/estimate_full_size.py [--only llama2-7b:u280] [--max-len 2048]
 """
@@ -135,6 +136,9 @@ def main() -> None:
         path = RESULTS / f"estimate_{model_name}_{board}.json"
         path.write_text(json.dumps(out, indent=1) + "\n")
         write_roofline(out, config, hbm, RESULTS / f"roofline_{model_name}_{board}.svg")
+        note = write_roofline(out, config, hbm, RESULTS / f"roofline_{model_name}_{board}.png")
+        if note:
+            print(note)
         print(f"{path.name}: decode KV 512 {out['decode_tokens_per_s']['512']:.1f} tokens/s "
               f"(HBM {100 * out['hbm_utilization']['decode']['512']:.0f}%, bound by "
               f"{out['binding_unit']['decode']['512']}), prefill 128 "

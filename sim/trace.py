@@ -132,17 +132,19 @@ def write_roofline(estimate: dict, cfg: AcceleratorConfig, hbm: HBMParams,
     mm, mv, bw = _roofs(cfg, hbm)
     points = roofline_points(estimate)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    xs = [10 ** e for e in range(-2, 6)]
+    lo = min([p[1] for p in points] + [mv / bw]) / 4
+    hi = max([p[1] for p in points] + [mm / bw]) * 8
+    xs = sorted({lo, hi, mm / bw, mv / bw})          # the roofs bend at their knees
     for peak, name in ((mm, "MM peak"), (mv, "MV peak")):
-        ax.plot(xs, [min(peak, bw * x) for x in xs], label=name)
-    for label, x, y in points:
-        ax.scatter([x], [y])
-        ax.annotate(label, (x, y))
+        ax.plot(xs, [min(peak, bw * x) for x in xs], label=f"{name} ({peak:,.0f} GMAC/s)")
+    for label, x, y in points:                       # a legend entry each: labels overlap
+        ax.scatter([x], [y], label=label, s=18)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("dense MACs per HBM byte")
     ax.set_ylabel("GMAC/s")
-    ax.legend()
+    ax.set_title(f'{estimate["model"]} on {estimate["board"]} ({estimate["config"]})')
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return None

@@ -1,6 +1,7 @@
 """``flightllm estimate`` (sim/estimate.py), the shape-only programs and the trace output."""
 
 import json
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +11,7 @@ from flightllm.contract.config import preset
 from flightllm.sim.estimate import estimate_command, load_target
 from flightllm.sim.perf import PerfModel, SparsityMap
 from flightllm.sim.shape_programs import bits_for_average, shape_programs
-from flightllm.sim.trace import chrome_trace, roofline_svg
+from flightllm.sim.trace import chrome_trace, roofline_svg, write_roofline
 
 ONNX = "tests/models/onnx/llama_dynamo_op18.onnx"
 RECIPE = {"q": 8, "up": 2}
@@ -154,3 +155,18 @@ def test_trace_has_one_span_per_instruction(tiny_build):
     assert max(e["args"]["end_cycle"] for e in spans) == result.cycles
     with pytest.raises(ValueError, match="trace=True"):
         chrome_trace(PerfModel(target.config, sparsity=target.sparsity).run(target.decode))
+
+
+def test_roofline_png_with_matplotlib_and_svg_without(tmp_path, monkeypatch):
+    cfg = preset("tiny")
+    hbm = PerfModel(cfg).hbm
+    est = {"model": "m", "board": "b", "config": "tiny",
+           "detail": {"decode": {"128": {"hbm_bytes": 4e6, "ms": 2.0, "macs_dense": 8e6}},
+                      "prefill": {}}}
+    pytest.importorskip("matplotlib")
+    assert write_roofline(est, cfg, hbm, tmp_path / "roof.png") is None
+    assert (tmp_path / "roof.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)          # as if not installed
+    note = write_roofline(est, cfg, hbm, tmp_path / "bare.png")
+    assert "matplotlib is not installed" in note and (tmp_path / "bare.svg").is_file()
+    assert not (tmp_path / "bare.png").exists()
