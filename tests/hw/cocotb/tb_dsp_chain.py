@@ -59,13 +59,11 @@ class ChainBench:
         self.checker.check(unpack_fields(self.rl, bits))
 
 
-async def _random_run(dut, *, vectors: int, corrupt: bool, full_coverage: bool) -> None:
-    seed, rng = seeded_rng(dut, "dsp_chain")
-    nrng = np.random.default_rng(seed)
-    await start(dut)
-    bench = ChainBench(dut, rng, idle=0.25, stall=0.25, corrupt=corrupt)
-    strips, case = 0, 0
-    kinds_seen = set()
+def random_stimuli(nrng, mv_k: int, vectors: int):
+    """Random matrices cycling through every (kind, weight width, multiplier) combination,
+    each with 2-6 strips and 1-3 K blocks, MM or MV at random, until ``vectors`` strips:
+    yields ``((kind, bits, gscale), chain stimulus, strips)``."""
+    strips = case = 0
     while strips < vectors:
         bits, gscale = VARIANTS[case % len(VARIANTS)]
         kind = KINDS[(case // len(VARIANTS)) % len(KINDS)]
@@ -73,11 +71,25 @@ async def _random_run(dut, *, vectors: int, corrupt: bool, full_coverage: bool) 
         matrix = scenario_matrix(nrng, kind, bits, gscale, n_strips=n_strips,
                                  k_blocks=int(nrng.integers(1, 4)))
         mode = "mv" if nrng.random() < 0.5 else "mm"
-        bench.add(chain_stimulus(matrix, nrng, bench.mv_k, mode=mode,
-                                 extreme=kind == "extreme"))
-        kinds_seen.add((kind, bits, gscale))
+        yield ((kind, bits, gscale),
+               chain_stimulus(matrix, nrng, mv_k, mode=mode, extreme=kind == "extreme"),
+               n_strips)
         strips += n_strips
         case += 1
+
+
+async def _random_run(dut, *, vectors: int, corrupt: bool, full_coverage: bool) -> None:
+    seed, rng = seeded_rng(dut, "dsp_chain")
+    nrng = np.random.default_rng(seed)
+    await start(dut)
+    bench = ChainBench(dut, rng, idle=0.25, stall=0.25, corrupt=corrupt)
+    kinds_seen = set()
+    strips = case = 0
+    for case, (combination, stimulus, n_strips) in enumerate(
+            random_stimuli(nrng, bench.mv_k, vectors), start=1):
+        bench.add(stimulus)
+        kinds_seen.add(combination)
+        strips += n_strips
     dut._log.info("dsp_chain: %d strips in %d matrices, %d passes", strips, case, bench.passes)
     await wait_until(dut, lambda: bench.checker.count >= strips,
                      max_cycles=20 * bench.passes + 2000, what="all strip results")

@@ -23,8 +23,8 @@ from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 from flightllm.contract.config import preset
 from flightllm.hw.dsp48e2 import opmode
 from tb_common import seeded_rng, start, wait_until, write_summary
-from tb_dsp_chain import ChainBench
-from tb_model import KINDS, VARIANTS, chain_stimulus, scenario_matrix
+from tb_dsp_chain import ChainBench, random_stimuli
+from tb_model import chain_stimulus, scenario_matrix
 
 MV_K = preset("tiny").mv_k
 #: What the twin models (hw/dsp48e2.py): X/Y select M together or neither, Z 0..6, any W,
@@ -93,17 +93,10 @@ async def reference_stream(dut):
     lock = Lockstep(dut, Lockstep.chain_pairs(dut))
     bench = ChainBench(dut, rng, idle=0.25, stall=0.25)
     vectors = int(os.environ.get("FLIGHTLLM_TB_VECTORS", "1000"))
-    strips = case = 0
-    while strips < vectors:
-        bits, gscale = VARIANTS[case % len(VARIANTS)]
-        kind = KINDS[(case // len(VARIANTS)) % len(KINDS)]
-        n_strips = int(nrng.integers(2, 7))
-        matrix = scenario_matrix(nrng, kind, bits, gscale, n_strips=n_strips,
-                                 k_blocks=int(nrng.integers(1, 4)))
-        bench.add(chain_stimulus(matrix, nrng, MV_K, mode="mv" if nrng.random() < 0.5 else "mm",
-                                 extreme=kind == "extreme"))
+    strips = 0
+    for _, stimulus, n_strips in random_stimuli(nrng, MV_K, vectors):
+        bench.add(stimulus)
         strips += n_strips
-        case += 1
     await wait_until(dut, lambda: bench.checker.count >= strips,
                      max_cycles=20 * bench.passes + 2000, what="all strip results")
     write_summary(seed=seed, strips=strips, passes=bench.passes, count=bench.checker.count,
