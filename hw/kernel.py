@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from amaranth import *
@@ -36,7 +37,7 @@ from flightllm.hw.hierarchy import ModuleLibrary
 from flightllm.hw.sync import SyncHub
 
 __all__ = ["Kernel", "kernel_verilog", "cached_kernel_verilog", "cached_verilog_path",
-           "kernel_source_key",
+           "drop_zero_memory_init", "kernel_source_key",
            "kernel_ports", "VERILOG_CACHE"]
 
 #: Where generated kernel Verilog is kept (a U280 kernel takes minutes to generate); override
@@ -239,7 +240,25 @@ def kernel_verilog(cfg: AcceleratorConfig, name: str = "flightllm", *,
     top = verilog.convert(Kernel(cfg, watchdog_cycles=watchdog_cycles,
                                  execution_units=execution_units, library=library,
                                  dsp_impl=dsp_impl), name=name)
-    return (library.verilog() if library else "") + top
+    return drop_zero_memory_init((library.verilog() if library else "") + top)
+
+
+#: An ``initial`` block of Amaranth's Verilog that only sets memory rows to zero.
+_ZERO_INIT = re.compile(r"^[ \t]*initial begin\n(?:[ \t]*(?:\\\S+ |\w+)\[\d+\] = \d+'(?:h0+|d0|b0+);\n)+"
+                        r"[ \t]*end\n", re.MULTILINE)
+
+
+def drop_zero_memory_init(text: str) -> str:
+    """``text`` without the ``initial`` blocks that set memories to all zeros.
+
+    Amaranth writes every memory's initial contents, zeros included: for a U280 core's
+    buffers that is more than half of the Verilog, and UltraRAM cannot be initialised, so
+    Vivado would not map an initialised buffer to it. FPGA RAMs and registers start at zero
+    after configuration and Verilator's default is zero, so dropping an all-zero
+    initialiser changes no behaviour; memories with other contents (the SFU's tables) keep
+    theirs.
+    """
+    return _ZERO_INIT.sub("", text)
 
 
 def kernel_source_key(cfg: AcceleratorConfig, options: dict) -> str:

@@ -164,3 +164,15 @@ def test_kernel_verilog_is_cached_by_configuration_and_sources(tmp_path, monkeyp
     assert not list(tmp_path.glob("*.tmp"))
     kernel.cached_kernel_verilog(tiny, cache_dir=None)           # no cache: generated again
     assert len(calls) == 4
+
+
+def test_all_zero_memory_initialisers_are_dropped_and_others_kept():
+    text = ("  reg [7:0] mem [1:0];\n  initial begin\n    mem[0] = 8'h00;\n    mem[1] = 8'h00;\n"
+            "  end\n"
+            "  reg [31:0] bank [1:0];\n  initial begin\n    bank[0] = 32'd0;\n  end\n"
+            "  reg [15:0] rom [1:0];\n  initial begin\n    rom[0] = 16'h0000;\n"
+            "    rom[1] = 16'h000b;\n  end\n")
+    kept = kernel.drop_zero_memory_init(text)
+    assert "mem[0]" not in kept and "bank[0]" not in kept
+    assert "rom[0] = 16'h0000;\n    rom[1] = 16'h000b;" in kept      # not all zeros: kept
+    assert kept.count("initial begin") == 1 and "reg [7:0] mem [1:0];" in kept
