@@ -50,6 +50,9 @@ _CONTRACT_DIR = _HW_DIR.parent / "flightllm" / "contract"
 #: matrix and special-function units' sources).
 _TRANSFER_SOURCES = ("bufport.py", "buffers.py", "isa_layouts.py", "dma.py", "fetch.py",
                      "core.py", "kernel.py", "sync.py", "control.py", "hierarchy.py")
+#: hw/ modules the kernel never imports (simulation and resource-estimate tooling): editing
+#: them does not make the kernel's Verilog stale.
+_NOT_KERNEL_SOURCES = ("sim_runner.py", "resources.py", "resource_count.py")
 
 
 def _flat(prefix: str, signature: wiring.Signature, flip: bool) -> dict:
@@ -270,7 +273,7 @@ def kernel_source_key(cfg: AcceleratorConfig, options: dict) -> str:
     h.update(cfg.to_json().encode())
     h.update(repr(sorted(options.items())).encode())
     h.update(amaranth.__version__.encode())
-    hw = sorted(_HW_DIR.glob("*.py"))
+    hw = [p for p in sorted(_HW_DIR.glob("*.py")) if p.name not in _NOT_KERNEL_SOURCES]
     if not options.get("execution_units", True):
         hw = [p for p in hw if p.name in _TRANSFER_SOURCES]
     for path in hw + sorted(_CONTRACT_DIR.glob("*.py")):
