@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import os
 import re
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 __all__ = [
     "SimulatorUnavailable", "CocotbResult", "CocotbBuild", "simulator_unavailable_reason",
     "verilator_environment", "verilator_env", "build_amaranth", "build_verilog",
+    "verilator_lint",
 ]
 
 #: Parallel C++ compile jobs; the project's machines have 2 cores shared with other work.
@@ -172,6 +174,14 @@ class CocotbBuild:
         except RuntimeError:
             tests, failed = 0, 0
         return CocotbResult(tests, failed, xml, exit_code)
+
+
+def verilator_lint(*paths: Path, top: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``verilator --lint-only`` of ``paths`` (top module ``top``) with the project's options;
+    the caller judges ``returncode`` and ``stderr``."""
+    return subprocess.run(["verilator", "--lint-only", *VERILATOR_ARGS, "--top-module", top,
+                           *map(str, paths)], capture_output=True, text=True,
+                          env={**os.environ, **verilator_environment()}, timeout=timeout)
 
 
 def build_amaranth(elaboratable, *, name: str, build_dir: Path,

@@ -2,7 +2,6 @@
 register map, output is deterministic, and names cannot escape or inject."""
 
 import dataclasses
-import os
 import re
 import shutil
 import subprocess
@@ -211,10 +210,8 @@ def test_kernel_ports_are_checked_against_the_register_map():
 
 
 def _lint(path: Path, top: str) -> subprocess.CompletedProcess:
-    from flightllm.hw.sim_runner import VERILATOR_ARGS, verilator_environment
-    env = {**os.environ, **verilator_environment()}
-    return subprocess.run(["verilator", "--lint-only", *VERILATOR_ARGS, "--top-module", top,
-                           str(path)], capture_output=True, text=True, env=env, timeout=600)
+    from flightllm.hw.sim_runner import verilator_lint
+    return verilator_lint(path, top=top)
 
 
 def _verilator_reason():

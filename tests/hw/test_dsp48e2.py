@@ -271,25 +271,18 @@ def test_chain_on_the_primitive_lints_against_the_stub(tmp_path):
     """The lint stub declares every parameter and port the slices use (a chain on the
     primitive then lints; without the stub it cannot). Simulating the primitive needs AMD's
     UNISIM model: tests/hw/test_dsp48e2_unisim.py."""
-    import os
-    import subprocess
-
     from flightllm.contract.config import preset
     from flightllm.hw.dsp48e2 import lint_stub
     from flightllm.hw.dsp_chain import DSPChain
-    from flightllm.hw.sim_runner import (
-        VERILATOR_ARGS, simulator_unavailable_reason, verilator_environment)
+    from flightllm.hw.sim_runner import simulator_unavailable_reason, verilator_lint
     if simulator_unavailable_reason():
         pytest.skip(simulator_unavailable_reason())
     chain = verilog.convert(DSPChain(preset("tiny"), dsp_impl="xilinx"), name="chain")
-    env = {**os.environ, **verilator_environment()}
 
     def lint(text):
         path = tmp_path / "chain.v"
         path.write_text(text)
-        return subprocess.run(["verilator", "--lint-only", *VERILATOR_ARGS, "--top-module",
-                               "chain", str(path)], capture_output=True, text=True, env=env,
-                              timeout=300)
+        return verilator_lint(path, top="chain", timeout=300)
     result = lint(lint_stub() + chain)
     assert result.returncode == 0, result.stderr[-2000:]
     assert lint(chain).returncode != 0                       # negative control: no DSP48E2

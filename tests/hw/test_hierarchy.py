@@ -7,9 +7,7 @@ cores in the gather test); here, the mechanics: one module per kind, instance po
 the module's, and the cache.
 """
 
-import os
 import re
-import subprocess
 
 import pytest
 from amaranth import *
@@ -126,20 +124,18 @@ def test_blackbox_declaration_matches_the_ports():
 
 @pytest.mark.rtl
 def test_hierarchical_verilog_passes_lint(tmp_path):
-    from flightllm.hw.sim_runner import (
-        VERILATOR_ARGS, simulator_unavailable_reason, verilator_environment)
+    from flightllm.hw.sim_runner import simulator_unavailable_reason, verilator_lint
     if simulator_unavailable_reason():
         pytest.skip(simulator_unavailable_reason())
     lib = ModuleLibrary("t")
     top = verilog.convert(_Parent(lib), name="t")
     good = tmp_path / "good.v"
     good.write_text(lib.verilog() + top)
-    env = {**os.environ, **verilator_environment()}
 
     def lint(path):
-        return subprocess.run(["verilator", "--lint-only", *VERILATOR_ARGS, "--top-module", "t",
-                               str(path)], capture_output=True, text=True, env=env, timeout=300)
-    assert lint(good).returncode == 0, lint(good).stderr
+        return verilator_lint(path, top="t", timeout=300)
+    result = lint(good)
+    assert result.returncode == 0, result.stderr
     # Negative control: without the library's modules the instances are undefined.
     bad = tmp_path / "bad.v"
     bad.write_text(top)
