@@ -66,7 +66,8 @@ from .dequant import WORD_BITS, Dequantiser
 from .dsp_chain import DSPChain, act_beat_layout, mux_tree, result_beat_layout
 
 __all__ = [
-    "MatrixEngine", "COMMAND_LAYOUT", "RECORD_LAYOUT", "PARAMS_LAYOUT", "ROW_LAYOUT",
+    "MatrixEngine", "check_engine_shape", "COMMAND_LAYOUT", "RECORD_LAYOUT", "PARAMS_LAYOUT",
+    "ROW_LAYOUT",
     "RESULT_LAYOUT", "OUTPUT_STAGES", "CHAIN_RESULTS",
 ]
 
@@ -122,6 +123,19 @@ _CTL = data.StructLayout({
 })
 
 
+def check_engine_shape(config: AcceleratorConfig, chains: int | None,
+                       max_k_blocks: int) -> int:
+    """The engine's chain count (``config.mv_rows`` when ``chains`` is None), after checking
+    that it is a power of two and ``max_k_blocks`` a power of two >= 8 (ValueError names the
+    argument)."""
+    chains = config.mv_rows if chains is None else chains
+    if not isinstance(chains, int) or chains < 1 or chains & (chains - 1):
+        raise ValueError(f"chains must be a power of two, not {chains!r}")
+    if not isinstance(max_k_blocks, int) or max_k_blocks < 8 or max_k_blocks & (max_k_blocks - 1):
+        raise ValueError(f"max_k_blocks must be a power of two >= 8, not {max_k_blocks!r}")
+    return chains
+
+
 def _clamp(value, lo: int, hi: int):
     return Mux(value > hi, hi, Mux(value < lo, lo, value))
 
@@ -145,12 +159,7 @@ class MatrixEngine(wiring.Component):
 
     def __init__(self, config: AcceleratorConfig, *, chains: int | None = None,
                  max_k_blocks: int = 256, dsp_impl: str = "twin"):
-        chains = config.mv_rows if chains is None else chains
-        if not isinstance(chains, int) or chains < 1 or chains & (chains - 1):
-            raise ValueError(f"chains must be a power of two, not {chains!r}")
-        if (not isinstance(max_k_blocks, int) or max_k_blocks < 8
-                or max_k_blocks & (max_k_blocks - 1)):
-            raise ValueError(f"max_k_blocks must be a power of two >= 8, not {max_k_blocks!r}")
+        chains = check_engine_shape(config, chains, max_k_blocks)
         self.config = config
         self.chains = chains
         self.max_k_blocks = max_k_blocks

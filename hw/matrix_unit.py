@@ -52,7 +52,7 @@ from flightllm.contract.regmap import ErrorCode
 
 from .bufport import buffer_clients
 from .isa_layouts import instruction_layout
-from .matrix_engine import COMMAND_LAYOUT, PARAMS_LAYOUT, MatrixEngine
+from .matrix_engine import COMMAND_LAYOUT, PARAMS_LAYOUT, MatrixEngine, check_engine_shape
 from .row_stream import ADDR_BITS, ByteReader, ChunkWriter, PortMux, segment_layout
 
 __all__ = ["MatrixUnit"]
@@ -128,12 +128,8 @@ class MatrixUnit(wiring.Component):
 
     def __init__(self, config: AcceleratorConfig, *, max_k_blocks: int = 256,
                  chains: int | None = None, dsp_impl: str = "twin", library=None):
-        chains = config.mv_rows if chains is None else chains
-        if not isinstance(chains, int) or chains < 1 or chains & (chains - 1):
-            raise ValueError(f"chains must be a power of two, not {chains!r}")
-        if (not isinstance(max_k_blocks, int) or max_k_blocks < 8
-                or max_k_blocks & (max_k_blocks - 1)):
-            raise ValueError(f"max_k_blocks must be a power of two >= 8, not {max_k_blocks!r}")
+        # The engine is built in elaborate(); its arguments are checked now.
+        chains = check_engine_shape(config, chains, max_k_blocks)
         self.config, self.chains = config, chains
         self.max_k_blocks, self.dsp_impl = max_k_blocks, dsp_impl
         self.library = library
