@@ -4,14 +4,20 @@ Inside a core several units use one buffer (LD writes ABUF while MISC reads it, 
 while LD refills the other half). Each unit gets a *row client* port
 (:func:`row_client_signature`): a request stream of ``{addr, write, data, be}`` and a response
 stream that carries one row per read request, in request order. :class:`BufferArbiter` serves
-``n`` clients round-robin, one request per cycle, through one read port and the write port of
-a :class:`~flightllm.hw.buffers.BufferMemory`.
+``n`` clients through the read port and the write port of a
+:class:`~flightllm.hw.buffers.BufferMemory`: every cycle it accepts one read and one write,
+each chosen round-robin among the clients asking for it. Block RAM and UltraRAM have two
+ports, so a refill (LD writes) and a consumer (MV reads) run at the full row rate side by side
+instead of taking turns.
 
 Ordering is what makes the units composable: a request is *committed* when the arbiter accepts
 it (``req.valid & req.ready``). A write is in the memory at the end of the accepting cycle, so
-any read accepted later, from any client, sees it. A unit that signals an instruction done only
-after its last write was accepted therefore hands finished data to the next instruction, which
-is what the dependency tokens promise.
+any read accepted later, from any client, sees it; a read accepted in the same cycle sees the
+row as it was before (the read port is not transparent). A unit has one client port per
+buffer, so two of its own requests are never accepted together, and two units hand data over
+only through dependency tokens: a unit that signals an instruction done only after its last
+write was accepted hands finished data to the next instruction, which starts a cycle later at
+the earliest.
 
 Responses may be back-pressured: the arbiter grants a client's read only when that client's
 previous response is gone or being taken, so a slow consumer stalls itself, not the other
@@ -54,8 +60,25 @@ def buffer_clients(cfg: AcceleratorConfig) -> dict[str, wiring.Member]:
     return {name: Out(row_client_signature(cfg.buffer(name))) for name in BUFFERS}
 
 
+def _round_robin(m: Module, eligible: Value, n: int, name: str) -> tuple[Signal, Signal]:
+    """The first eligible client at or after the one after the last grant: (index, any)."""
+    last = Signal(range(n), init=n - 1, name=f"{name}_last")
+    grant = Signal(range(n), name=f"{name}_grant")
+    granted = Signal(name=f"{name}_granted")
+    # Offsets from far to near, so the nearest eligible client is assigned last and wins.
+    for offset in reversed(range(n)):
+        for i in range(n):
+            with m.If((last + 1 + offset) % n == i if n > 1 else i == 0):
+                with m.If(eligible[i]):
+                    m.d.comb += [grant.eq(i), granted.eq(1)]
+    with m.If(granted):
+        m.d.sync += last.eq(grant)
+    return grant, granted
+
+
 class BufferArbiter(wiring.Component):
-    """Round-robin access of ``clients`` row clients to one buffer memory.
+    """Round-robin access of ``clients`` row clients to one buffer memory: one read and one
+    write accepted per cycle.
 
     Args:
         spec: the buffer's geometry.
@@ -92,42 +115,39 @@ class BufferArbiter(wiring.Component):
         slot_data = [Signal(8 * self.spec.width, name=f"slot{i}") for i in range(n)]
         pending = Signal(n)
 
-        eligible = Signal(n)
+        wants_read, wants_write = Signal(n), Signal(n)
         for i, c in enumerate(self.clients):
             held = slot_full[i] | pending[i]
             free = ~held | c.rsp.ready
-            m.d.comb += eligible[i].eq(c.req.valid & (c.req.p.write | free))
+            m.d.comb += [wants_read[i].eq(c.req.valid & ~c.req.p.write & free),
+                         wants_write[i].eq(c.req.valid & c.req.p.write)]
+        rgrant, rgranted = _round_robin(m, wants_read, n, "read")
+        wgrant, wgranted = _round_robin(m, wants_write, n, "write")
 
-        # Round-robin: the first eligible client at or after ``last + 1``.
-        last = Signal(range(n), init=n - 1)
-        grant = Signal(range(n))
-        granted = Signal()
-        for offset in reversed(range(n)):
-            for i in range(n):
-                with m.If((last + 1 + offset) % n == i if n > 1 else i == 0):
-                    with m.If(eligible[i]):
-                        m.d.comb += [grant.eq(i), granted.eq(1)]
-        # The loop above lists offsets from far to near so the nearest eligible wins.
-
-        req = Signal(row_request_layout(self.spec))
-        with m.Switch(grant):
+        raddr = Signal(range(self.spec.depth))
+        wreq = Signal(row_request_layout(self.spec))
+        with m.Switch(rgrant):
             for i, c in enumerate(self.clients):
                 with m.Case(i):
-                    m.d.comb += req.eq(c.req.p)
-                    m.d.comb += c.req.ready.eq(granted)
-        m.d.comb += self.grant_valid.eq(granted)
-        with m.If(granted):
-            m.d.sync += last.eq(grant)
+                    m.d.comb += raddr.eq(c.req.p.addr)
+        with m.Switch(wgrant):
+            for i, c in enumerate(self.clients):
+                with m.Case(i):
+                    m.d.comb += wreq.eq(c.req.p)
+        for i, c in enumerate(self.clients):
+            m.d.comb += c.req.ready.eq((rgranted & (rgrant == i) & wants_read[i])
+                                       | (wgranted & (wgrant == i) & wants_write[i]))
+        m.d.comb += self.grant_valid.eq(rgranted | wgranted)
 
         m.d.comb += [
-            self.read.en.eq(granted & ~req.write), self.read.addr.eq(req.addr),
-            self.write.addr.eq(req.addr), self.write.data.eq(req.data),
-            self.write.be.eq(Mux(granted & req.write, req.be, 0)),
+            self.read.en.eq(rgranted), self.read.addr.eq(raddr),
+            self.write.addr.eq(wreq.addr), self.write.data.eq(wreq.data),
+            self.write.be.eq(Mux(wgranted, wreq.be, 0)),
         ]
 
         issued = Signal(n)
         for i in range(n):
-            m.d.comb += issued[i].eq(granted & (grant == i) & ~req.write)
+            m.d.comb += issued[i].eq(rgranted & (rgrant == i))
         m.d.sync += pending.eq(issued)
 
         for i, c in enumerate(self.clients):

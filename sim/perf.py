@@ -43,6 +43,11 @@ _UNIT = {Opcode.LD: "LD", Opcode.ST: "ST", Opcode.MM: "MPE", Opcode.MV: "MPE",
          Opcode.MISC: "SFU", Opcode.SYS: "SYS"}
 
 
+def _port_index(buf: Buffer, *, write: bool) -> int:
+    """Index of a buffer's read or write port in the per-core port tables."""
+    return 2 * int(buf) + int(write)
+
+
 class PerfError(ProgramError):
     """The model cannot time a program; the message names the instruction."""
 
@@ -247,9 +252,11 @@ class _Timeline:
         self.tokens = [[[deque() for _ in range(nq)] for _ in range(nq)] for _ in range(n)]
         self.free = [dict.fromkeys(UNITS, 0) for _ in range(n)]
         self.busy = [dict.fromkeys(UNITS, 0) for _ in range(n)]
-        self.port_free = [[0] * len(Buffer) for _ in range(n)]
-        # The matrix engine's share of its buffer port: (until, fraction of the rows).
-        self.port_share = [[(0, 0.0)] * len(Buffer) for _ in range(n)]
+        # Per buffer port, by _port_index: a buffer's read and write ports are independent
+        # (hw/bufport.py accepts one read and one write per cycle).
+        self.port_free = [[0] * (2 * len(Buffer)) for _ in range(n)]
+        # The matrix engine's share of its read port: (until, fraction of the rows).
+        self.port_share = [[(0, 0.0)] * (2 * len(Buffer)) for _ in range(n)]
         self.queued = [[False] * nq for _ in range(n)]
         self.heap: list[tuple[int, int, int]] = []
         self.sys_ready = [False] * n
@@ -425,14 +432,15 @@ class _Timeline:
             peak = (self.cfg.mm_macs_per_cycle if op.op == Opcode.MM
                     else self.cfg.mv_macs_per_cycle) // self.cfg.cores
             r.ideal_mpe_cycles += cost.macs_dense / peak
-            port_end = self._port(c, Buffer.WBUF, start, cost.port_cycles)
+            wbuf_read = _port_index(Buffer.WBUF, write=False)
+            port_end = self._port(c, wbuf_read, start, cost.port_cycles)
             end = unit_free = max(start + cost.cycles, port_end + cost.fill)
             # The arbiter interleaves requests cycle by cycle: the weight reads take their
             # share of the port over the whole instruction, not a block at its start.
             span = end - start - cost.fill
             if span > 0 and cost.port_cycles:
-                self.port_free[c][Buffer.WBUF] = max(start, port_end - cost.port_cycles)
-                self.port_share[c][Buffer.WBUF] = (start + span, cost.port_cycles / span)
+                self.port_free[c][wbuf_read] = max(start, port_end - cost.port_cycles)
+                self.port_share[c][wbuf_read] = (start + span, cost.port_cycles / span)
             busy = end - start
         else:
             busy = entry["cycles"]
@@ -453,7 +461,8 @@ class _Timeline:
         if load and ins.buf == Buffer.WBUF:
             self._tag(c, ins, nch)
         ready = start + self.t.transfer_issue
-        last = self._port(c, Buffer(ins.buf), ready, entry["port"]) if nbytes else ready
+        port = _port_index(Buffer(ins.buf), write=load)
+        last = self._port(c, port, ready, entry["port"]) if nbytes else ready
         # One segment at a time through the engine's data path, whichever channel it is on.
         last = max(last, ready + entry["datapath"])
         for i in range(nch):
@@ -469,9 +478,9 @@ class _Timeline:
         done = (last + self.latency if nbytes else last) + self.t.transfer_drain
         return done, done
 
-    def _port(self, c: int, buf: Buffer, ready: int, cycles: int) -> int:
-        """Reserve ``cycles`` of a buffer's port from ``ready`` on (after earlier users);
-        returns when the reservation ends."""
+    def _port(self, c: int, buf: int, ready: int, cycles: int) -> int:
+        """Reserve ``cycles`` of a buffer port (:func:`_port_index`) from ``ready`` on (after
+        earlier users); returns when the reservation ends."""
         begin = max(ready, self.port_free[c][buf])
         until, share = self.port_share[c][buf]
         if begin < until:

@@ -21,9 +21,10 @@ the RTL unit benches recorded in docs/hw_datapath.md (``tiny``, no stalls):
   bytes add up at ``axi_data_bits / 8`` per cycle), and each segment costs
   ``segment_overhead`` more. The engine waits in DRAIN until every burst has returned, so
   the memory latency is paid by every transfer (one instruction in flight per queue).
-* **Buffer ports**: each buffer serves one request (a row read or write) per cycle to all its
-  clients (hw/bufport.py); the matrix engine's weight reads and the LD/ST rows take turns on
-  it (sim/perf.py reserves each instruction's port cycles in time order).
+* **Buffer ports**: each buffer serves one row read and one row write per cycle to all its
+  clients (hw/bufport.py): an LD refilling WBUF does not slow the matrix engine's weight
+  reads, but two readers (or two writers) of one buffer take turns (sim/perf.py reserves each
+  instruction's port cycles in time order, per port).
 * **SYS**: a barrier latency, GATHER bytes over the inter-core links.
 """
 
@@ -54,11 +55,11 @@ class UnitTiming:
             fill matches the bench's 37-41 cycles at ``mv_k = 16``).
         mm_pair_switch: Extra cycles per additional token pair of an MM.
         output_rows_per_cycle: 16-value result rows the output stage takes per cycle.
-        buffer_rows_per_cycle: Row requests one on-chip buffer serves per cycle. Each buffer
-            has one arbiter taking one read or write per cycle from all units (hw/bufport.py),
-            so the matrix engine's weight readers share one WBUF row per cycle with the LDs
-            refilling WBUF, and an LD writes at most one row per cycle whatever its channels
-            deliver.
+        buffer_rows_per_cycle: Row requests of each direction one on-chip buffer serves per
+            cycle. Each buffer has one arbiter taking one read and one write per cycle from
+            all units (hw/bufport.py), so the matrix engine's weight readers have one WBUF row
+            per cycle to themselves while LDs refill WBUF, and an LD writes at most one row
+            per cycle whatever its channels deliver.
         sfu_latency: SFU issue to first result (9-cycle arithmetic pipeline and handshake).
         misc_issue: MISC cycles per instruction outside the SFU (hw/misc_unit.py): the field
             check, the ByteReaders' first rows through the buffer arbiters, the ChunkWriter's

@@ -25,13 +25,13 @@ def _images(rng):
     return {n: bytes(rng.getrandbits(8) for _ in range(IMAGE_BYTES)) for n in NAMES}
 
 
-def _check(prog, lengths, seed, stall):
+def _check(prog, lengths, seed, stall, cfg=CFG):
     rng = random.Random(seed + 100)
     images = _images(rng)
     words = words_of(prog)
-    want = golden_images(CFG, [words], images, lengths)
+    want = golden_images(cfg, [words], images, lengths)
     assert want != images, "vacuous: the program changed nothing"
-    got, state = run_core(CFG, words, [images[n] for n in NAMES], lengths=lengths, seed=seed,
+    got, state = run_core(cfg, words, [images[n] for n in NAMES], lengths=lengths, seed=seed,
                           stall=stall)
     assert state["done"] and state["error"] == 0, state
     for name, image in zip(NAMES, got):
@@ -48,6 +48,16 @@ def test_random_transfers_match_golden(seed, stall):
     lengths = {"seq": 2, "kv": 6, "pos": 4}
     prog = random_transfer_program(CFG, random.Random(seed), pairs=4, lengths=lengths)
     _check(prog, lengths, seed, stall)
+
+
+def test_beats_as_wide_as_the_rows_match_golden():
+    # The full-size presets use 512-bit masters on 64-byte rows: every beat fills a row, and
+    # any misaligned segment straddles two. tiny with 128-bit masters on its 16-byte rows
+    # (RBUF is wider) is the same geometry.
+    cfg = CFG.replace(axi_data_bits=128)
+    lengths = {"seq": 2, "kv": 6, "pos": 4}
+    prog = random_transfer_program(cfg, random.Random(7), pairs=4, lengths=lengths)
+    _check(prog, lengths, 7, 0.3, cfg=cfg)
 
 
 def test_burst_across_4k_boundary_and_long_rows():

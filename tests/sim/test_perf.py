@@ -16,7 +16,7 @@ from flightllm.sim.golden import DeadlockError, GoldenSimulator
 from flightllm.sim.perf import PerfError, PerfModel, SparsityMap
 from flightllm.sim.perf_units import UnitTiming
 
-from .progs import Q, bit, load
+from .progs import Q, bit, load, store
 
 CFG = preset("tiny")
 #: tiny with a 64-byte WBUF port: the weight port no longer binds, so the matrix engine's own
@@ -80,17 +80,19 @@ def test_the_wbuf_port_bounds_the_engine():
     assert run([[mv()]]).cycles == MV_ENGINE
 
 
-def test_units_take_turns_on_a_buffer_port():
-    # 128-bit masters: an 8 KiB load's channel time (512 + gap) matches its 512 WBUF rows.
+def test_readers_take_turns_on_a_buffer_port_and_a_writer_does_not_wait():
+    # 128-bit masters: an 8 KiB transfer's channel time (512 + gap) matches its 512 WBUF rows.
     cfg = CFG.replace(axi_data_bits=128)
-    refill = load(Buffer.WBUF, 8192, 8192)
-    # The LD goes first (queue order breaks the tie at cycle 0) and holds the WBUF port for
-    # 512 cycles from cycle 4; the MV's 512 weight rows come after it.
-    both = run([[refill, mv()]], cfg=cfg)
-    assert both.cycles == ISSUE + 512 + 512 + FILL
-    # Negative control: a load into ABUF leaves the WBUF port to the MV.
+    # A store from WBUF reads the rows the MV's weight reads need: the ST goes first (queue
+    # order breaks the tie at cycle 0) and holds the read port for 512 cycles from cycle 4;
+    # the MV's 512 weight rows come after it.
+    readers = run([[store(Buffer.WBUF, 8192, 8192), mv()]], cfg=cfg)
+    assert readers.cycles == ISSUE + 512 + 512 + FILL
+    # A load refilling WBUF uses the write port (hw/bufport.py takes one read and one write
+    # per cycle): the MV runs beside it as if the load went to another buffer.
+    refill = run([[load(Buffer.WBUF, 8192, 8192), mv()]], cfg=cfg)
     apart = run([[load(Buffer.ABUF, 0, 8192), mv()]], cfg=cfg)
-    assert apart.cycles == 512 + FILL
+    assert refill.cycles == apart.cycles == 512 + FILL
 
 
 def test_mm_streams_weights_once_per_token_pair():
@@ -161,19 +163,22 @@ def test_cross_channel_penalty():
     assert crossed.cycles > plain.cycles
 
 
-def test_a_load_during_a_port_bound_matrix_instruction_delays_it():
+def test_a_store_during_a_port_bound_matrix_instruction_delays_it():
     # On tiny's 16-byte WBUF port the MV's 8192 weight bytes need 512 port cycles, more than
-    # its chains (272): port-bound, 512 + FILL. An LD that writes 1024 bytes (64 rows) into
-    # WBUF meanwhile wins every other cycle of the round-robin arbiter: the MV loses 64.
+    # its chains (272): port-bound, 512 + FILL. A ST that reads 1024 bytes (64 rows) of WBUF
+    # meanwhile wins every other cycle of the round-robin read arbiter: the MV loses 64.
     add = Instruction(Opcode.MISC, func=MiscFunc.ADD, n=4, m=1, a_buf=Buffer.ABUF,
-                      b_buf=Buffer.ABUF, d_buf=Buffer.ABUF, release=bit(Q.LD))
+                      b_buf=Buffer.ABUF, d_buf=Buffer.ABUF, release=bit(Q.ST, Q.LD))
     alone = run([[mv()]], cfg=CFG)
     assert alone.cycles == 512 + FILL
+    from_wbuf = store(Buffer.WBUF, 8192, 1024, wait=bit(Q.MISC))
+    assert run([[add, from_wbuf, mv()]], cfg=CFG).cycles == 512 + FILL + 64
+    # Negative controls: the same ST from ABUF, and an LD writing those rows into WBUF (the
+    # write port), leave the WBUF read port to the MV.
+    from_abuf = store(Buffer.ABUF, 0, 1024, wait=bit(Q.MISC))
+    assert run([[add, from_abuf, mv()]], cfg=CFG).cycles == 512 + FILL
     into_wbuf = load(Buffer.WBUF, 8192, 1024, wait=bit(Q.MISC))
-    assert run([[add, into_wbuf, mv()]], cfg=CFG).cycles == 512 + FILL + 64
-    # Negative control: the same LD into ABUF leaves the WBUF port to the MV.
-    into_abuf = load(Buffer.ABUF, 0, 1024, wait=bit(Q.MISC))
-    assert run([[add, into_abuf, mv()]], cfg=CFG).cycles == 512 + FILL
+    assert run([[add, into_wbuf, mv()]], cfg=CFG).cycles == 512 + FILL
 
 
 def test_fetch_stops_at_a_full_queue():
