@@ -29,7 +29,7 @@ from flightllm.contract.isa import (
     WeightBits,
 )
 from flightllm.contract.params import pack_norm_params, pack_requant_records, pack_rope_rows
-from flightllm.contract.weights import pack_matrix, strip_bytes
+from flightllm.contract.weights import WORD_BYTES, pack_matrix, strip_bytes
 
 from .layout import CompileError, HBMImage, align
 from .ir import ModelConfig
@@ -175,6 +175,12 @@ class _Program:
 
     # -- helpers
     def emit(self, op, **fields) -> None:
+        if op in (Opcode.MM, Opcode.MV) and (fields.get("w_addr", 0) % WORD_BYTES
+                                             or fields.get("w_stride", 0) % WORD_BYTES):
+            # The layout keeps WBUF slots 16-byte aligned; the engine needs 8 (isa.md).
+            raise AssertionError(f"lowering placed weights off the {WORD_BYTES}-byte grid: "
+                                 f"w_addr={fields.get('w_addr')}, "
+                                 f"w_stride={fields.get('w_stride')}")
         self.out.append(Instruction(op, **fields))
 
     def row_bind(self, field: str) -> list[Binding]:

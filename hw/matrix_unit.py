@@ -8,10 +8,12 @@ offer one in the same cycle the unit alternates). Per instruction:
    (``n_strips = 0``, or MM with ``m_rows = 0``) finishes at once; a bad weight width, out mode,
    flag combination or ``k_blocks`` outside 1..``max_k_blocks`` is ``DECODE``; an operand that
    runs past its buffer (activations, results, partial sums, records, dense weights) or a
-   misaligned RBUF/record address is ``ADDRESS``. Either error finishes the instruction without
+   misaligned RBUF/record address or weight address (``w_addr``, ``w_stride`` not multiples of
+   8) is ``ADDRESS``. Either error finishes the instruction without
    touching the engine or the buffers.
 2. **Stream** the operands, every stream with its own :class:`~flightllm.hw.row_stream.
-   ByteReader`, so that any byte alignment runs at one row per cycle:
+   ByteReader`, so that any byte alignment runs at one row per cycle (the weight readers
+   take 8-byte-aligned segments only, which makes them a word select):
 
    * WBUF, weights: the *strip scanner* walks (pair, strip) and hands each strip's byte range
      to the reader of chain ``strip % chains``; dense strips have a fixed length, sparse ones
@@ -49,6 +51,7 @@ from flightllm.contract.config import BLOCK, AcceleratorConfig
 from flightllm.contract.isa import OPCODES, Opcode, OutMode
 from flightllm.contract.params import REQUANT_RECORD_BYTES
 from flightllm.contract.regmap import ErrorCode
+from flightllm.contract.weights import WORD_BYTES
 
 from .bufport import buffer_clients
 from .isa_layouts import instruction_layout
@@ -58,6 +61,7 @@ from .row_stream import ADDR_BITS, ByteReader, ChunkWriter, PortMux, segment_lay
 __all__ = ["MatrixUnit"]
 
 _MM = OPCODES[Opcode.MM]
+_WORD_BITS = WORD_BYTES.bit_length() - 1
 #: The instruction as the unit keeps it: every MM field (MV's are a subset) and ``mv``.
 _INS = data.StructLayout({"mv": 1, **{f.name: unsigned(f.width) for f in _MM.fields}})
 _STRIP_RECORDS = BLOCK * REQUANT_RECORD_BYTES          # 128 PBUF bytes per strip
@@ -140,15 +144,21 @@ class MatrixUnit(wiring.Component):
             **buffer_clients(config),
         })
 
+    def _make_engine(self):
+        """The matrix engine this unit drives (the resource estimate measures the unit with a
+        black box here, the engine being measured on its own)."""
+        eng = MatrixEngine(self.config, chains=self.chains, max_k_blocks=self.max_k_blocks,
+                           dsp_impl=self.dsp_impl)
+        if self.library is not None:
+            eng.replace_sub_units(self.library.instance)
+        return eng
+
     # ------------------------------------------------------------------ elaborate
     def elaborate(self, platform):
         m = Module()
         cfg, C = self.config, self.chains
         # Built here, not in __init__, so that an unelaborated unit leaves no unused engine.
-        m.submodules.engine = eng = self.engine = MatrixEngine(
-            cfg, chains=C, max_k_blocks=self.max_k_blocks, dsp_impl=self.dsp_impl)
-        if self.library is not None:
-            eng.replace_sub_units(self.library.instance)
+        m.submodules.engine = eng = self.engine = self._make_engine()
         self.ins = ins = Signal(_INS)
         self.start = start = Signal()
         self.pairs = pairs = Signal(16)
@@ -156,8 +166,8 @@ class MatrixUnit(wiring.Component):
         m.d.comb += [rows.eq(Mux(ins.mv, 1, ins.m_rows)), pairs.eq((rows + 1) >> 1)]
 
         # ---- buffer ports: readers and writers behind one multiplexer per buffer
-        chain_rd = [ByteReader(cfg.wbuf, 8) for _ in range(C)]
-        scan_rd = ByteReader(cfg.wbuf, cfg.wbuf.width)
+        chain_rd = [ByteReader(cfg.wbuf, WORD_BYTES, align=WORD_BYTES) for _ in range(C)]
+        scan_rd = ByteReader(cfg.wbuf, cfg.wbuf.width, align=WORD_BYTES)
         act_rd = [ByteReader(cfg.abuf, BLOCK) for _ in range(2)]
         p_chunk = min(cfg.pbuf.width, _STRIP_RECORDS)
         par_rd = ByteReader(cfg.pbuf, p_chunk)
@@ -211,7 +221,9 @@ class MatrixUnit(wiring.Component):
         misaligned = ((rbuf_out & ((ins.out_addr[:2] != 0) | (multi & (ins.out_stride[:2] != 0))))
                       | (ins.psum & ((ins.psum_addr[:2] != 0)
                                      | (multi & (ins.psum_stride[:2] != 0))))
-                      | ((mode != OutMode.ACC32) & (ins.p_addr[:3] != 0)))
+                      | ((mode != OutMode.ACC32) & (ins.p_addr[:3] != 0))
+                      # The weight readers realign whole words (contract/weights.py).
+                      | (ins.w_addr[:_WORD_BITS] != 0) | (ins.w_stride[:_WORD_BITS] != 0))
         out_bytes = Mux(rbuf_out, cfg.rbuf.bytes, cfg.abuf.bytes)
         addr_bad = ((x_end > cfg.abuf.bytes) | (out_end > out_bytes)
                     | (ins.psum & (psum_end > cfg.rbuf.bytes))

@@ -10,7 +10,11 @@ operand may start at any byte. So:
   segment at chunk ``i // chunk``, lane ``i % chunk``; bytes past the segment's end are
   undefined. It requests the rows the segment covers, in order, and realigns them through a
   two-row window, so a chunk that straddles two rows costs nothing extra: one row per cycle
-  in, one chunk per cycle out.
+  in, one chunk per cycle out. A reader built with ``align`` takes only segments that start
+  at multiples of ``align`` bytes, so it realigns whole ``align``-byte words; when the chunk
+  is one such word it never straddles two rows and needs no window at all. The matrix unit's
+  weight readers (the dequantisers read 8-byte words and the ISA keeps weights 8-byte aligned)
+  are such readers: a word select on the head row instead of a byte shifter over two.
 * :class:`ChunkWriter` writes one chunk of up to ``chunk`` bytes at any byte address: one
   row write, or two when the chunk straddles a row boundary.
 * :class:`PortMux` puts several readers and one writer on one row client
@@ -71,6 +75,9 @@ class ByteReader(wiring.Component):
         spec: the buffer.
         chunk: bytes per output chunk, 1..``spec.width``.
         fifo_depth: rows the response FIFO holds (3 keeps one row per cycle flowing).
+        align: every segment starts at a multiple of this many bytes (a power of two dividing
+            ``chunk`` and the row width); the low address bits are then ignored, and a
+            segment that does not keep the promise reads the wrong bytes.
 
     Ports:
         cmd (In, :func:`segment_layout`), out (Out, :func:`chunk_layout`);
@@ -79,10 +86,14 @@ class ByteReader(wiring.Component):
         busy (Out 1): a segment is queued or in flight.
     """
 
-    def __init__(self, spec: BufferSpec, chunk: int, *, fifo_depth: int = 3):
+    def __init__(self, spec: BufferSpec, chunk: int, *, fifo_depth: int = 3, align: int = 1):
         if not isinstance(chunk, int) or not 1 <= chunk <= spec.width:
             raise ValueError(f"chunk must be 1..{spec.width} bytes, not {chunk!r}")
-        self.spec, self.chunk, self.fifo_depth = spec, chunk, fifo_depth
+        if (not isinstance(align, int) or align < 1 or align & (align - 1) or chunk % align
+                or spec.width % align):
+            raise ValueError(f"align must be a power of two dividing the chunk ({chunk}) and "
+                             f"the row width ({spec.width}), not {align!r}")
+        self.spec, self.chunk, self.fifo_depth, self.align = spec, chunk, fifo_depth, align
         super().__init__({
             "cmd": In(stream.Signature(segment_layout())),
             "out": Out(stream.Signature(chunk_layout(chunk))),
@@ -123,8 +134,43 @@ class ByteReader(wiring.Component):
                      rows.w_data.eq(self.rsp.payload)]
         m.d.sync += inflight.eq(inflight + issued - self.rsp.valid)
 
+        if self.align == C:
+            self._assemble_words(m, rows, plans, plan_layout)
+        else:
+            self._assemble_window(m, rows, plans, plan_layout)
+        m.d.comb += self.busy.eq(self._active | plans.r_rdy | (req_left != 0))
+        return m
+
+    def _assemble_words(self, m, rows, plans, plan_layout):
+        """Chunks that are whole, aligned words never straddle rows: each is a word of the
+        FIFO's head row, which is popped after its last word or the segment's last chunk."""
+        W, C, lw = self.spec.width, self.chunk, _lane_bits(self.spec)
+        lc = C.bit_length() - 1
+        self._active = active = Signal()
+        q = Signal(max(lw, 1))            # byte offset of the chunk in the head row
+        left = Signal(LEN_BITS)           # chunks still to emit
+        plan = data.View(plan_layout, plans.r_data)
+        with m.If(~active & plans.r_rdy):
+            m.d.comb += plans.r_en.eq(1)
+            m.d.sync += [active.eq(1), q.eq(plan.off),
+                         left.eq((plan.nbytes + C - 1) >> lc)]
+        word = q[lc:lw] if lw > lc else Const(0, 1)
+        m.d.comb += [
+            self.out.valid.eq(active & rows.r_rdy),
+            self.out.payload.data.eq(rows.r_data.word_select(word, 8 * C)),
+            self.out.payload.last.eq(left == 1),
+        ]
+        with m.If(self.out.valid & self.out.ready):
+            m.d.comb += rows.r_en.eq((word == (W // C - 1)) | (left == 1))
+            m.d.sync += [q.eq(q + C), left.eq(left - 1)]
+            with m.If(left == 1):
+                m.d.sync += active.eq(0)
+
+    def _assemble_window(self, m, rows, plans, plan_layout):
+        """Chunks at any byte (or ``align``) position, realigned through a two-row window."""
+        W, C, lw = self.spec.width, self.chunk, _lane_bits(self.spec)
         # ---- assembly side: a two-row window (lo = row have-2, hi = row have-1).
-        active = Signal()
+        self._active = active = Signal()
         q = Signal(LEN_BITS + 2)          # byte position of the chunk from the first row
         end = Signal(LEN_BITS + 2)        # position of the segment's last byte
         left = Signal(LEN_BITS)           # chunks still to emit
@@ -150,17 +196,22 @@ class ByteReader(wiring.Component):
         shift = Signal(lw + 2)
         m.d.comb += shift.eq(q + 2 * W - (have_eff << lw))
         window = Cat(win_lo, win_hi)
+        if self.align > 1:
+            # The shift is a whole number of words: select the chunk's words.
+            A = self.align
+            word = shift[A.bit_length() - 1:]
+            chunk_data = Cat(window.word_select(word + j, 8 * A) for j in range(C // A))
+        else:
+            chunk_data = (window >> (shift * 8))[:8 * C]
         m.d.comb += [
             self.out.valid.eq(active & (have_eff > rel_b)),
-            self.out.payload.data.eq((window >> (shift * 8))[:8 * C]),
+            self.out.payload.data.eq(chunk_data),
             self.out.payload.last.eq(left == 1),
         ]
         with m.If(self.out.valid & self.out.ready):
             m.d.sync += [q.eq(q + C), left.eq(left - 1)]
             with m.If(left == 1):
                 m.d.sync += active.eq(0)
-        m.d.comb += self.busy.eq(active | plans.r_rdy | (req_left != 0))
-        return m
 
 
 class ChunkWriter(wiring.Component):

@@ -16,7 +16,9 @@ import numpy as np
 from flightllm.contract import numerics as nm
 from flightllm.contract.isa import Buffer, Instruction, MiscFunc, OutMode, WeightBits
 from flightllm.contract.params import REQUANT_RECORD_BYTES, norm_beta_offset, unpack_requant_records
-from flightllm.contract.weights import WeightFormatError, block_sparsity, unpack_matrix
+from flightllm.contract.weights import (
+    WORD_BYTES, WeightFormatError, block_sparsity, unpack_matrix,
+)
 from flightllm.sim.hbm import HBM, HBMError
 from flightllm.sim.machine import ELEMENT_BYTES, CoreBuffers, ProgramError, check_size
 from flightllm.sim.speed import (
@@ -204,6 +206,11 @@ def _hbm_rows(hbm, phys: int, hbm_at: np.ndarray, n1: int, n2: int, stride1: int
 # --------------------------------------------------------------------------- MM / MV
 def _decode(ins: Instruction, core: CoreBuffers, where: str) -> DecodedWeights:
     """The instruction's weights, decoded (through :data:`WEIGHT_CACHE`)."""
+    for name in ("w_addr", "w_stride"):
+        if getattr(ins, name) % WORD_BYTES:
+            raise ProgramError(f"{where}: field '{name}' = {getattr(ins, name):#x} is not "
+                               f"{WORD_BYTES}-byte aligned (the dequantisers read "
+                               f"{WORD_BYTES}-byte words)")
     check_size(256 * ins.n_strips * ins.k_blocks, f"{where} weights")
     bits = WeightBits(ins.wbits).bits
     mem = core.mem[Buffer.WBUF]

@@ -189,8 +189,10 @@ _TRANSFER = (
 )
 
 _MATRIX_COMMON = (
-    F("w_addr", _ADDR, "WBUF byte address of the weight matrix (block format)", bindable=True),
-    F("w_stride", _ADDR, "WBUF bytes between 16-row strips; 0: strips packed back to back"),
+    F("w_addr", _ADDR, "WBUF byte address of the weight matrix (block format), 8-byte aligned",
+      bindable=True),
+    F("w_stride", _ADDR, "WBUF bytes between 16-row strips, a multiple of 8; 0: strips "
+      "packed back to back"),
     F("wbits", 2, "weight bit width", enum=WeightBits),
     F("sparse", 1, "strips start with a table of per-block N:16 codes"),
     F("gscale", 1, "blocks carry 4-bit per-row group multipliers"),

@@ -10,7 +10,9 @@ A weight matrix W[16*S x 16*K] is stored strip by strip (16 output rows each); a
   - if N < 16: 16 x N column indices, 4 bits each, row-major, LSB-first;
   - 16 x N values of ``bits`` two's complement, row-major, LSB-first.
 
-Every block is a multiple of 8 bytes. Row r of a block contributes
+Every block is a multiple of 8 bytes (:data:`WORD_BYTES`, the dequantiser's read word), and a
+matrix starts at a multiple of 8 bytes of WBUF with its strips a multiple of 8 bytes apart, so
+every strip and block is word-aligned. Row r of a block contributes
 ``sum_j (v[r, j] * m_r) * x[k0 + idx[r, j]]`` to output r: the sparse mux picks the activation,
 the dequantiser forms the INT8 weight ``v * m`` (always within INT8 for 2- and 4-bit values;
 8-bit values carry no multiplier), and the DSP multiplies.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "SPARSITY_CODES", "WeightFormatError", "block_bytes", "code_table_bytes", "strip_bytes",
+    "SPARSITY_CODES", "WORD_BYTES", "WeightFormatError", "block_bytes", "code_table_bytes", "strip_bytes",
     "pack_matrix", "unpack_matrix", "block_sparsity",
 ]
 
@@ -29,6 +31,9 @@ B = 16
 #: N of N:16 by code, and code by N.
 SPARSITY_CODES = (2, 4, 8, 16)
 _CODE = {n: i for i, n in enumerate(SPARSITY_CODES)}
+#: The dequantiser reads weights in words of this many bytes; an MM/MV's ``w_addr`` and
+#: ``w_stride`` are multiples of it.
+WORD_BYTES = 8
 
 
 class WeightFormatError(ValueError):

@@ -163,3 +163,18 @@ def test_strided_strips_read_transposed_v_tiles():
     sim.run([[Instruction(Opcode.MV, w_addr=0, w_stride=pitch, wbits=WeightBits.INT8,
                           n_strips=2, k_blocks=3, out_mode=OutMode.ACC32, out_addr=0)]])
     np.testing.assert_array_equal(read_i32(sim.cores[0], 0, (32,)), vt @ p)
+
+
+@pytest.mark.parametrize("field,value", [("w_addr", 68), ("w_stride", 1028)])
+def test_weights_off_the_word_grid_are_refused(field, value):
+    """The dequantisers read 8-byte words (contract/weights.py WORD_BYTES): a weight address or
+    strip stride that is not a multiple of 8 is a program error naming the field."""
+    from flightllm.sim.machine import ProgramError
+    sim = GoldenSimulator(preset("tiny"))
+    fields = dict(w_addr=64, wbits=WeightBits.INT8, n_strips=1, k_blocks=1,
+                  out_mode=OutMode.ACC32, out_addr=0)
+    fields[field] = value
+    with pytest.raises(ProgramError, match=f"field '{field}' = {value:#x} is not 8-byte aligned"):
+        sim.run([[Instruction(Opcode.MV, **fields)]])
+    fields[field] = value - 4      # the same instruction on the grid runs
+    sim.run([[Instruction(Opcode.MV, **fields)]])

@@ -241,6 +241,8 @@ async def bad_operands(dut):
         ("x past ABUF", dict(x_addr=cfg.abuf.bytes - 8), ErrorCode.ADDRESS),
         ("out past ABUF", dict(out_addr=cfg.abuf.bytes - 16), ErrorCode.ADDRESS),
         ("records misaligned", dict(p_addr=4), ErrorCode.ADDRESS),
+        ("weights misaligned", "w_addr", ErrorCode.ADDRESS),
+        ("strip stride misaligned", dict(w_stride=1028), ErrorCode.ADDRESS),
         ("residual in Q8", dict(residual=1), ErrorCode.DECODE),
         ("relu in ACC32", dict(out_mode=int(OutMode.ACC32), relu=1), ErrorCode.DECODE),
         ("code byte 7", None, ErrorCode.DECODE),
@@ -251,6 +253,9 @@ async def bad_operands(dut):
         if change is None:
             # Found while streaming: strip 0's first code byte is not 0..3.
             bench.core.mem[Buffer.WBUF][ins.w_addr] = 7
+        elif change == "w_addr":
+            # Four bytes off the 8-byte word grid, staying inside WBUF.
+            ins = ins.replace(w_addr=ins.w_addr + (4 if ins.w_addr < 64 else -4))
         else:
             ins = ins.replace(**change)
         error = await bench.run(ins)
