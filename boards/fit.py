@@ -1,8 +1,11 @@
 """Does an accelerator configuration fit a board? Resources, memory banks and clock.
 
-Resources come from the fast counted estimate of :func:`flightllm.hw.resources.estimate`
-(``synth=False``: counted from the RTL's RTLIL in seconds to a minute, LUTs approximate) and are
-compared with the board's capacity minus what its shell keeps. Besides resources, a build needs
+Resources come from :func:`flightllm.hw.resources.estimate` without running Yosys
+(``synth="cached"``): every unit of a core is elaborated, and a unit whose exact design has a
+synthesis result bundled with flightllm (the presets' units, from ``bench/resources.py``) or in
+the user's cache takes the synthesised figures; any other unit is counted from its RTLIL, which
+is approximate (the count is off by a factor of two either way on some byte-shifting units).
+The totals are compared with the board's capacity minus what its shell keeps. Besides resources, a build needs
 one memory bank (port) per AXI master, pseudo-channels at least as large as the configuration's
 ``hbm_channel_bytes``, and a kernel clock the flow offers.
 
@@ -23,7 +26,8 @@ from .schema import RESOURCES, Board, BoardError
 __all__ = ["FitReport", "FitError", "estimate_usage", "check_fit", "require_fit"]
 
 #: How :func:`estimate_usage` measures, for messages and reports.
-COUNTED = "counted from the RTL (flightllm hw resources --no-synth), LUTs approximate"
+COUNTED = ("synthesised (Yosys) where a result for the exact unit design is bundled or cached, "
+           "else counted from the RTL; LUTs approximate (before place and route)")
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,9 @@ class FitError(BoardError):
 
 
 def estimate_usage(board: Board, cfg: AcceleratorConfig) -> dict:
-    """The counted resource estimate of ``cfg``'s datapath (no synthesis), by resource."""
+    """The resource estimate of ``cfg``'s cores without running Yosys, by resource: each
+    unit's synthesised figures where a result for its exact design is bundled with flightllm
+    or cached, else its count from the RTL."""
     from flightllm.hw.resources import Board as EstimateBoard
     from flightllm.hw.resources import estimate
     # The estimate also reports a fit of its own; give it this board so the two agree.
@@ -99,7 +105,7 @@ def estimate_usage(board: Board, cfg: AcceleratorConfig) -> dict:
                            lut=board.resources["lut"], ff=board.resources["ff"],
                            bram36=board.resources["bram36"], uram=board.resources["uram"],
                            shell=dict(board.shell))
-    est = estimate(cfg, board=target, synth=False)
+    est = estimate(cfg, board=target, synth="cached")
     return {r: est[r] for r in RESOURCES}
 
 

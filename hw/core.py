@@ -134,13 +134,10 @@ class Core(wiring.Component):
         })
 
     # ------------------------------------------------------------------ units
-    def _units(self, m):
-        cfg = self.cfg
-        m.submodules.fetch = fetch = InstructionFetch(cfg)
-        m.submodules.ld = ld = LoadEngine(cfg)
-        m.submodules.st = st = StoreEngine(cfg)
-        m.submodules.sys = sync = SyncUnit(cfg, index=self.index)
-        units = self.execution_units
+    def _make_execution_units(self):
+        """The MM/MV and MISC units, or stand-ins that flag their instructions as errors
+        (the resource estimate measures the core with black boxes here)."""
+        cfg, units = self.cfg, self.execution_units
         matrix_cls = _unit_class("matrix_unit", "MatrixUnit") if units else None
         misc_cls = _unit_class("misc_unit", "MiscUnit") if units else None
         if matrix_cls:
@@ -148,7 +145,15 @@ class Core(wiring.Component):
         else:
             mat = _MissingUnit(cfg, {"mm": (Opcode.MM, "mm_done"), "mv": (Opcode.MV, "mv_done")})
         misc = misc_cls(cfg) if misc_cls else _MissingUnit(cfg, {"cmd": (Opcode.MISC, "done")})
-        m.submodules.matrix, m.submodules.misc = mat, misc
+        return mat, misc
+
+    def _units(self, m):
+        cfg = self.cfg
+        m.submodules.fetch = fetch = InstructionFetch(cfg)
+        m.submodules.ld = ld = LoadEngine(cfg)
+        m.submodules.st = st = StoreEngine(cfg)
+        m.submodules.sys = sync = SyncUnit(cfg, index=self.index)
+        m.submodules.matrix, m.submodules.misc = mat, misc = self._make_execution_units()
         # Per queue: the command stream, the done pulse, the unit's error.
         ports = {
             Opcode.LD: (ld.cmd, ld.done, ld.error), Opcode.ST: (st.cmd, st.done, st.error),
@@ -160,6 +165,11 @@ class Core(wiring.Component):
         clients = [ld, st, mat, misc, sync]
         return fetch, ld, st, sync, ports, clients
 
+    def _make_memory(self, spec):
+        """One buffer's memory (the resource estimate counts buffers from their specs and
+        measures the core with black boxes here)."""
+        return BufferMemory(spec, read_ports=1, ram_style=suggested_ram_style(spec))
+
     def _buffers(self, m, clients):
         grants = []
         remotes = ({b: list(getattr(self, f"remote_in_{b}")) for b in BUFFERS}
@@ -167,7 +177,7 @@ class Core(wiring.Component):
         for name in BUFFERS:
             spec = self.cfg.buffer(name)
             users = [u for u in clients if hasattr(u, name)]
-            mem = BufferMemory(spec, read_ports=1, ram_style=suggested_ram_style(spec))
+            mem = self._make_memory(spec)
             arb = BufferArbiter(spec, len(users) + len(remotes.get(name, [])))
             m.submodules[f"{name}_mem"], m.submodules[f"{name}_arb"] = mem, arb
             wiring.connect(m, arb.read, mem.read[0])

