@@ -7,9 +7,9 @@ effective rate plus a gap per non-contiguous run (a new DRAM row), and completes
 latency after its last beat; transfers on one channel serialise, in start order.
 
 The effective rate is the smaller of the AXI port (``axi_data_bits / 8`` bytes per kernel
-cycle) and the pseudo-channel's measured sustained rate. At the presets' 256-bit masters and
-225 MHz the port gives 7.2 GB/s, half of a U280 pseudo-channel's 14.375 GB/s: the port, not the
-DRAM, limits a channel unless ``axi_data_bits`` is 512.
+cycle) and the pseudo-channel's measured sustained rate. At 225 MHz a 256-bit master gives
+7.2 GB/s, half of a U280 pseudo-channel's 14.375 GB/s; the presets' 512-bit masters (14.4 GB/s)
+leave the DRAM's sustained rate as the limit.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ def test_config_show_and_summary(tmp_path):
     result = invoke("config", "summary", "u280", "--json")
     assert result.exit_code == 0
     info = json.loads(result.output)
-    assert info["dsps_total"] == 3 * 32 * 32 and info["cores"] == 3
+    assert info["dsps_total"] == 2 * 16 * 32 and info["cores"] == 2
     shown = invoke("config", "show", "tiny")
     path = tmp_path / "mine.yaml"
     path.write_text(shown.output.replace("clock_mhz: 200.0", "clock_mhz: 150.0"))

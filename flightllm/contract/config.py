@@ -74,8 +74,11 @@ class AcceleratorConfig:
         hbm_channel_bytes: Capacity of one HBM pseudo-channel.
         clock_mhz: Kernel clock.
         token_depth: Largest count a dependency-token counter holds.
-        axi_data_bits: Data width of each HBM AXI master (256 matches an HBM pseudo-channel's
-            native port; narrower is cheaper in simulation).
+        axi_data_bits: Data width of each HBM AXI master. 512 bits at 225 MHz carry an HBM
+            pseudo-channel's full rate (its controller port is 256 bits at 450 MHz; the
+            platform's interconnect converts); the LD/ST data paths move one beat per cycle, so
+            this sets their rate. It may not exceed a buffer row. Narrower is cheaper in
+            simulation.
         attn_block: Token block size of block-sparse prefill attention (sink and local band
             are whole blocks of this many tokens; a multiple of 16).
     """
@@ -287,28 +290,37 @@ def _preset_tiny() -> AcceleratorConfig:
 
 
 def _preset_u280() -> AcceleratorConfig:
-    # Three cores, one per SLR, each with 32 chains of 32 packed DSP48E2 (1,024 DSPs, 2,048
-    # INT8 MACs per cycle in MM mode): 3,072 of the card's 9,024 DSPs. 64 chains would double
-    # that but need ~1.5x the LUTs the shell leaves (hw resources --arch, counted estimate).
-    # Nine HBM pseudo-channels per core plus one instruction master makes 28 AXI masters.
+    # Two cores (of the card's three SLRs), each with 16 chains of 32 packed DSP48E2 (512 DSPs,
+    # 1,024 INT8 MACs per cycle in MM mode). Sized by the estimate of the whole core (flightllm
+    # hw resources): a core is about 490k LUTs, of which the chains and dequantisers are 150k;
+    # the readers, writers, DMA and SFU around them are the rest, so three cores would need
+    # ~123% of the LUTs the shell leaves and two take ~82%. More chains per core do not help
+    # while the weights come through one 64-byte WBUF row per cycle (8 dequantiser words): the
+    # performance model gives LLaMA2-7B the same times with 16, 24 or 32 chains.
+    # Thirteen HBM pseudo-channels per core (6.5 GiB: OPT-6.7B at 4 bits needs more than 9) plus
+    # the instruction master: 27 AXI masters (designs at 225 MHz close timing more reliably with
+    # at most ~28), 512 bits wide so one LD moves a WBUF row per cycle. RBUF rows are 64 bytes (16 INT32, what the
+    # output stage and the SFU move per cycle): 256-byte rows cost about a third of a core's
+    # LUTs in the units' RBUF readers and writers.
     return AcceleratorConfig(
-        name="u280", cores=3, mv_rows=32, mv_k=32, dsp_group=2,
+        name="u280", cores=2, mv_rows=16, mv_k=32, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
-        abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(256, 4096),
-        pbuf=BufferSpec(64, 8192), hbm_channels_per_core=9, hbm_channel_bytes=256 << 20,
-        clock_mhz=225.0,
+        abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(64, 16384),
+        pbuf=BufferSpec(64, 8192), hbm_channels_per_core=13, hbm_channel_bytes=256 << 20,
+        clock_mhz=225.0, axi_data_bits=512,
     )
 
 
 def _preset_vhk158() -> AcceleratorConfig:
-    # Four cores as in the FlightLLM artefact's VHK158 model, 8 HBM2e pseudo-channels each
-    # (all 32), 32 chains of 32 DSPs per core (64 chains need more LUTs than the card has).
+    # Three cores (four, as in the FlightLLM artefact's model, need ~112% of the XCVH1582's
+    # LUTs by the same estimate), 8 HBM2e pseudo-channels each, 16 chains of 32 DSPs per core,
+    # sized as the u280 preset (the same WBUF port).
     return AcceleratorConfig(
-        name="vhk158", cores=4, mv_rows=32, mv_k=32, dsp_group=2,
+        name="vhk158", cores=3, mv_rows=16, mv_k=32, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
-        abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(256, 4096),
+        abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(64, 16384),
         pbuf=BufferSpec(64, 8192), hbm_channels_per_core=8, hbm_channel_bytes=1 << 30,
-        clock_mhz=225.0,
+        clock_mhz=225.0, axi_data_bits=512,
     )
 
 

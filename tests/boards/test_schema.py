@@ -28,7 +28,7 @@ def test_bundled_boards_load_with_their_facts():
     assert u280.ddr.count == 2 and u280.ddr.slr == (0, 1)
     assert u280.available()["lut"] == 1_303_680 - 108_000
     assert load_board("u55c").hbm.total_bytes == 16 << 30
-    assert load_board("u50").config().cores == 2            # inline default configuration
+    assert load_board("u50").config().cores == 1            # inline default configuration
     for versal in ("vhk158", "v80"):
         board = load_board(versal)
         assert (board.family, board.flow, board.platform) == ("DSP58", "vivado", None)
