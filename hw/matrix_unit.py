@@ -67,6 +67,14 @@ _INS = data.StructLayout({"mv": 1, **{f.name: unsigned(f.width) for f in _MM.fie
 _STRIP_RECORDS = BLOCK * REQUANT_RECORD_BYTES          # 128 PBUF bytes per strip
 
 
+def _tree_sum(values: list) -> Value:
+    """The sum of ``values`` as a balanced tree of two-input adders."""
+    while len(values) > 1:
+        values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
+
+
 class _Walk:
     """Byte addresses of result rows in the engine's (pair, strip, token) order:
     ``base + row * stride + strip * step``, advanced one row at a time without multipliers."""
@@ -375,8 +383,7 @@ class MatrixUnit(wiring.Component):
         with m.If(scan_rd.cmd.valid & scan_rd.cmd.ready):
             m.d.sync += [asked.eq(1), code_idx.eq(0), length.eq(ctab)]
         m.d.comb += scan_rd.out.ready.eq(1)
-        chunk_sum = 0
-        bad_code = 0
+        sizes, bad = [], []
         for i in range(W):
             code = scan_rd.out.payload.data[8 * i:8 * i + 8]
             live = code_idx + i < ins.k_blocks
@@ -385,8 +392,12 @@ class MatrixUnit(wiring.Component):
                 for c in range(4):
                     with m.Case(c):
                         m.d.comb += size.eq(block[c])
-            chunk_sum = chunk_sum + Mux(live, size, 0)
-            bad_code = bad_code | (live & (code[2:] != 0))
+            sizes.append(Mux(live, size, 0))
+            bad.append(live & (code[2:] != 0))
+        # A balanced adder tree over the row's W codes: log2(W) adders deep, not W (a chain
+        # of 64 at 64-byte rows, and one Amaranth cannot even elaborate at 1 KiB).
+        chunk_sum = _tree_sum(sizes)
+        bad_code = Cat(*bad).any()
         with m.If(scan_rd.out.valid):
             m.d.sync += [length.eq(length + chunk_sum), code_idx.eq(code_idx + W)]
             with m.If(scan_rd.out.payload.last):
