@@ -225,8 +225,17 @@ def build_verilog(text: str, *, name: str, build_dir: Path, extra_sources=None,
         try:
             with verilator_env(_make_fixes()):
                 runner = cocotb_runner.get_runner("verilator")
-                runner.build(sources=[build_dir / f for f in sources], hdl_toplevel=name,
-                             build_dir=build_dir, build_args=args, always=True)
+                # The build's output goes to a log, not to standard output, which may be a
+                # JSON document (flightllm simulate --engine rtl --json).
+                log = build_dir / "build.log"
+                try:
+                    runner.build(sources=[build_dir / f for f in sources], hdl_toplevel=name,
+                                 build_dir=build_dir, build_args=args, always=True,
+                                 log_file=log)
+                except Exception as exc:
+                    tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+                    raise RuntimeError(f"Verilator build of {name} failed (log: {log}):\n"
+                                       f"{tail}") from exc
         finally:
             cocotb_runner.MAX_PARALLEL_BUILD_JOBS = saved_jobs
         stamp_file.write_text(stamp)

@@ -30,8 +30,9 @@ from flightllm.contract.regmap import ErrorCode, axi_masters, register_map
 __all__ = ["KernelRun", "KernelRunError", "run_kernel", "build_kernel", "DEFAULT_CACHE"]
 
 #: Where Verilator builds of the kernel are kept (override with FLIGHTLLM_RTL_CACHE).
-DEFAULT_CACHE = Path(os.environ.get("FLIGHTLLM_RTL_CACHE",
-                                    Path(__file__).resolve().parents[1] / "sim_build" / "kernel"))
+DEFAULT_CACHE = Path(os.environ.get("FLIGHTLLM_RTL_CACHE")
+                     or Path(os.environ.get("FLIGHTLLM_CACHE",
+                                            Path.home() / ".cache" / "flightllm")) / "rtl")
 
 
 class KernelRunError(RuntimeError):

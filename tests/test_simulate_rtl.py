@@ -2,6 +2,9 @@
 and logits, and its JSON is clean (the simulator's log does not reach standard output)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -25,10 +28,15 @@ def test_rtl_engine_matches_golden(tmp_path):
                   "--max-len", 32).exit_code == 0
     runs = {}
     for engine in ("golden", "rtl"):
-        result = invoke("simulate", out, "--input-ids", "1,2,3", "--decode-steps", 2,
-                        "--engine", engine, "--json")
-        assert result.exit_code == 0, result.output[-2000:]
-        runs[engine] = json.loads(result.output)  # one JSON document, nothing else
+        # A process of its own with an empty RTL cache: the Verilator build runs and writes
+        # at the file-descriptor level, which CliRunner would not see.
+        env = {**os.environ, "FLIGHTLLM_RTL_CACHE": str(tmp_path / "rtl")}
+        result = subprocess.run([sys.executable, "-m", "flightllm", "simulate", str(out),
+                                 "--input-ids", "1,2,3", "--decode-steps", "2", "--engine",
+                                 engine, "--json"], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[engine] = json.loads(result.stdout)  # one JSON document, nothing else
+    assert (tmp_path / "rtl").is_dir() and list((tmp_path / "rtl").glob("*/build.log"))
     assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
     assert runs["rtl"]["logits"] == runs["golden"]["logits"]
     assert len(runs["rtl"]["cycles"]) == 3 and all(c > 0 for c in runs["rtl"]["cycles"])
