@@ -128,10 +128,10 @@ class _Placer:
             part = -(-count // use)
             for (k0, n, rb), data in zip(ranges, packed):
                 blob = data[first * rb:(first + count) * rb]
+                # Only the channels the chunk uses: padding the others would make the LD
+                # move zeros, and past the weight slot once part * nch outgrows it.
                 parts = [blob[c * part * rb:(c + 1) * part * rb].ljust(part * rb, b"\0")
                          for c in range(use)]
-                if use < nch:
-                    parts += [bytes(part * rb)] * (nch - use)
                 p = self.image.place_striped(f"{name}.chunk{len(chunks)}", parts,
                                              dtype="blocks", shape=(count * 16, n * 16))
                 chunks.append((first, count, p.offset, k0, n))
@@ -203,8 +203,9 @@ class _Program:
         for (first, count, hbm, k0, n), part in zip(mat.chunks, mat.part_bytes):
             slot = plan["wslot"][self.slot_flip]
             self.slot_flip ^= 1
-            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=slot, chan=0, nch=mat.nch,
-                      ch_stride=part, hbm_addr=hbm, len=part, n1=1, n2=1)
+            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=slot, chan=0,
+                      nch=min(mat.nch, count), ch_stride=part, hbm_addr=hbm, len=part,
+                      n1=1, n2=1)
             last = k0 + n == kb
             fields = dict(w_addr=slot, wbits=_WB[w.bits], sparse=int(w.sparse),
                           gscale=int(w.has_mult), n_strips=count, k_blocks=n)
