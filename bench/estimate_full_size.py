@@ -5,7 +5,9 @@ For each (model, board) pair: programs lowered from shapes (no quantisation) at 
 performance model: prefill 128 / 512 tokens, decode at KV 128 / 512 / 1024 / 2048, HBM and
 matrix-engine utilisation, the binding unit, and the goals of issue 7 checked. Also the bounds
 that explain the figures: decode at the AXI ports' and at the DRAM's sustained bandwidth, and
-the matrix engine's time if every DSP chain had work. Writes
+the matrix engine's time if every DSP chain had work; and the road to the goals (ROADMAP): the
+same figures after each of a series of changes to the datapath, config changes lowered again,
+the rest what-ifs of the model. Writes
 ``bench/results/estimate_<model>_<board>.json`` and a roofline,
 ``bench/results/roofline_<model>_<board>.svg`` and ``.png`` (the PNG needs matplotlib, in the
 ``bench`` extra).
@@ -60,34 +62,78 @@ def bounds(out: dict, config, hbm) -> dict:
                 1e3 / out["detail"]["decode"]["512"]["mpe_balanced_ms"]}
 
 
-def what_ifs(target, hbm) -> dict:
-    """Decode at KV 512 with the same programs on configurations whose buffers keep their
-    sizes (so the programs stay valid) but serve wider rows, and with 512-bit AXI masters:
-    which unit binds once the one before it is relieved."""
-    from flightllm.contract.config import BufferSpec
-    from flightllm.sim.perf import PerfModel
-    cfg = target.config
+#: The road to the goals: each step adds one change to the ones before it, in the order the
+#: binding unit asks for them. Config changes are lowered again (the compiler sizes its weight
+#: chunks by the chains and the WBUF); timing changes are what-ifs of the model
+#: (``UnitTiming.ld_lanes``, ``mm_pairs_per_weight_read``), not hardware that exists.
+ROADMAP = (
+    ("as built", {}, {}),
+    ("LD: one lane per channel", {}, {"ld_lanes": 16}),
+    ("WBUF rows of 1 KiB (same bytes)", {"wbuf_row": 1024}, {}),
+    ("dequantiser reads 16 B per cycle", {}, {"dequant_word_bytes": 16}),
+    ("32 chains per core, WBUF 4 MiB", {"mv_rows": 32, "wbuf_mib": 4}, {}),
+    ("64 chains per core, WBUF 8 MiB", {"mv_rows": 64, "wbuf_mib": 8}, {}),
+    ("every pseudo-channel of the board", {"hbm_channels_per_core": "all"}, {}),
+    ("MM reads weights once per 4 token pairs", {}, {"mm_pairs_per_weight_read": 4}),
+    ("no per-segment LD/ST overhead", {}, {"segment_overhead": 0}),
+)
 
-    def wide(spec, width):
-        return BufferSpec(width, spec.bytes // width)
-    variants = {
-        "as configured": cfg,
-        "WBUF rows of 512 B": cfg.replace(wbuf=wide(cfg.wbuf, 512)),
-        "WBUF rows of 512 B, 512-bit AXI": cfg.replace(wbuf=wide(cfg.wbuf, 512),
-                                                      axi_data_bits=512),
-    }
-    out = {}
-    for name, variant in variants.items():
-        r = PerfModel(variant, hbm, sparsity=target.sparsity).run(target.decode, seq=1,
-                                                                  kv=512, pos=511)
+
+def _variant(cfg, change: dict, hbm):
+    from flightllm.contract.config import BufferSpec
+    change = dict(change)
+    if change.get("hbm_channels_per_core") == "all":
+        change["hbm_channels_per_core"] = hbm.pseudo_channels // cfg.cores
+    width = change.pop("wbuf_row", cfg.wbuf.width)
+    nbytes = change.pop("wbuf_mib", None)
+    nbytes = nbytes * 2**20 if nbytes else cfg.wbuf.bytes
+    return cfg.replace(wbuf=BufferSpec(width, nbytes // width), **change)
+
+
+def _lut_percent(cfg, board: str) -> float:
+    """Estimated LUTs of ``cfg`` as a percentage of those the board's shell leaves free (as
+    ``flightllm compile --board`` checks the fit)."""
+    from flightllm.boards.fit import estimate_usage
+    from flightllm.boards.registry import load_board
+    b = load_board(board)
+    free = b.resources["lut"] - b.shell.get("lut", 0)
+    return 100.0 * estimate_usage(b, cfg)["lut"] / free
+
+
+def roadmap(model_name: str, config, hbm, *, weight_bits: int, max_len: int,
+            board: str) -> list[dict]:
+    """Decode at KV 512 and prefill of 128 tokens after each step of :data:`ROADMAP`, with
+    the unit that binds, the chains' occupancy and, for the first step and each config step,
+    the share of the board's free LUTs the configuration needs."""
+    from flightllm.sim.estimate import _prefill, _summary
+    from flightllm.sim.perf import PerfModel
+    from flightllm.sim.perf_units import UnitTiming
+    cfg, timing, target, rows = config, {}, None, []
+    for name, change, what_if in ROADMAP:
+        if change or target is None:
+            cfg = _variant(cfg, change, hbm)
+            target = load_target(model_name, cfg, weight_bits=weight_bits, max_len=max_len)
+        timing.update(what_if)
+        model = PerfModel(cfg, hbm, timing=UnitTiming(**timing), sparsity=target.sparsity)
+        r = model.run(target.decode, seq=1, kv=512, pos=511)
+        pre = _summary(_prefill(model, target, 128), hbm, cfg, cfg.mv_rows)
+        dsp_bound_ms = 1e3 * pre["macs_dense"] / (cfg.mm_macs_per_cycle * cfg.clock_mhz * 1e6)
         unit, frac = r.binding_unit()
-        chains = variant.mv_rows * variant.cores
-        out[name] = {"decode_tokens_per_s_kv512": 1 / r.seconds,
-                     "hbm_utilization": r.hbm_utilization(hbm),
-                     "binding_unit": unit, "binding_busy_fraction": frac,
-                     "chain_occupancy": r.chain_work / (chains * r.cycles),
-                     "busy_core0": r.busy[0]}
-    return out
+        # What a config step costs (the board's fit, cached or bundled synthesis results
+        # where the unit's design has one, counted otherwise); what-ifs have no hardware.
+        lut = _lut_percent(cfg, board) if change or not rows else None
+        rows.append({"step": name, "lut_percent_of_free": lut, "config_change": change,
+                     "timing_what_if": what_if,
+                     "decode_tokens_per_s_kv512": 1 / r.seconds,
+                     "hbm_utilization_kv512": r.hbm_utilization(hbm),
+                     "decode_binding_unit": unit, "decode_binding_busy_fraction": frac,
+                     "decode_busy_fraction_core0": {k: v / r.cycles
+                                                    for k, v in r.busy[0].items()},
+                     "chain_occupancy_kv512": r.chain_work / (cfg.mv_rows * cfg.cores
+                                                              * r.cycles),
+                     "prefill_128_ms": pre["ms"], "prefill_128_dsp_bound_ms": dsp_bound_ms,
+                     "prefill_binding_unit": pre["binding_unit"]})
+    return rows
 
 
 def check_goals(key, out: dict) -> dict:
@@ -114,6 +160,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="model:board, e.g. llama2-7b:u280")
     ap.add_argument("--max-len", type=int, default=2048)
     ap.add_argument("--weight-bits", type=int, default=4)
+    ap.add_argument("--no-roadmap", action="store_true",
+                    help="skip the road-to-the-goals study (lowers the model once per step)")
     args = ap.parse_args()
     pairs = [tuple(args.only.split(":"))] if args.only else PAIRS
     RESULTS.mkdir(exist_ok=True)
@@ -128,7 +176,9 @@ def main() -> None:
         out["weight_bits"] = args.weight_bits
         out["bounds"] = bounds(out, config, hbm)
         out["goals"] = check_goals((model_name, board), out)
-        out["what_if"] = what_ifs(target, hbm)
+        if not args.no_roadmap:
+            out["roadmap"] = roadmap(model_name, config, hbm, weight_bits=args.weight_bits,
+                                     max_len=args.max_len, board=board)
         out["flightllm_reference"] = FLIGHTLLM.get((model_name, board))
         out["timing_seconds"] = {"lower_from_shapes": round(t1 - t0, 1),
                                  "model": round(t2 - t1, 1)}
@@ -144,6 +194,13 @@ def main() -> None:
               f"{out['binding_unit']['decode']['512']}), prefill 128 "
               f"{out['prefill_ms']['128']:.0f} ms (DSP bound "
               f"{out['prefill_dsp_bound_ms']['128']:.0f} ms); goals {out['goals']}")
+        for row in out.get("roadmap", ()):
+            print(f"  + {row['step']:42s} decode {row['decode_tokens_per_s_kv512']:6.1f} "
+                  f"tokens/s (HBM {100 * row['hbm_utilization_kv512']:3.0f}%, "
+                  f"{row['decode_binding_unit']}), prefill 128 {row['prefill_128_ms']:6.0f} ms "
+                  f"({row['prefill_128_ms'] / row['prefill_128_dsp_bound_ms']:.2f}x DSP bound)"
+                  + (f", LUT {row['lut_percent_of_free']:.1f}%" if row["lut_percent_of_free"]
+                     else ""))
 
 
 if __name__ == "__main__":

@@ -88,6 +88,12 @@ class UnitTiming:
         token_latency: Cycles from a release to the waiting queue seeing the token.
         barrier: A SYS instruction's cross-core handshake (cores sit in different SLRs).
         gather_bytes_per_cycle: Bytes a core receives per cycle during a GATHER.
+        ld_lanes: Segments on different channels an LD's data path moves at once. The RTL
+            has one lane (1); more is a what-if of the performance study
+            (bench/estimate_full_size.py), not a property of the hardware.
+        mm_pairs_per_weight_read: Token pairs one pass over an MM's weights serves. The RTL
+            streams the weights once per pair (1); more is a what-if (a chain holding that
+            many accumulator sets), like ``ld_lanes``.
     """
 
     chains: int | None = None
@@ -118,6 +124,8 @@ class UnitTiming:
     token_latency: int = 1
     barrier: int = 64
     gather_bytes_per_cycle: int = 64
+    ld_lanes: int = 1
+    mm_pairs_per_weight_read: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,25 +160,28 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
     word = t.dequant_word_bytes
     values = _ceil(16 * n_keep * bits // 8, word)
     header = (1 if ins.gscale else 0) + (_ceil(8 * n_keep, word) if n_keep < 16 else 0)
-    passes = max(16 * n_keep // cfg.mv_k, 1)
+    pairs = _ceil(rows, 2)
+    # Weight reads: once per pair (the RTL), or once per group of pairs sharing them.
+    reuse = min(t.mm_pairs_per_weight_read, pairs)
+    reads = _ceil(pairs, reuse)
+    passes = max(16 * n_keep // cfg.mv_k, 1) * reuse
     block = t.block_switch + header + max(values, passes)
     table = _ceil(kb, word) if ins.sparse else 0
     strip = table + kb * block
     chains = t.chains or cfg.mv_rows
     per_chain = _ceil(strips, chains) * strip
-    pairs = _ceil(rows, 2)
-    chain_time = pairs * per_chain + (pairs - 1) * t.mm_pair_switch
+    chain_time = reads * per_chain + (reads - 1) * t.mm_pair_switch
     output_time = _ceil(rows * strips, t.output_rows_per_cycle)
     fill = cfg.mv_k + t.chain_latency_extra + t.output_stage + t.matrix_issue
     block_bytes = word * (header + values)
     weight_bytes = strips * (word * table + kb * block_bytes)
-    # The weights of every pair come through the one WBUF read port.
-    port_time = _ceil(pairs * weight_bytes, cfg.wbuf.width * t.buffer_rows_per_cycle)
+    # The weights of every read come through the one WBUF read port.
+    port_time = _ceil(reads * weight_bytes, cfg.wbuf.width * t.buffer_rows_per_cycle)
     return MatrixCost(cycles=max(chain_time, output_time, port_time) + fill,
                       macs_dense=rows * 256 * strips * kb,
                       macs_stored=rows * 16 * n_keep * strips * kb,
                       weight_bytes=weight_bytes,
-                      chain_work=pairs * strips * strip, port_cycles=port_time, fill=fill)
+                      chain_work=reads * strips * strip, port_cycles=port_time, fill=fill)
 
 
 def misc_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
@@ -217,7 +228,8 @@ def datapath_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> 
         return 0
     beat = cfg.axi_data_bits // 8
     nch = max(ins.nch, 1) if ins.op == Opcode.LD else 1
-    segments = ins.n1 * ins.n2 * nch
+    # Each lane takes its share of the channels; the lanes run side by side.
+    segments = ins.n1 * ins.n2 * _ceil(nch, max(t.ld_lanes, 1))
     return segments * (_ceil(ins.len, beat) + t.segment_overhead)
 
 

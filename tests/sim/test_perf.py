@@ -105,6 +105,21 @@ def test_mm_streams_weights_once_per_token_pair():
     assert r5.cycles == 3 * 272 + 2 * UnitTiming().mm_pair_switch + FILL
 
 
+def test_weights_shared_by_token_pairs_are_a_what_if():
+    # mm_pairs_per_weight_read (not the RTL): the chain runs every pair of a group through
+    # each block while the dequantiser's words for it are read once.
+    mm = Instruction(Opcode.MM, w_addr=0, wbits=WeightBits.INT4, n_strips=8, k_blocks=8,
+                     m_rows=4, x_stride=128, out_stride=128)
+    shared = run([[mm]], timing=UnitTiming(**NO_FETCH, mm_pairs_per_weight_read=2))
+    # Dense INT4 block: 16 value words; 2 pairs x 16 passes = 32 chain cycles + the switch.
+    assert shared.cycles == 2 * 8 * (1 + 32) + FILL
+    # On tiny's 16-byte WBUF port the weights bind when read per pair (2 x 512 rows); read
+    # once (512 rows) they no longer do, and the chains' 528 cycles set the time.
+    assert run([[mm]], cfg=CFG).cycles == 2 * 512 + FILL
+    assert run([[mm]], cfg=CFG, timing=UnitTiming(**NO_FETCH, mm_pairs_per_weight_read=2)
+               ).cycles == shared.cycles
+
+
 def test_sfu_cycle_model():
     soft = Instruction(Opcode.MISC, func=MiscFunc.SOFTMAX, defer=1, n=64, m=2,
                        a_buf=Buffer.RBUF, b_buf=Buffer.RBUF, d_buf=Buffer.ABUF)
@@ -128,6 +143,17 @@ def test_a_load_moves_one_beat_per_cycle_whatever_its_channels():
     # 128-bit beats halve it; the 16-byte ABUF row per cycle (512 rows) does not bind.
     wide = run([[both]], cfg=CFG.replace(axi_data_bits=128))
     assert wide.cycles == ISSUE + 2 * (256 + SEG) + LAT + DRAIN
+
+
+def test_load_lanes_are_a_what_if():
+    # ld_lanes (not the RTL): channels' segments move side by side, each lane one beat per
+    # cycle, so two channels on two lanes take one channel's time.
+    both = Instruction(Opcode.LD, buf=Buffer.ABUF, buf_addr=0, chan=0, nch=2, ch_stride=4096,
+                       hbm_addr=0, len=4096, n1=1, n2=1)
+    cfg = CFG.replace(abuf=BufferSpec(64, 512))   # the buffer's row port does not bind
+    lanes = UnitTiming(**NO_FETCH, ld_lanes=2)
+    assert run([[both]], cfg=cfg, timing=lanes).cycles == ISSUE + 512 + GAP + LAT + DRAIN
+    assert run([[both]], cfg=cfg).cycles == ISSUE + 2 * (512 + SEG) + LAT + DRAIN
 
 
 def test_load_cycles_and_contiguity():
