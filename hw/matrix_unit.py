@@ -179,8 +179,9 @@ class MatrixUnit(wiring.Component):
         act_rd = [ByteReader(cfg.abuf, BLOCK) for _ in range(2)]
         p_chunk = min(cfg.pbuf.width, _STRIP_RECORDS)
         par_rd = ByteReader(cfg.pbuf, p_chunk)
-        psum_rd = ByteReader(cfg.rbuf, 4 * BLOCK)
-        res_rd = ByteReader(cfg.rbuf, 4 * BLOCK)
+        # Partial sums and Q32 residuals sit at checked 4-byte-aligned RBUF addresses.
+        psum_rd = ByteReader(cfg.rbuf, 4 * BLOCK, align=4)
+        res_rd = ByteReader(cfg.rbuf, 4 * BLOCK, align=4)
         q8_wr = ChunkWriter(cfg.abuf, BLOCK)
         q32_wr = ChunkWriter(cfg.rbuf, 4 * BLOCK)
         muxes = {

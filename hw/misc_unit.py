@@ -127,13 +127,16 @@ class MiscUnit(wiring.Component):
         func = ins.func
 
         # ---- readers and writers, one multiplexer per buffer
-        copy_rd = {b: ByteReader(spec[b], Cc) for b in _BUFS}
+        # RBUF operands are 4-byte aligned (addresses and strides are checked above) and norm
+        # parameters 2-byte aligned: their readers realign whole words, not bytes.
+        copy_rd = {b: ByteReader(spec[b], Cc, align=4 if b == Buffer.RBUF else 1)
+                   for b in _BUFS}
         a_rd = {Buffer.ABUF: ByteReader(spec[Buffer.ABUF], L),
-                Buffer.RBUF: ByteReader(spec[Buffer.RBUF], 4 * L)}
+                Buffer.RBUF: ByteReader(spec[Buffer.RBUF], 4 * L, align=4)}
         b_rd = {Buffer.ABUF: ByteReader(spec[Buffer.ABUF], L),
-                Buffer.RBUF: ByteReader(spec[Buffer.RBUF], 4 * L)}
-        gamma_rd = ByteReader(spec[Buffer.PBUF], 2 * L)
-        beta_rd = ByteReader(spec[Buffer.PBUF], 4 * L)
+                Buffer.RBUF: ByteReader(spec[Buffer.RBUF], 4 * L, align=4)}
+        gamma_rd = ByteReader(spec[Buffer.PBUF], 2 * L, align=2)
+        beta_rd = ByteReader(spec[Buffer.PBUF], 4 * L, align=2)
         table_rd = ByteReader(spec[Buffer.PBUF], 2 * L)
         out_wr = {b: ChunkWriter(spec[b], Cc) for b in _BUFS}
         recip_wr = ChunkWriter(spec[Buffer.RBUF], 4)

@@ -294,7 +294,7 @@ def _preset_u280() -> AcceleratorConfig:
     # 1,024 INT8 MACs per cycle in MM mode). Sized by the estimate of the whole core (flightllm
     # hw resources): a core is about 490k LUTs, of which the chains and dequantisers are 150k;
     # the readers, writers, DMA and SFU around them are the rest, so three cores would need
-    # ~123% of the LUTs the shell leaves and two take ~82%. More chains per core do not help
+    # ~123% of the LUTs the shell leaves and two take ~81%. More chains per core do not help
     # while the weights come through one 64-byte WBUF row per cycle (8 dequantiser words): the
     # performance model gives LLaMA2-7B the same times with 16, 24 or 32 chains.
     # Thirteen HBM pseudo-channels per core (6.5 GiB: OPT-6.7B at 4 bits needs more than 9) plus
