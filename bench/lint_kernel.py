@@ -36,9 +36,10 @@ def main() -> None:
     run = verilator_lint(path, top="flightllm", timeout=args.timeout)
     t2 = time.perf_counter()
     warnings = sorted(set(re.findall(r"%Warning-[A-Z0-9_]+: .*", run.stderr)))
-    out = {"arch": cfg.name, "config_hash": cfg.config_hash(), "verilog_bytes": path.stat().st_size, "returncode": run.returncode,
-           "clean": run.returncode == 0, "warnings": [w.replace(str(path), path.name)
-                                                    for w in warnings],
+    out = {"arch": cfg.name, "config_hash": cfg.config_hash(),
+           "verilog_bytes": path.stat().st_size, "returncode": run.returncode,
+           "clean": run.returncode == 0,
+           "warnings": [w.replace(str(path), path.name) for w in warnings],
            "errors": run.stderr[-4000:] if run.returncode else "",
            "seconds": {"generate_or_cache": round(t1 - t0, 1), "lint": round(t2 - t1, 1)}}
     RESULTS.mkdir(exist_ok=True)

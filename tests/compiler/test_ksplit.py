@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 
 from flightllm.compiler.build import CompileOptions, compile_model
-from flightllm.compiler.calibrate import calibrate, default_calibration_tokens
 from flightllm.compiler.frontend import load_onnx
-from flightllm.compiler.qmodel import KVState, QuantRecipe, build_qmodel, qforward
 from flightllm.contract.config import BufferSpec, preset
 from flightllm.host.build import load_build
 from flightllm.host.session import GoldenDevice, Session
 
-from .conftest import MODEL_DIR
+from .conftest import MODEL_DIR, assert_generation_matches, reference_qmodel
 
 # A 5 KiB WBUF leaves 1.5 KiB weight slots at max_len 64: an INT8 strip of the 128-wide MLP
 # down projection (2 KiB) no longer fits, the 64-wide ones (1 KiB) still do. LLaMA's down
@@ -37,20 +35,11 @@ def test_k_split_matches_the_reference(tmp_path, model, cores, bits):
     cfg = preset("tiny").replace(cores=cores, wbuf=SMALL_WBUF)
     compile_model(ir, cfg, tmp_path / "b", opts)
     assert _split_chunks(tmp_path / "b"), "the small WBUF did not force a K-split"
-    calib = [default_calibration_tokens(ir.config.vocab_size, 64, i) for i in range(2)]
-    qm = build_qmodel(ir, calibrate(ir, calib), QuantRecipe(weight_bits=bits), max_len=64)
     build = load_build(tmp_path / "b")
     # A random queue order: the partial sums' hand-over between ranges is token-ordered.
     session = Session(build, GoldenDevice(build, order="random", seed=cores))
-    kv = KVState.empty(qm)
     prompt = np.random.default_rng(1).integers(0, ir.config.vocab_size, 21)
-    want = qforward(qm, prompt, 0, kv) * qm.lm_head.s_out
-    np.testing.assert_array_equal(session.prefill(prompt).logits, want)
-    token = int(np.argmax(want[-1]))
-    for step in range(3):
-        want = qforward(qm, [token], len(prompt) + step, kv) * qm.lm_head.s_out
-        np.testing.assert_array_equal(session.decode(token).logits, want)
-        token = int(np.argmax(want[-1]))
+    assert_generation_matches(session, reference_qmodel(ir, opts), prompt, 3)
 
 
 def test_default_wbuf_needs_no_k_split(tmp_path):

@@ -7,23 +7,14 @@ import pytest
 
 from flightllm.compiler.build import CompileOptions, compile_model
 from flightllm.compiler.frontend import load_onnx
-from flightllm.compiler.qmodel import KVState, QuantRecipe, build_qmodel, qforward
-from flightllm.compiler.calibrate import calibrate, default_calibration_tokens
+from flightllm.compiler.qmodel import KVState, qforward
 from flightllm.contract.config import preset
 from flightllm.host.build import load_build
 from flightllm.host.session import GoldenDevice, Session
 
-from .conftest import MODELS, MODEL_DIR
+from .conftest import MODELS, MODEL_DIR, assert_generation_matches, reference_qmodel
 
 MAX_LEN = 64
-
-
-def reference(build_dir, ir, opts):
-    """The integer model the build was compiled from (same calibration, same recipe)."""
-    calib = [default_calibration_tokens(ir.config.vocab_size, opts.calibration_length, i)
-             for i in range(opts.calibration_sequences)]
-    recipe = QuantRecipe(weight_bits=opts.weight_bits, sparsity=dict(opts.sparsity))
-    return build_qmodel(ir, calibrate(ir, calib), recipe, max_len=opts.max_len)
 
 
 # Every model on one core; one model per family also on three cores (uneven head and strip
@@ -38,23 +29,15 @@ def compiled(request, tmp_path_factory):
     opts = CompileOptions(max_len=MAX_LEN, chunk=16, calibration_sequences=2)
     out = tmp_path_factory.mktemp("build") / "b"
     compile_model(ir, preset("tiny").replace(cores=cores), out, opts)
-    qm = reference(out, ir, opts)
+    qm = reference_qmodel(ir, opts)
     return load_build(out), qm
 
 
 def test_prefill_then_eight_decode_steps_bit_exact(compiled):
     build, qm = compiled
     session = Session(build, GoldenDevice(build))
-    kv = KVState.empty(qm)
     prompt = np.random.default_rng(0).integers(0, qm.config.vocab_size, 21)  # two chunks
-    got = session.prefill(prompt).logits
-    want = qforward(qm, prompt, 0, kv) * qm.lm_head.s_out
-    np.testing.assert_array_equal(got, want)
-    token = int(np.argmax(want[-1]))
-    for step in range(8):
-        want = qforward(qm, [token], len(prompt) + step, kv) * qm.lm_head.s_out
-        np.testing.assert_array_equal(session.decode(token).logits, want)
-        token = int(np.argmax(want[-1]))
+    kv = assert_generation_matches(session, qm, prompt, 8)
     # The KV cache in HBM is the reference's, byte for byte (each core holds its heads).
     n = len(prompt) + 8
     for core, caches in enumerate(build.io["k_cache"]):

@@ -4,16 +4,14 @@ strips, the chunk stays inside its WBUF slot, and the logits stay bit-exact."""
 import numpy as np
 
 from flightllm.compiler.build import CompileOptions, compile_model
-from flightllm.compiler.calibrate import calibrate, default_calibration_tokens
 from flightllm.compiler.frontend import load_onnx
-from flightllm.compiler.qmodel import KVState, QuantRecipe, build_qmodel, qforward
 from flightllm.contract.config import BufferSpec, preset
 from flightllm.contract.isa import Buffer, Opcode
 from flightllm.host.build import load_build
 from flightllm.host.session import GoldenDevice, Session
 from flightllm.sim.golden import load_streams
 
-from .conftest import MODEL_DIR
+from .conftest import MODEL_DIR, assert_generation_matches, reference_qmodel
 
 # Eight channels and a 12 KiB WBUF: a weight slot holds fewer than eight strips of most
 # matrices, so their chunks use only some of the channels (as LLaMA2-7B's down projection
@@ -49,16 +47,6 @@ def test_narrow_chunks_load_only_their_channels(tmp_path):
     placed = [t for t in build.manifest["tensors"] if t["dtype"] == "blocks"]
     assert any(len(t["channels"]) < CFG.hbm_channels_per_core for t in placed)
 
-    calib = [default_calibration_tokens(ir.config.vocab_size, 64, i) for i in range(2)]
-    qm = build_qmodel(ir, calibrate(ir, calib), QuantRecipe(weight_bits=OPTS.weight_bits),
-                      max_len=OPTS.max_len)
     session = Session(build, GoldenDevice(build, order="random", seed=3))
-    kv = KVState.empty(qm)
     prompt = np.random.default_rng(2).integers(0, ir.config.vocab_size, 19)
-    want = qforward(qm, prompt, 0, kv) * qm.lm_head.s_out
-    np.testing.assert_array_equal(session.prefill(prompt).logits, want)
-    token = int(np.argmax(want[-1]))
-    for step in range(3):
-        want = qforward(qm, [token], len(prompt) + step, kv) * qm.lm_head.s_out
-        np.testing.assert_array_equal(session.decode(token).logits, want)
-        token = int(np.argmax(want[-1]))
+    assert_generation_matches(session, reference_qmodel(ir, OPTS), prompt, 3)
