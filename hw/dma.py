@@ -39,7 +39,7 @@ from flightllm.hw.isa_layouts import instruction_layout
 
 __all__ = [
     "axi4_signature", "axi4_read_signature", "burst_beats", "chunk_layout",
-    "RowWriter", "RowReader", "LoadEngine", "StoreEngine", "MAX_BURST", "MAX_OUTSTANDING",
+    "RowWriter", "RowReader", "width_groups", "LoadEngine", "StoreEngine", "MAX_BURST", "MAX_OUTSTANDING",
 ]
 
 #: Beats per burst (AXI4 allows 256; 16 keeps the read-back FIFOs of the interconnect small).
@@ -106,19 +106,57 @@ def _lsb_mask(count: Value, width: int) -> Value:
                ((C(1, width + 1) << count[:(width).bit_length()]) - 1)[:width])
 
 
+def width_groups(cfg: AcceleratorConfig) -> list[tuple[int, ...]]:
+    """Buffers (indices into BUFFERS) grouped by row width, in BUFFERS order: one row writer
+    (LD) or reader (ST) serves each group, since a transfer uses one buffer at a time."""
+    groups: dict[int, list[int]] = {}
+    for i, name in enumerate(BUFFERS):
+        groups.setdefault(cfg.buffer(name).width, []).append(i)
+    return [tuple(g) for g in groups.values()]
+
+
+def _group_spec(cfg: AcceleratorConfig, group) -> BufferSpec:
+    specs = [cfg.buffer(BUFFERS[i]) for i in group]
+    return BufferSpec(specs[0].width, max(s.depth for s in specs))
+
+
+def _route(m: Module, shared, dest: Value, clients: list) -> None:
+    """Connect a shared row client (``shared``, for the group's deepest buffer) to the
+    ``dest``-th of the buffers' own ``clients`` (the engine's flipped client ports)."""
+    for k, client in enumerate(clients):
+        sel = dest == k
+        m.d.comb += [client.req.valid.eq(shared.req.valid & sel),
+                     client.req.p.addr.eq(shared.req.p.addr),
+                     client.req.p.write.eq(shared.req.p.write),
+                     client.req.p.data.eq(shared.req.p.data),
+                     client.req.p.be.eq(shared.req.p.be),
+                     client.rsp.ready.eq(shared.rsp.ready & sel)]
+        with m.If(sel):
+            m.d.comb += [shared.req.ready.eq(client.req.ready),
+                         shared.rsp.valid.eq(client.rsp.valid),
+                         shared.rsp.payload.eq(client.rsp.payload)]
+
+
 # --------------------------------------------------------------------------- buffer side
 class RowWriter(wiring.Component):
-    """Writes chunks at arbitrary byte addresses of one buffer, merging bytes that fall in the
+    """Writes chunks at arbitrary byte addresses of a buffer, merging bytes that fall in the
     same row into one row write; the row is written when a chunk for another row arrives or a
-    chunk marked ``last`` was merged (so a finished segment is in the buffer)."""
+    chunk marked ``last`` was merged (so a finished segment is in the buffer).
 
-    def __init__(self, spec: BufferSpec, beat_bytes: int):
+    One writer serves ``dests`` buffers of one row width (``spec`` has the deepest one's
+    depth): ``dest`` is sampled with each chunk and ``port_dest`` says which buffer the
+    request on ``port`` is for. A segment's chunks all go to one buffer and its last row is
+    flushed before another segment's bytes are merged, so rows never mix buffers."""
+
+    def __init__(self, spec: BufferSpec, beat_bytes: int, *, dests: int = 1):
         if beat_bytes > spec.width:
             raise ValueError(f"AXI beat of {beat_bytes} bytes is wider than the {spec.width}-byte "
                              "buffer row; the DMA needs axi_data_bits <= 8 * buffer width")
         self.spec, self.beat_bytes = spec, beat_bytes
         super().__init__({"chunk": In(stream.Signature(chunk_layout(beat_bytes))),
-                          "port": Out(row_client_signature(spec)), "idle": Out(1)})
+                          "dest": In(range(max(dests, 2))),
+                          "port": Out(row_client_signature(spec)),
+                          "port_dest": Out(range(max(dests, 2))), "idle": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -126,6 +164,7 @@ class RowWriter(wiring.Component):
         lane_bits = W.bit_length() - 1
         cur_valid, phase, cur_last = Signal(), Signal(), Signal()
         cur_row = Signal(range(self.spec.depth + 1))
+        cur_dest = Signal.like(self.dest)
         win_data, win_be = Signal(16 * W), Signal(2 * W)
         has_hi = win_be[W:].any()
 
@@ -154,7 +193,8 @@ class RowWriter(wiring.Component):
                              pend_be.eq(pend_be | part_be), pend_flush.eq(part_last)]
             with m.Else():
                 m.d.sync += [pend_valid.eq(1), pend_row.eq(part_row), pend_data.eq(part_data),
-                             pend_be.eq(part_be), pend_flush.eq(part_last)]
+                             pend_be.eq(part_be), pend_flush.eq(part_last),
+                             self.port_dest.eq(cur_dest)]
         with m.Elif(wacc):
             m.d.sync += pend_valid.eq(0)
 
@@ -169,7 +209,7 @@ class RowWriter(wiring.Component):
         with m.If(chunk.valid & chunk.ready):
             lane = chunk.p.addr[:lane_bits]
             m.d.sync += [cur_valid.eq(1), phase.eq(0), cur_last.eq(chunk.p.last),
-                         cur_row.eq(chunk.p.addr[lane_bits:]),
+                         cur_row.eq(chunk.p.addr[lane_bits:]), cur_dest.eq(self.dest),
                          win_data.eq(chunk.p.data << Cat(C(0, 3), lane)),
                          win_be.eq(chunk.p.be << lane)]
         m.d.comb += self.idle.eq(~cur_valid & ~pend_valid)
@@ -177,17 +217,24 @@ class RowWriter(wiring.Component):
 
 
 class RowReader(wiring.Component):
-    """Reads a segment (``addr``, ``len``) of one buffer as chunks (segment byte 0 first)."""
+    """Reads a segment (``addr``, ``len``) of a buffer as chunks (segment byte 0 first).
 
-    def __init__(self, spec: BufferSpec, beat_bytes: int):
+    One reader serves ``dests`` buffers of one row width (``spec`` has the deepest one's
+    depth): ``dest`` is sampled with each segment and ``port_dest`` says which buffer
+    ``port`` talks to. A segment ends only when the rows it asked for are all back, so no
+    response of one buffer is in flight when the next segment turns to another."""
+
+    def __init__(self, spec: BufferSpec, beat_bytes: int, *, dests: int = 1):
         if beat_bytes > spec.width:
             raise ValueError(f"AXI beat of {beat_bytes} bytes is wider than the {spec.width}-byte "
                              "buffer row; the DMA needs axi_data_bits <= 8 * buffer width")
         self.spec, self.beat_bytes = spec, beat_bytes
         super().__init__({
             "seg": In(stream.Signature(data.StructLayout({"addr": 25, "len": 25}))),
+            "dest": In(range(max(dests, 2))),
             "chunk": Out(stream.Signature(chunk_layout(beat_bytes))),
-            "port": Out(row_client_signature(spec)), "idle": Out(1),
+            "port": Out(row_client_signature(spec)),
+            "port_dest": Out(range(max(dests, 2))), "idle": Out(1),
         })
 
     def elaborate(self, platform):
@@ -206,7 +253,8 @@ class RowReader(wiring.Component):
         with m.If(seg.valid & seg.ready):
             end = seg.p.addr + seg.p.len - 1
             m.d.sync += [active.eq(1), p.eq(seg.p.addr), left.eq(seg.p.len),
-                         next_row.eq(seg.p.addr[lane_bits:]), last_row.eq(end[lane_bits:])]
+                         next_row.eq(seg.p.addr[lane_bits:]), last_row.eq(end[lane_bits:]),
+                         self.port_dest.eq(self.dest)]
 
         req, rsp = self.port.req, self.port.rsp
         m.d.comb += [req.valid.eq(active & (next_row <= last_row)), req.p.addr.eq(next_row),
@@ -491,13 +539,18 @@ class LoadEngine(_TransferEngine):
         m.d.comb += tr.enable.eq(ins.transpose)
         m.d.comb += [tr.i.valid.eq(chunk.valid), tr.i.p.eq(chunk.p), chunk.ready.eq(tr.i.ready)]
         idle = [~active, ~segs.r_rdy, tr.idle]
-        for i, name in enumerate(BUFFERS):
-            writer = RowWriter(self.cfg.buffer(name), B)
-            m.submodules[f"writer_{name}"] = writer
-            wiring.connect(m, writer.port, wiring.flipped(getattr(self, name)))
-            m.d.comb += [writer.chunk.p.eq(tr.o.p), writer.chunk.valid.eq(tr.o.valid & (buf == i))]
-            with m.If(buf == i):
-                m.d.comb += tr.o.ready.eq(writer.chunk.ready)
+        # One writer per row width: a writer's shifters are as wide as two rows, and an LD
+        # fills one buffer at a time.
+        for group in width_groups(self.cfg):
+            writer = RowWriter(_group_spec(self.cfg, group), B, dests=len(group))
+            m.submodules["writer_" + "_".join(BUFFERS[i] for i in group)] = writer
+            _route(m, writer.port, writer.port_dest,
+                   [getattr(self, BUFFERS[i]) for i in group])
+            m.d.comb += writer.chunk.p.eq(tr.o.p)
+            for k, i in enumerate(group):
+                with m.If(buf == i):
+                    m.d.comb += [writer.dest.eq(k), writer.chunk.valid.eq(tr.o.valid),
+                                 tr.o.ready.eq(writer.chunk.ready)]
             idle.append(writer.idle)
         m.d.comb += data_idle.eq(Cat(*idle).all())
         return m
@@ -594,12 +647,18 @@ class StoreEngine(_TransferEngine):
         prev = Signal(8 * B)
         waddr = Signal(64)
         in_burst = Signal(range(MAX_BURST))
-        readers = []
-        for i, name in enumerate(BUFFERS):
-            reader = RowReader(self.cfg.buffer(name), B)
-            m.submodules[f"reader_{name}"] = reader
-            wiring.connect(m, reader.port, wiring.flipped(getattr(self, name)))
-            readers.append(reader)
+        # One reader per row width (as LD's writers); ``readers[i]`` serves buffer i.
+        readers, groups = [None] * len(BUFFERS), width_groups(self.cfg)
+        for group in groups:
+            reader = RowReader(_group_spec(self.cfg, group), B, dests=len(group))
+            m.submodules["reader_" + "_".join(BUFFERS[i] for i in group)] = reader
+            _route(m, reader.port, reader.port_dest,
+                   [getattr(self, BUFFERS[i]) for i in group])
+            for k, i in enumerate(group):
+                readers[i] = reader
+                with m.If(desc.buf == i):
+                    m.d.comb += reader.dest.eq(k)
+        unique = list(dict.fromkeys(readers))
         seg_ready = Array(r.seg.ready for r in readers)[desc.buf]
         with m.If(~active & segs.r_rdy & seg_ready):
             m.d.comb += segs.r_en.eq(1)
@@ -609,8 +668,9 @@ class StoreEngine(_TransferEngine):
                          rem.eq(s_new + desc.len), prev.eq(0),
                          waddr.eq(desc.addr & ~(B - 1)), in_burst.eq(0)]
             for i, r in enumerate(readers):
-                m.d.comb += [r.seg.valid.eq(desc.buf == i), r.seg.p.addr.eq(desc.baddr),
-                             r.seg.p.len.eq(desc.len)]
+                with m.If(desc.buf == i):
+                    m.d.comb += [r.seg.valid.eq(1), r.seg.p.addr.eq(desc.baddr),
+                                 r.seg.p.len.eq(desc.len)]
         chunk_valid = Array(r.chunk.valid for r in readers)[buf]
         chunk_data = Array(r.chunk.p.data for r in readers)[buf]
         chunk_last = Array(r.chunk.p.last for r in readers)[buf]
@@ -628,7 +688,8 @@ class StoreEngine(_TransferEngine):
         with m.Elif(active & tail):
             m.d.comb += [wvalid.eq(1), wdata.eq((Cat(prev, C(0, 8 * B)) >> back)[:8 * B])]
         for i, r in enumerate(readers):
-            m.d.comb += r.chunk.ready.eq(take_chunk & (buf == i))
+            with m.If(buf == i):
+                m.d.comb += r.chunk.ready.eq(take_chunk)
         strb = Signal(B)
         low = Mux(first, _lsb_mask(s, B), 0)
         m.d.comb += strb.eq(_lsb_mask(rem, B) & ~low)
@@ -650,7 +711,7 @@ class StoreEngine(_TransferEngine):
                         m.d.sync += tail.eq(1)
             with m.If(tail):
                 m.d.sync += [active.eq(0), tail.eq(0)]
-        idle = [~active, ~segs.r_rdy] + [r.idle for r in readers]
+        idle = [~active, ~segs.r_rdy] + [r.idle for r in unique]
         m.d.comb += data_idle.eq(Cat(*idle).all())
         m.d.comb += self.progress.eq(issued | beat_done | responses.any())
         return m

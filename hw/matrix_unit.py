@@ -47,7 +47,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from flightllm.contract.config import BLOCK, AcceleratorConfig
+from flightllm.contract.config import BLOCK, AcceleratorConfig, BufferSpec
 from flightllm.contract.isa import OPCODES, Opcode, OutMode
 from flightllm.contract.params import REQUANT_RECORD_BYTES
 from flightllm.contract.regmap import ErrorCode
@@ -56,7 +56,8 @@ from flightllm.contract.weights import WORD_BYTES
 from .bufport import buffer_clients
 from .isa_layouts import instruction_layout
 from .matrix_engine import COMMAND_LAYOUT, PARAMS_LAYOUT, MatrixEngine, check_engine_shape
-from .row_stream import ADDR_BITS, ByteReader, ChunkWriter, PortMux, segment_layout
+from .row_stream import (ADDR_BITS, ByteReader, ChunkWriter, PortMux, route_writes,
+                         segment_layout)
 
 __all__ = ["MatrixUnit"]
 
@@ -182,8 +183,15 @@ class MatrixUnit(wiring.Component):
         # Partial sums and Q32 residuals sit at checked 4-byte-aligned RBUF addresses.
         psum_rd = ByteReader(cfg.rbuf, 4 * BLOCK, align=4)
         res_rd = ByteReader(cfg.rbuf, 4 * BLOCK, align=4)
-        q8_wr = ChunkWriter(cfg.abuf, BLOCK)
-        q32_wr = ChunkWriter(cfg.rbuf, 4 * BLOCK)
+        if cfg.abuf.width == cfg.rbuf.width:
+            # An instruction writes Q8 rows to ABUF or Q32 rows to RBUF, never both: one
+            # writer (one row-wide shifter) serves both buffers, ABUF as dest 0, RBUF as 1.
+            q8_wr = q32_wr = ChunkWriter(BufferSpec(cfg.abuf.width,
+                                                    max(cfg.abuf.depth, cfg.rbuf.depth)),
+                                         4 * BLOCK, dests=2)
+        else:
+            q8_wr = ChunkWriter(cfg.abuf, BLOCK)
+            q32_wr = ChunkWriter(cfg.rbuf, 4 * BLOCK)
         muxes = {
             "wbuf": (PortMux(cfg.wbuf, C + 1, writers=0), chain_rd + [scan_rd], None),
             "abuf": (PortMux(cfg.abuf, 2), act_rd, q8_wr),
@@ -196,10 +204,13 @@ class MatrixUnit(wiring.Component):
                 m.submodules[f"{name}_rd{i}"] = rd
                 wiring.connect(m, rd.req, mux.readers[i].req)
                 wiring.connect(m, rd.rsp, mux.readers[i].rsp)
-            if writer is not None:
+            if writer is not None and q8_wr is not q32_wr:
                 m.submodules[f"{name}_wr"] = writer
                 wiring.connect(m, writer.req, mux.writers[0])
             wiring.connect(m, mux.port, wiring.flipped(getattr(self, name)))
+        if q8_wr is q32_wr:
+            m.submodules.out_wr = q8_wr
+            route_writes(m, q8_wr, [muxes["abuf"][0].writers[0], muxes["rbuf"][0].writers[0]])
 
         # ---- instruction intake and checks
         error_now = Signal(3)           # an error found this cycle
@@ -504,13 +515,19 @@ class MatrixUnit(wiring.Component):
         got_last = Signal()
         with m.If(start):
             m.d.sync += got_last.eq(0)
-        for wr, is_q8 in ((q8_wr, True), (q32_wr, False)):
+        q8_data = Cat(y[j][:8] for j in range(BLOCK))
+        if q8_wr is q32_wr:
+            wr = q8_wr
+            m.d.comb += [wr.cmd.valid.eq(eng.results.valid), wr.cmd.payload.addr.eq(walk.addr),
+                         wr.cmd.payload.nbytes.eq(Mux(failed, 0, Mux(q8, BLOCK, 4 * BLOCK))),
+                         wr.cmd.payload.data.eq(Mux(q8, q8_data, y.as_value())),
+                         wr.dest.eq(~q8)]
+        for wr, is_q8 in ((q8_wr, True), (q32_wr, False)) if q8_wr is not q32_wr else ():
             mine = q8 if is_q8 else ~q8
             m.d.comb += [wr.cmd.valid.eq(eng.results.valid & mine),
                          wr.cmd.payload.addr.eq(walk.addr),
                          wr.cmd.payload.nbytes.eq(Mux(failed, 0, BLOCK if is_q8 else 4 * BLOCK)),
-                         wr.cmd.payload.data.eq(Cat(y[j][:8] for j in range(BLOCK)) if is_q8
-                                                else y.as_value())]
+                         wr.cmd.payload.data.eq(q8_data if is_q8 else y.as_value())]
         m.d.comb += eng.results.ready.eq(Mux(q8, q8_wr.cmd.ready, q32_wr.cmd.ready))
         with m.If(eng.results.valid & eng.results.ready):
             walk.advance()

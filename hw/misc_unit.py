@@ -36,13 +36,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from flightllm.contract import numerics as nm
-from flightllm.contract.config import AcceleratorConfig
+from flightllm.contract.config import AcceleratorConfig, BufferSpec
 from flightllm.contract.isa import OPCODES, Buffer, MiscFunc, Opcode
 from flightllm.contract.regmap import ErrorCode
 
 from .bufport import buffer_clients
 from .isa_layouts import field_shape, instruction_layout
-from .row_stream import ADDR_BITS, ByteReader, ChunkWriter, PortMux
+from .row_stream import ADDR_BITS, ByteReader, ChunkWriter, PortMux, route_writes
 from .sfu import COMMAND_FIELDS, SFU
 
 __all__ = ["MiscUnit"]
@@ -138,7 +138,17 @@ class MiscUnit(wiring.Component):
         gamma_rd = ByteReader(spec[Buffer.PBUF], 2 * L, align=2)
         beta_rd = ByteReader(spec[Buffer.PBUF], 4 * L, align=2)
         table_rd = ByteReader(spec[Buffer.PBUF], 2 * L)
-        out_wr = {b: ChunkWriter(spec[b], Cc) for b in _BUFS}
+        # Results go to one buffer at a time: one writer (a row-wide shifter) per row width.
+        by_width: dict[int, list] = {}
+        for b in _BUFS:
+            by_width.setdefault(spec[b].width, []).append(b)
+        out_wr, out_dest = {}, {}
+        for bufs in by_width.values():
+            wr = ChunkWriter(BufferSpec(spec[bufs[0]].width, max(spec[b].depth for b in bufs)),
+                             Cc, dests=len(bufs))
+            m.submodules["out_wr_" + "_".join(b.name.lower() for b in bufs)] = wr
+            out_wr.update({b: wr for b in bufs})
+            out_dest.update({b: k for k, b in enumerate(bufs)})
         recip_wr = ChunkWriter(spec[Buffer.RBUF], 4)
         plan = {
             Buffer.ABUF: ([a_rd[Buffer.ABUF], b_rd[Buffer.ABUF], copy_rd[Buffer.ABUF]],
@@ -149,6 +159,8 @@ class MiscUnit(wiring.Component):
             Buffer.PBUF: ([copy_rd[Buffer.PBUF], gamma_rd, beta_rd, table_rd],
                           [out_wr[Buffer.PBUF]]),
         }
+        slots = {wr: [None] * len(bufs) for bufs in by_width.values()
+                 for wr in (out_wr[bufs[0]],)}
         for b, (readers, writers) in plan.items():
             name = b.name.lower()
             mux = PortMux(spec[b], len(readers), writers=len(writers))
@@ -158,9 +170,14 @@ class MiscUnit(wiring.Component):
                 wiring.connect(m, rd.req, mux.readers[i].req)
                 wiring.connect(m, rd.rsp, mux.readers[i].rsp)
             for i, wr in enumerate(writers):
-                m.submodules[f"{name}_wr{i}"] = wr
-                wiring.connect(m, wr.req, mux.writers[i])
+                if wr is out_wr[b]:
+                    slots[wr][out_dest[b]] = mux.writers[i]
+                else:
+                    m.submodules[f"{name}_wr{i}"] = wr
+                    wiring.connect(m, wr.req, mux.writers[i])
             wiring.connect(m, mux.port, wiring.flipped(getattr(self, name)))
+        for wr, wr_slots in slots.items():
+            route_writes(m, wr, wr_slots)
 
         # ---- derived values
         n, rows = ins.n, ins.m
@@ -370,13 +387,14 @@ class MiscUnit(wiring.Component):
                          left.eq(d_len)]
         more = running & (row < rows)
         nbytes = Mux(left < step, left, step)
+        for wr in slots:
+            m.d.comb += [wr.cmd.payload.addr.eq(addr), wr.cmd.payload.data.eq(chunk_data),
+                         wr.cmd.payload.nbytes.eq(nbytes)]
         for b in _BUFS:
-            wr = out_wr[b].cmd
-            mine = ins.d_buf == b
-            m.d.comb += [wr.valid.eq(more & chunk_valid & mine), wr.payload.addr.eq(addr),
-                         wr.payload.data.eq(chunk_data), wr.payload.nbytes.eq(nbytes)]
-            with m.If(mine):
-                m.d.comb += chunk_ready.eq(more & wr.ready)
+            wr = out_wr[b]
+            with m.If(ins.d_buf == b):
+                m.d.comb += [wr.cmd.valid.eq(more & chunk_valid), wr.dest.eq(out_dest[b]),
+                             chunk_ready.eq(more & wr.cmd.ready)]
         with m.If(chunk_valid & chunk_ready):
             m.d.sync += [addr.eq(addr + step), left.eq(left - step)]
             with m.If(left <= step):
@@ -393,7 +411,7 @@ class MiscUnit(wiring.Component):
                      recip_wr.cmd.payload.nbytes.eq(4), sfu.recip.ready.eq(recip_wr.cmd.ready)]
         with m.If(sfu.recip.valid & sfu.recip.ready):
             m.d.sync += [r_row.eq(r_row + 1), r_addr.eq(r_addr + ins.b_stride)]
-        idle = Cat(w.idle for w in (*out_wr.values(), recip_wr)).all()
+        idle = Cat(w.idle for w in (*slots, recip_wr)).all()
         m.d.comb += finished.eq(fsm.ongoing("RUN") & (row == rows)
                                 & (~deferred | (r_row == rows)) & idle)
         return m

@@ -40,7 +40,7 @@ from flightllm.contract.config import BufferSpec
 from .bufport import row_client_signature, row_request_layout
 
 __all__ = ["ADDR_BITS", "LEN_BITS", "segment_layout", "chunk_layout", "write_layout",
-           "ByteReader", "ChunkWriter", "PortMux"]
+           "ByteReader", "ChunkWriter", "PortMux", "route_writes"]
 
 #: Byte addresses: the ISA's 24-bit fields plus headroom so sums of fields do not wrap.
 ADDR_BITS = 26
@@ -217,19 +217,26 @@ class ByteReader(wiring.Component):
 class ChunkWriter(wiring.Component):
     """Writes chunks of up to ``chunk`` bytes at byte addresses (module docstring).
 
+    One writer can serve ``dests`` buffers of one row width (``spec`` with the deepest one's
+    depth; :func:`route_writes` fans its requests out): a unit whose result goes to one buffer
+    at a time then needs one row-wide shifter, not one per buffer.
+
     Ports:
-        cmd (In, :func:`write_layout`); req (Out, :func:`~flightllm.hw.bufport.
-        row_request_layout`): to the :class:`PortMux` writer slot; ``idle`` (Out 1): no write
-        is pending, so every chunk taken so far has been accepted by the buffer.
+        cmd (In, :func:`write_layout`); dest (In): the buffer of the chunk on ``cmd``;
+        req (Out, :func:`~flightllm.hw.bufport.row_request_layout`): to the :class:`PortMux`
+        writer slot; req_dest (Out): the buffer ``req`` is for; ``idle`` (Out 1): no write is
+        pending, so every chunk taken so far has been accepted by the buffer.
     """
 
-    def __init__(self, spec: BufferSpec, chunk: int):
+    def __init__(self, spec: BufferSpec, chunk: int, *, dests: int = 1):
         if not isinstance(chunk, int) or not 1 <= chunk <= spec.width:
             raise ValueError(f"chunk must be 1..{spec.width} bytes, not {chunk!r}")
         self.spec, self.chunk = spec, chunk
         super().__init__({
             "cmd": In(stream.Signature(write_layout(chunk))),
+            "dest": In(range(max(dests, 2))),
             "req": Out(stream.Signature(row_request_layout(spec))),
+            "req_dest": Out(range(max(dests, 2))),
             "idle": Out(1),
         })
 
@@ -241,6 +248,8 @@ class ChunkWriter(wiring.Component):
         second_row = Signal(range(self.spec.depth))
         second_data = Signal(8 * W)
         second_be = Signal(W)
+        second_dest = Signal.like(self.dest)
+        m.d.comb += self.req_dest.eq(Mux(second, second_dest, self.dest))
         p = self.cmd.payload
         off = p.addr[:lw] if lw else Const(0, 1)
         be_all = Signal(2 * W)
@@ -264,9 +273,23 @@ class ChunkWriter(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
             with m.If(self.cmd.valid & self.cmd.ready & (be_all[W:] != 0)):
                 m.d.sync += [second.eq(1), second_row.eq(p.addr[lw:] + 1),
+                             second_dest.eq(self.dest),
                              second_data.eq(data_all[8 * W:]), second_be.eq(be_all[W:])]
         m.d.comb += self.idle.eq(~second)
         return m
+
+
+def route_writes(m: Module, writer: ChunkWriter, slots: list) -> None:
+    """Connect a shared :class:`ChunkWriter` to the :class:`PortMux` writer slots of the
+    buffers it serves (``slots[k]`` for ``dest == k``; their depths may be smaller)."""
+    req = writer.req
+    for k, slot in enumerate(slots):
+        sel = writer.req_dest == k
+        m.d.comb += [slot.valid.eq(req.valid & sel), slot.payload.addr.eq(req.payload.addr),
+                     slot.payload.write.eq(req.payload.write),
+                     slot.payload.data.eq(req.payload.data), slot.payload.be.eq(req.payload.be)]
+        with m.If(sel):
+            m.d.comb += req.ready.eq(slot.ready)
 
 
 class PortMux(wiring.Component):

@@ -9,10 +9,10 @@ import random
 import numpy as np
 import pytest
 
-from flightllm.contract.config import preset
+from flightllm.contract.config import BufferSpec, preset
 from flightllm.contract.isa import Buffer, Instruction, Opcode
 from flightllm.contract.regmap import ErrorCode, channel_port
-from flightllm.hw.dma import LoadEngine
+from flightllm.hw.dma import LoadEngine, width_groups
 
 from .core_harness import run_core
 from .kernel_programs import IMAGE_BYTES, golden_images, random_transfer_program, words_of
@@ -58,6 +58,19 @@ def test_beats_as_wide_as_the_rows_match_golden():
     lengths = {"seq": 2, "kv": 6, "pos": 4}
     prog = random_transfer_program(cfg, random.Random(7), pairs=4, lengths=lengths)
     _check(prog, lengths, 7, 0.3, cfg=cfg)
+
+
+def test_one_writer_and_reader_serve_buffers_of_one_width():
+    # An LD fills, and an ST drains, one buffer at a time, so each engine has one row writer
+    # and reader per row width. With RBUF rows as narrow as the others' (and RBUF twice as
+    # deep), one writer and one reader serve all four buffers of different depths.
+    assert width_groups(CFG) == [(0, 1, 3), (2,)]
+    cfg = CFG.replace(rbuf=BufferSpec(16, 4096))
+    assert width_groups(cfg) == [(0, 1, 2, 3)]
+    lengths = {"seq": 2, "kv": 6, "pos": 4}
+    prog = random_transfer_program(cfg, random.Random(3), pairs=4, lengths=lengths)
+    assert {ins.buf for ins in prog} == set(Buffer)
+    _check(prog, lengths, 3, 0.3, cfg=cfg)
 
 
 def test_burst_across_4k_boundary_and_long_rows():

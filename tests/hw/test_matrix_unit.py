@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from flightllm.contract.config import preset
+from flightllm.contract.config import BufferSpec, preset
 from flightllm.contract.isa import Opcode, OutMode
 from flightllm.hw.isa_layouts import instruction_layout
 from flightllm.hw.matrix_unit import MatrixUnit
@@ -29,18 +29,22 @@ MODULE = "tb_matrix_unit"
 MAX_K_BLOCKS = 8
 
 
-def make_harness(init=None, *, chains=None, max_k_blocks=MAX_K_BLOCKS):
+def make_harness(init=None, *, chains=None, max_k_blocks=MAX_K_BLOCKS, cfg=None):
     return UnitHarness(
-        preset("tiny"), lambda cfg: MatrixUnit(cfg, max_k_blocks=max_k_blocks, chains=chains),
+        cfg or preset("tiny"), lambda cfg: MatrixUnit(cfg, max_k_blocks=max_k_blocks, chains=chains),
         {"mm": instruction_layout(Opcode.MM), "mv": instruction_layout(Opcode.MV)},
         ("mm_done", "mv_done", "busy"), init=init)
 
 
-def test_unit_in_amaranth_simulator():
+@pytest.mark.parametrize("abuf_rows", ["tiny", "as wide as rbuf"])
+def test_unit_in_amaranth_simulator(abuf_rows):
     """Three instructions through two chains in the Amaranth simulator (MV on mixed sparse
     codes into ACC32; MM Q8 with psum and relu, strided strips, three rows; MM Q32 with a
-    residual and a uniform record), buffers compared with exec_matrix's afterwards."""
+    residual and a uniform record), buffers compared with exec_matrix's afterwards. With
+    ABUF rows as wide as RBUF's (as on the full-size presets) one writer serves both."""
     cfg = preset("tiny")
+    if abuf_rows != "tiny":
+        cfg = cfg.replace(abuf=BufferSpec(cfg.rbuf.width, cfg.abuf.bytes // cfg.rbuf.width))
     rng = np.random.default_rng(5)
     core = CoreBuffers(cfg)
     for name, image in initial_contents(cfg).items():
@@ -60,7 +64,7 @@ def test_unit_in_amaranth_simulator():
     staged = {name: core.mem[BUFFER_OF[name]].copy() for name in BUFFERS}
     for ins in program:
         exec_matrix(ins, core, Counters(), "test")
-    dut = make_harness(staged, chains=2)
+    dut = make_harness(staged, chains=2, cfg=cfg)
     changed = {name: dirty_rows(staged[name], core.mem[BUFFER_OF[name]],
                                 cfg.buffer(name).width) for name in BUFFERS}
     assert sum(len(rows) for rows in changed.values()) > 10
