@@ -10,6 +10,10 @@ If the RTL kernel cannot run here (not built yet, no simulator, a failing run), 
 so plainly, writes what it could not do, and exits with status 2: no table is made up.
 
     python bench/perf_validation.py [--build DIR] [--prompt-ids 1,2,3] [--decode-steps 4]
+    python bench/perf_validation.py --pair-group 2 --prompt-ids 5,1,4,1,5,9,2,6,5,3,5
+
+``--pair-group N`` builds ``tiny`` with ``mm_pair_group = N`` (MM weights read once per N token
+pairs, as the full-size presets do with 4) and writes ``perf_validation_g<N>.json``.
     python bench/perf_validation.py --build DIR --rtl-from bench/results/perf_validation.json
 
 ``--rtl-from`` takes the RTL cycles of an earlier run and only predicts again: the way to check
@@ -99,7 +103,7 @@ def _rtl_cycles_table(path: Path) -> int:
     return 0 if ok else 1
 
 
-def _build(path: Path | None, tmp: Path):
+def _build(path: Path | None, tmp: Path, pair_group: int = 1):
     from flightllm.host.build import load_build
     if path is not None:
         return load_build(path)
@@ -108,7 +112,10 @@ def _build(path: Path | None, tmp: Path):
     from flightllm.contract.config import preset
     from flightllm.default_model import default_model_path
     out = tmp / "tiny"
-    compile_model(load_onnx(default_model_path()), preset("tiny"), out,
+    cfg = preset("tiny")
+    if pair_group != 1:
+        cfg = cfg.replace(name=f"tiny-g{pair_group}", mm_pair_group=pair_group)
+    compile_model(load_onnx(default_model_path()), cfg, out,
                   CompileOptions(max_len=64, weight_bits=4, calibration_sequences=1))
     return load_build(out)
 
@@ -133,6 +140,9 @@ def main() -> int:
     ap.add_argument("--build", type=Path, default=None)
     ap.add_argument("--prompt-ids", default="1,2,3,4,5")
     ap.add_argument("--decode-steps", type=int, default=4)
+    ap.add_argument("--pair-group", type=int, default=1,
+                    help="Build tiny with this mm_pair_group (results in "
+                         "perf_validation_g<N>.json).")
     ap.add_argument("--rtl-from", type=Path, default=None,
                     help="Reuse the RTL cycles recorded in this result file.")
     args = ap.parse_args()
@@ -140,10 +150,11 @@ def main() -> int:
         return _rtl_cycles_table(args.rtl_from)
     prompt = [int(t) for t in args.prompt_ids.split(",")]
     RESULTS.mkdir(exist_ok=True)
-    out_path = RESULTS / "perf_validation.json"
+    out_path = RESULTS / ("perf_validation.json" if args.pair_group == 1
+                          else f"perf_validation_g{args.pair_group}.json")
     from flightllm.sim.perf import PerfModel, SparsityMap
     with tempfile.TemporaryDirectory() as tmp:
-        build = _build(args.build, Path(tmp))
+        build = _build(args.build, Path(tmp), args.pair_group)
         recipe = build.manifest["model"]["recipe"]
         model = PerfModel(build.config, sparsity=SparsityMap.from_placements(
             build.manifest["tensors"], recipe["sparsity"]))

@@ -91,9 +91,17 @@ def weight_beat_layout(mv_k: int) -> data.StructLayout:
     })
 
 
-def act_beat_layout() -> data.StructLayout:
-    """The activations of one K block: ``x[lane][k]``, INT8, 16 per lane."""
-    return data.StructLayout({"x": data.ArrayLayout(data.ArrayLayout(signed(8), BLOCK), LANES)})
+def act_beat_layout(pairs: int = 1) -> data.StructLayout:
+    """The activations of one K block: ``x[lane][k]``, INT8, 16 per lane.
+
+    A chain that serves ``pairs`` > 1 token pairs per weight pass takes the block of every pair
+    of a group at once: ``x[pair][lane][k]``, and ``pairs_m1``, the group's pairs minus one
+    (the last group of an instruction may be short)."""
+    lanes = data.ArrayLayout(data.ArrayLayout(signed(8), BLOCK), LANES)
+    if pairs == 1:
+        return data.StructLayout({"x": lanes})
+    return data.StructLayout({"x": data.ArrayLayout(lanes, pairs),
+                              "pairs_m1": range(pairs)})
 
 
 def result_beat_layout() -> data.StructLayout:
@@ -142,7 +150,13 @@ LANE_BITS = 19
 #: Bits of one lane's sum over a block row (two cascades at most: 16 products).
 ROW_BITS = LANE_BITS + 1
 
-_TAIL = data.StructLayout({"pidx": unsigned(4), "first": unsigned(1), "last": unsigned(1)})
+def _tail_layout(pairs: int) -> data.StructLayout:
+    fields = {"pidx": unsigned(4), "first": unsigned(1), "last": unsigned(1)}
+    if pairs > 1:
+        fields["pair"] = range(pairs)
+    return data.StructLayout(fields)
+
+
 _OPERAND = data.StructLayout({"w": signed(8), "x0": signed(8), "x1": signed(8)})
 _PART = data.StructLayout({"lo": signed(LANE_BITS), "hi": signed(LANE_BITS)})
 
@@ -171,21 +185,28 @@ class DSPChain(wiring.Component):
             :class:`~flightllm.hw.dsp48e2.DSP48E2`.
         result_depth: strips whose results the output FIFO holds; strips still in the pipeline
             count against it, so short strips need ``~(mv_k + 6) / passes_per_strip`` slots to
-            run without bubbles.
+            run without bubbles. A chain with ``pairs`` > 1 holds at least ``pairs + 1``.
+        pairs: token pairs one weight pass serves (a power of two; MM only, see
+            :attr:`AcceleratorConfig.mm_pair_group`). The chain holds each weight beat for one
+            pass per pair of the activation beat's group, ``x[pair]`` feeding the sparse
+            multiplexers, and keeps a bank of accumulators per pair; a strip ends with one
+            result beat per pair, in pair order. 1 streams the weights once per pair.
 
     Ports:
         weights (In stream of :func:`weight_beat_layout`): one pass per beat.
-        acts (In stream of :func:`act_beat_layout`): one K block per beat, held for all the
-            passes of the block.
-        results (Out stream of :func:`result_beat_layout`): one strip per beat.
+        acts (In stream of :func:`act_beat_layout`): one K block (of every pair of the group)
+            per beat, held for all the passes of the block.
+        results (Out stream of :func:`result_beat_layout`): one strip (of one pair) per beat.
 
     Sparsity codes the configuration does not list are not built; a beat carrying one
     contributes nothing.
     """
 
     def __init__(self, config: AcceleratorConfig, *, dsp_impl: str = "twin",
-                 result_depth: int = 4):
+                 result_depth: int = 4, pairs: int = 1):
         check_chain_config(config)
+        if not isinstance(pairs, int) or pairs < 1 or pairs & (pairs - 1) or pairs > 8:
+            raise ValueError(f"pairs must be a power of two from 1 to 8, not {pairs!r}")
         if dsp_impl not in IMPLEMENTATIONS:
             raise ValueError(f"dsp_impl must be one of {IMPLEMENTATIONS}, not {dsp_impl!r}")
         if not isinstance(result_depth, int) or result_depth < 1:
@@ -194,11 +215,12 @@ class DSPChain(wiring.Component):
         self.mv_k = config.mv_k
         self.dsp_impl = dsp_impl
         self.result_depth = result_depth
+        self.pairs = pairs
         #: (code, N) pairs the chain is built for.
         self.codes = [(c, n) for c, n in enumerate(SPARSITY_CODES) if n in config.sparsity_codes]
         super().__init__({
             "weights": In(stream.Signature(weight_beat_layout(self.mv_k))),
-            "acts": In(stream.Signature(act_beat_layout())),
+            "acts": In(stream.Signature(act_beat_layout(pairs))),
             "results": Out(stream.Signature(result_beat_layout())),
         })
 
@@ -215,8 +237,17 @@ class DSPChain(wiring.Component):
         xp = self.acts.p
 
         # ---------------------------------------------------------------- flow control
+        G = self.pairs
+        # A group's strip ends push results in consecutive cycles. A two-deep buffered FIFO
+        # (one register behind the output register) cannot take a write in the cycle after
+        # one into it when empty, whatever its level says, so groups get a deeper one.
+        fifo_depth = self.result_depth if G == 1 else max(self.result_depth, G + 1)
         fifo = m.submodules.fifo = SyncFIFOBuffered(width=result_beat_layout().size,
-                                                    depth=self.result_depth)
+                                                    depth=fifo_depth)
+        # The pair of the group this pass is for; the weight beat stays until the last one.
+        pair = Signal(range(G)) if G > 1 else None
+        last_pair = (pair == xp.pairs_m1) if G > 1 else None
+        x_pair = xp.x[pair] if G > 1 else xp.x
         pidx = Signal(4)
         last_pass = Signal()
         with m.Switch(wp.code):
@@ -226,16 +257,27 @@ class DSPChain(wiring.Component):
             with m.Default():
                 m.d.comb += last_pass.eq(1)
         ends_strip = wp.last & last_pass
-        pending = Signal(range(self.result_depth + 1))
-        room = fifo.level + pending < self.result_depth
+        pending = Signal(range(fifo_depth + 1))
+        room = fifo.level + pending < fifo_depth
         go = room | ~ends_strip
-        m.d.comb += [
-            self.weights.ready.eq(self.acts.valid & go),
-            self.acts.ready.eq(self.weights.valid & last_pass & go),
-        ]
-        fire = self.weights.valid & self.weights.ready
-        with m.If(fire):
-            m.d.sync += pidx.eq(Mux(last_pass, 0, pidx + 1))
+        if G == 1:
+            m.d.comb += [
+                self.weights.ready.eq(self.acts.valid & go),
+                self.acts.ready.eq(self.weights.valid & last_pass & go),
+            ]
+            fire = self.weights.valid & self.weights.ready
+            with m.If(fire):
+                m.d.sync += pidx.eq(Mux(last_pass, 0, pidx + 1))
+        else:
+            m.d.comb += [
+                self.weights.ready.eq(self.acts.valid & go & last_pair),
+                self.acts.ready.eq(self.weights.valid & last_pass & go & last_pair),
+            ]
+            fire = self.weights.valid & self.acts.valid & go
+            with m.If(fire):
+                m.d.sync += pair.eq(Mux(last_pair, 0, pair + 1))
+                with m.If(last_pair):
+                    m.d.sync += pidx.eq(Mux(last_pass, 0, pidx + 1))
 
         # ---------------------------------------------------------------- control line
         # Three lines of the pass accepted k + 1 cycles earlier: ``valid`` (with reset, so that
@@ -245,9 +287,9 @@ class DSPChain(wiring.Component):
         depth = K + LATENCY + 1
         valid = [Signal(name=f"valid{k}") for k in range(depth)]
         code = [Signal(2, name=f"code{k}", reset_less=True) for k in range(depth)]
-        tail = [Signal(_TAIL, name=f"tail{k}", reset_less=True) for k in range(depth)]
+        tail = [Signal(_tail_layout(G), name=f"tail{k}", reset_less=True) for k in range(depth)]
         m.d.sync += [valid[0].eq(fire), code[0].eq(wp.code),
-                     tail[0].eq(Cat(pidx, wp.first, wp.last))]
+                     tail[0].eq(Cat(pidx, wp.first, wp.last, *([pair] if G > 1 else [])))]
         for k in range(1, depth):
             m.d.sync += [valid[k].eq(valid[k - 1]), code[k].eq(code[k - 1]),
                          tail[k].eq(tail[k - 1])]
@@ -263,8 +305,8 @@ class DSPChain(wiring.Component):
             # One assignment of the whole register (not field by field, which reads as a
             # register that may hold its value and keeps it out of the shift register).
             m.d.sync += stage.eq(Cat(
-                wp.w[i], mux_tree([xp.x[0][k] for k in range(BLOCK)], wp.idx[i]),
-                mux_tree([xp.x[1][k] for k in range(BLOCK)], wp.idx[i])))
+                wp.w[i], mux_tree([x_pair[0][k] for k in range(BLOCK)], wp.idx[i]),
+                mux_tree([x_pair[1][k] for k in range(BLOCK)], wp.idx[i])))
             for s in range(1, i + 1):
                 nxt = Signal(_OPERAND, name=f"op{i}_{s}", reset_less=True)
                 m.d.sync += nxt.eq(stage)
@@ -331,9 +373,10 @@ class DSPChain(wiring.Component):
             row_sums[c] = sums
 
         # The accumulators are the strip's result: it enters the FIFO the cycle after the
-        # strip's last update, straight from the registers (no multiplexer in front of the
-        # FIFO), while the next strip's first pass may already restart them.
+        # strip's last update, straight from the registers (with pairs > 1, through the choice
+        # of the pair's bank), while the next strip's first pass may already restart them.
         result = Signal(result_beat_layout())
+        pushed_pair = Signal(range(G)) if G > 1 else None
         for r in range(BLOCK):
             update = Signal(name=f"upd{r}")
             add = [Signal(signed(ROW_BITS), name=f"add{r}_{lane}") for lane in range(LANES)]
@@ -345,10 +388,22 @@ class DSPChain(wiring.Component):
                         m.d.comb += [add[lane].eq(row_sums[c][r % rows][lane])
                                      for lane in range(LANES)]
             for lane in range(LANES):
-                acc = Signal(signed(32), name=f"acc{r}_{lane}", reset_less=True)
-                with m.If(update):
-                    m.d.sync += acc.eq(Mux(done.first, 0, acc) + add[lane])
-                m.d.comb += result.y[lane][r].eq(acc)
+                if G == 1:
+                    acc = Signal(signed(32), name=f"acc{r}_{lane}", reset_less=True)
+                    with m.If(update):
+                        m.d.sync += acc.eq(Mux(done.first, 0, acc) + add[lane])
+                    m.d.comb += result.y[lane][r].eq(acc)
+                    continue
+                # One adder per accumulator: the pass's bank is read, added to and written.
+                banks = [Signal(signed(32), name=f"acc{r}_{lane}_p{g}", reset_less=True)
+                         for g in range(G)]
+                total = Signal(signed(32), name=f"acc{r}_{lane}_next")
+                m.d.comb += total.eq(Mux(done.first, 0, mux_tree(banks, done.pair))
+                                     + add[lane])
+                for g, acc in enumerate(banks):
+                    with m.If(update & (done.pair == g)):
+                        m.d.sync += acc.eq(total)
+                m.d.comb += result.y[lane][r].eq(mux_tree(banks, pushed_pair))
 
         push = Signal()
         with m.Switch(done_code):
@@ -360,6 +415,8 @@ class DSPChain(wiring.Component):
                 m.d.comb += push.eq(done_valid & done.last)
         pushed = Signal()
         m.d.sync += pushed.eq(push)
+        if G > 1:
+            m.d.sync += pushed_pair.eq(done.pair)
         m.d.comb += [fifo.w_en.eq(pushed), fifo.w_data.eq(result)]
         m.d.sync += pending.eq(pending + (fire & ends_strip) - pushed)
 

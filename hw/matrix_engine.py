@@ -7,15 +7,18 @@
 
 * **Token pairs.** A chain multiplies every weight by two activations (its two packed lanes).
   MV (decode) has one token: lane 1 idles. MM (prefill) walks its ``m_rows`` token rows in
-  pairs ``(2p, 2p + 1)``, and every pair streams the weights again (the instruction's loop is
-  pair, strip, K block): the chains are weight-streaming, like the MV engine, not
-  weight-stationary. An odd last row leaves lane 1 of the last pair unused.
+  pairs ``(2p, 2p + 1)``, and the pairs in groups of ``pair_group`` (``mm_pair_group``); every
+  group streams the weights again (the instruction's loop is group, strip, K block), and each
+  chain runs every weight pass once per pair of the group, with a bank of accumulators per
+  pair. With groups of one the chains are weight-streaming, like the MV engine. An odd last
+  row leaves lane 1 of the last pair unused; the last group may be short.
 * **Activation store.** The ``acts`` stream delivers each pair's K blocks once (both token rows
-  of a block per beat) into a two-slot memory; every chain reads its blocks from it through its
-  own read port at its own pace (a chain's blocks take ``16 N / mv_k`` cycles each, so chains
-  drift apart on sparse matrices). The next pair loads into the other slot while the chains
-  work; a slot is refilled once every chain has read its last block from it.
-* **Output stage.** Strip results are taken in output order (pair, strip, token) and go
+  of a block per beat) into a two-slot memory, a group per slot (a word holds a block of every
+  pair of the group); every chain reads its blocks from it through its own read port at its own
+  pace (a chain's blocks take ``16 N / mv_k`` cycles per pair each, so chains drift apart on
+  sparse matrices). The next group loads into the other slot while the chains work; a slot is
+  refilled once every chain has read its last block from it.
+* **Output stage.** Strip results are taken in output order (group, strip, pair, token) and go
   through a four-stage pipeline at one 16-channel row per cycle: ``+ psum`` (optional), then
   in Q8/Q32 mode ``+ bias``, ``* mult``, ``rshift_round(., shift)`` (round half up, computed as
   ``((x >> (shift - 1)) + 1) >> 1``), relu, saturation to INT8 or INT32 and, in Q32 mode with
@@ -29,19 +32,19 @@ payload is the buffer bytes it came from):
 * ``cmd`` (:data:`COMMAND_LAYOUT`): the instruction's arithmetic fields (addresses are the
   readers' and writers' business). ``mv`` selects MV; MM with ``m_rows = 0`` or any instruction
   with ``n_strips = 0`` produces nothing. ``k_blocks`` must be 1..``max_k_blocks``.
-* ``words[c]`` (64 bits): chain ``c``'s weight bytes: for every pair, the strips
+* ``words[c]`` (64 bits): chain ``c``'s weight bytes: for every group of pairs, the strips
   ``c, c + chains, ...`` of the packed matrix (each from its first byte), 8 bytes per beat.
-* ``acts`` (:func:`~flightllm.hw.dsp_chain.act_beat_layout`): per pair, per K block, 16 INT8
+* ``acts`` (:func:`~flightllm.hw.dsp_chain.act_beat_layout` of one pair): per pair, per K block, 16 INT8
   of row ``2p`` (lane 0) and of row ``2p + 1`` (lane 1, ignored when the pair has one row).
 * ``params`` (:data:`PARAMS_LAYOUT`, 16 requantisation records): Q8/Q32 only; one beat per
-  (pair, strip) with the strip's 16 records, or with ``p_uniform`` one beat per instruction
+  (group, strip) with the strip's 16 records, or with ``p_uniform`` one beat per instruction
   whose record 0 serves every channel.
 * ``psum`` and ``residual`` (:data:`ROW_LAYOUT`, 16 INT32): one beat per result row when the
   instruction has ``psum`` (partial sums), or ``residual`` in Q32 mode (the INT32 values at the
   result's address); ``residual`` and ``relu`` are ignored in modes where the ISA does not allow
   them.
-* ``results`` (:data:`RESULT_LAYOUT`): one beat per (token row, strip), in order pair, strip,
-  token: 16 INT32 (Q8 values lie in INT8), the row and strip indices for the writer, ``last``
+* ``results`` (:data:`RESULT_LAYOUT`): one beat per (token row, strip), in order group, strip,
+  pair, token: 16 INT32 (Q8 values lie in INT8), the row and strip indices for the writer, ``last``
   on the instruction's final beat.
 
 The engine takes the next command once the current one's last result has entered the output
@@ -150,6 +153,7 @@ class MatrixEngine(wiring.Component):
         max_k_blocks: the longest K (in 16-wide blocks) an instruction may have: the depth of
             each activation slot and of the dequantisers' code tables (a power of two >= 8).
         dsp_impl: ``"twin"`` or ``"xilinx"``, see :class:`~flightllm.hw.dsp48e2.DSP48E2`.
+        pair_group: token pairs per read of the weights, default ``config.mm_pair_group``.
 
     Ports:
         cmd, words (array of ``chains``), acts, params, psum, residual (In streams) and results
@@ -158,14 +162,16 @@ class MatrixEngine(wiring.Component):
     """
 
     def __init__(self, config: AcceleratorConfig, *, chains: int | None = None,
-                 max_k_blocks: int = 256, dsp_impl: str = "twin"):
+                 max_k_blocks: int = 256, dsp_impl: str = "twin", pair_group: int | None = None):
         chains = check_engine_shape(config, chains, max_k_blocks)
         self.config = config
         self.chains = chains
         self.max_k_blocks = max_k_blocks
         self.dsp_impl = dsp_impl
+        self.pair_group = config.mm_pair_group if pair_group is None else pair_group
         # Built here so that bad configurations fail at construction, naming the field.
-        self._chain_units = [DSPChain(config, dsp_impl=dsp_impl, result_depth=CHAIN_RESULTS)
+        self._chain_units = [DSPChain(config, dsp_impl=dsp_impl, result_depth=CHAIN_RESULTS,
+                                      pairs=self.pair_group)
                              for _ in range(chains)]
         self._dequantisers = [Dequantiser(config, max_k_blocks=max_k_blocks)
                               for _ in range(chains)]
@@ -215,7 +221,10 @@ class MatrixEngine(wiring.Component):
 
         cfg = Signal(COMMAND_LAYOUT)
         busy = self.busy
+        G = self.pair_group
+        g_bits = G.bit_length() - 1
         pairs = Signal(16)
+        groups = Signal(16)                                  # groups of G pairs, the last short
         strips = [Signal(16, name=f"strips{c}") for c in range(C)]   # strips of chain c
         accept = self.cmd.valid & self.cmd.ready
         m.d.comb += self.cmd.ready.eq(~busy)
@@ -227,7 +236,7 @@ class MatrixEngine(wiring.Component):
             m.submodules[f"dequant{c}"] = deq
             wiring.connect(m, wiring.flipped(self.words[c]), deq.words)
             wiring.connect(m, deq.weights, chain.weights)
-            # One dequantiser command per pair: the pair's words repeat the chain's strips.
+            # One dequantiser command per group of pairs: its words repeat the chain's strips.
             m.d.comb += [
                 deq.cmd.valid.eq(deq_left[c] != 0),
                 deq.cmd.payload.bits.eq(Const(2, 4) << cfg.wbits),
@@ -241,22 +250,29 @@ class MatrixEngine(wiring.Component):
         m.d.comb += self.format_error.eq(Cat(d.format_error for d in self._dequantisers).any())
 
         # ------------------------------------------------------------ activation store
-        xmem = m.submodules.xmem = Memory(shape=act_beat_layout().size,
-                                          depth=2 * self.max_k_blocks, init=[])
-        xw = xmem.write_port()
+        # A slot holds one group: the K blocks of G pairs side by side in one memory word, so
+        # a chain reads a block of every pair of its group at once.
+        beat_bits = act_beat_layout().size
+        xmem = m.submodules.xmem = Memory(shape=G * beat_bits, depth=2 * self.max_k_blocks,
+                                          init=[])
+        xw = xmem.write_port(granularity=beat_bits) if G > 1 else xmem.write_port()
         ld_pair = Signal(16)
         ld_k = Signal(16)
-        loaded = Signal(2)                                   # slot holds a pair not yet freed
+        loaded = Signal(2)                                   # slot holds a group not yet freed
         done_with = [Signal(2, name=f"done_with{c}") for c in range(C)]   # chain c read it all
         active = Cat(s != 0 for s in strips)
-        slot = ld_pair[0]
+        slot = ld_pair[g_bits]
+        ld_g = ld_pair[:g_bits]
+        group_loaded = ((ld_g == G - 1) if G > 1 else Const(1, 1)) | (ld_pair == pairs - 1)
         m.d.comb += self.acts.ready.eq(busy & (ld_pair < pairs) & ~loaded.bit_select(slot, 1))
         with m.If(self.acts.valid & self.acts.ready):
-            m.d.comb += [xw.en.eq(1), xw.addr.eq(Cat(ld_k[:k_bits], slot)),
-                         xw.data.eq(self.acts.payload)]
+            m.d.comb += [xw.en.eq(1 << ld_g if G > 1 else 1),
+                         xw.addr.eq(Cat(ld_k[:k_bits], slot)),
+                         xw.data.eq(self.acts.payload.as_value().replicate(G))]
             with m.If(ld_k == cfg.k_blocks - 1):
-                m.d.sync += [ld_k.eq(0), ld_pair.eq(ld_pair + 1),
-                             loaded.bit_select(slot, 1).eq(1)]
+                m.d.sync += [ld_k.eq(0), ld_pair.eq(ld_pair + 1)]
+                with m.If(group_loaded):
+                    m.d.sync += loaded.bit_select(slot, 1).eq(1)
             with m.Else():
                 m.d.sync += ld_k.eq(ld_k + 1)
         for h in range(2):
@@ -265,25 +281,34 @@ class MatrixEngine(wiring.Component):
                 m.d.sync += loaded[h].eq(0)
                 m.d.sync += [done_with[c][h].eq(0) for c in range(C)]
 
-        # Per chain: walk (pair, own strip, K block), one activation beat per block.
+        # Per chain: walk (group, own strip, K block), one activation beat per block.
         for c, chain in enumerate(self._chain_units):
-            f_pair = Signal(16, name=f"f_pair{c}")
+            f_group = Signal(16, name=f"f_group{c}")
             f_strip = Signal(16, name=f"f_strip{c}")
             f_k = Signal(16, name=f"f_k{c}")
             f_valid = Signal(name=f"f_valid{c}")
-            f_slot = f_pair[0]
+            f_slot = f_group[0]
             rd = xmem.read_port()
-            ready = (busy & active[c] & (f_pair < pairs) & loaded.bit_select(f_slot, 1)
+            ready = (busy & active[c] & (f_group < groups) & loaded.bit_select(f_slot, 1)
                      & ~done_with[c].bit_select(f_slot, 1))
             fetch = ready & (~f_valid | chain.acts.ready)
             m.d.comb += [rd.en.eq(fetch), rd.addr.eq(Cat(f_k[:k_bits], f_slot)),
-                         chain.acts.valid.eq(f_valid), chain.acts.payload.eq(rd.data)]
+                         chain.acts.valid.eq(f_valid)]
+            if G > 1:
+                f_pairs_m1 = Signal(g_bits, name=f"f_pairs_m1_{c}")
+                with m.If(fetch):
+                    left = pairs - Cat(Const(0, g_bits), f_group)  # pairs from this group on
+                    m.d.sync += f_pairs_m1.eq(Mux(left >= G, G - 1, left - 1))
+                m.d.comb += [chain.acts.payload.x.eq(rd.data),
+                             chain.acts.payload.pairs_m1.eq(f_pairs_m1)]
+            else:
+                m.d.comb += chain.acts.payload.eq(rd.data)
             with m.If(fetch):
                 m.d.sync += f_valid.eq(1)
                 with m.If(f_k == cfg.k_blocks - 1):
                     m.d.sync += f_k.eq(0)
                     with m.If(f_strip == strips[c] - 1):
-                        m.d.sync += [f_strip.eq(0), f_pair.eq(f_pair + 1),
+                        m.d.sync += [f_strip.eq(0), f_group.eq(f_group + 1),
                                      done_with[c].bit_select(f_slot, 1).eq(1)]
                     with m.Else():
                         m.d.sync += f_strip.eq(f_strip + 1)
@@ -292,12 +317,15 @@ class MatrixEngine(wiring.Component):
             with m.Elif(chain.acts.ready):
                 m.d.sync += f_valid.eq(0)
             with m.If(accept):
-                m.d.sync += [f_pair.eq(0), f_strip.eq(0), f_k.eq(0)]
+                m.d.sync += [f_group.eq(0), f_strip.eq(0), f_k.eq(0)]
 
         # ------------------------------------------------------------ collector (stage A)
-        col_pair = Signal(16)
+        # Results come in (group, strip, pair of the group, token) order.
+        col_group = Signal(16)
+        col_g = Signal(range(G))                             # the pair in the group
         col_strip = Signal(16)
         col_tok = Signal()
+        col_p = Cat(col_g, col_group)                        # the pair of the instruction
         sel = col_strip[:chain_bits]
         res_valid = Signal()
         res = Signal(result_beat_layout())
@@ -308,10 +336,11 @@ class MatrixEngine(wiring.Component):
 
         acc32 = cfg.out_mode == OutMode.ACC32
         q32 = cfg.out_mode == OutMode.Q32
-        two = ~cfg.mv & (Cat(Const(1, 1), col_pair) < cfg.m_rows)      # the pair has row 2p + 1
+        two = ~cfg.mv & (Cat(Const(1, 1), col_p) < cfg.m_rows)         # the pair has row 2p + 1
         last_tok = ~two | col_tok
+        last_g = ((col_g == G - 1) | (col_p == pairs - 1)) if G > 1 else Const(1, 1)
         last_strip = col_strip == cfg.n_strips - 1
-        last_beat = last_tok & last_strip & (col_pair == pairs - 1)
+        last_beat = last_tok & last_g & last_strip & (col_group == groups - 1)
         urec = Signal(RECORD_LAYOUT)
         urec_ok = Signal()
         need_params = ~acc32 & ~(cfg.p_uniform & urec_ok)
@@ -322,7 +351,8 @@ class MatrixEngine(wiring.Component):
         fire = (busy & advance & res_valid & (self.params.valid | ~need_params)
                 & (self.psum.valid | ~cfg.psum) & (self.residual.valid | ~need_residual))
         m.d.comb += [
-            self.params.ready.eq(fire & need_params & (last_tok | cfg.p_uniform)),
+            # A strip's records serve every pair of the group.
+            self.params.ready.eq(fire & need_params & ((last_tok & last_g) | cfg.p_uniform)),
             self.psum.ready.eq(fire & cfg.psum),
             self.residual.ready.eq(fire & need_residual),
         ]
@@ -333,10 +363,12 @@ class MatrixEngine(wiring.Component):
                 m.d.sync += [urec.eq(self.params.payload[0]), urec_ok.eq(1)]
             with m.If(last_tok):
                 m.d.sync += col_tok.eq(0)
-                with m.If(last_strip):
-                    m.d.sync += [col_strip.eq(0), col_pair.eq(col_pair + 1)]
+                with m.If(~last_g):
+                    m.d.sync += col_g.eq(col_g + 1)
+                with m.Elif(last_strip):
+                    m.d.sync += [col_strip.eq(0), col_group.eq(col_group + 1), col_g.eq(0)]
                 with m.Else():
-                    m.d.sync += col_strip.eq(col_strip + 1)
+                    m.d.sync += [col_strip.eq(col_strip + 1), col_g.eq(0)]
             with m.Else():
                 m.d.sync += col_tok.eq(1)
             with m.If(last_beat):
@@ -345,18 +377,19 @@ class MatrixEngine(wiring.Component):
         # ------------------------------------------------------------ command
         with m.If(accept):
             c = self.cmd.payload
-            m.d.sync += [cfg.eq(c), col_pair.eq(0), col_strip.eq(0), col_tok.eq(0),
-                         urec_ok.eq(0), ld_pair.eq(0), ld_k.eq(0), loaded.eq(0)]
+            m.d.sync += [cfg.eq(c), col_group.eq(0), col_g.eq(0), col_strip.eq(0),
+                         col_tok.eq(0), urec_ok.eq(0), ld_pair.eq(0), ld_k.eq(0), loaded.eq(0)]
             m.d.sync += [d.eq(0) for d in done_with]
             empty = (c.n_strips == 0) | (~c.mv & (c.m_rows == 0))
             n_pairs = Mux(c.mv, 1, (c.m_rows + 1) >> 1)
-            m.d.sync += [busy.eq(~empty), pairs.eq(n_pairs)]
+            n_groups = (n_pairs + (G - 1)) >> g_bits
+            m.d.sync += [busy.eq(~empty), pairs.eq(n_pairs), groups.eq(n_groups)]
             for i in range(C):
                 count = (c.n_strips + (C - 1 - i)) >> chain_bits
                 m.d.sync += [strips[i].eq(count),
-                             deq_left[i].eq(Mux(empty | (count == 0), 0, n_pairs))]
+                             deq_left[i].eq(Mux(empty | (count == 0), 0, n_groups))]
 
-        self._output_stage(m, cfg, res, col_tok, col_pair, col_strip, last_beat, urec, urec_ok,
+        self._output_stage(m, cfg, res, col_tok, col_p, col_strip, last_beat, urec, urec_ok,
                            need_residual, fire, advance, out_valid)
         return m
 

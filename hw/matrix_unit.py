@@ -15,16 +15,17 @@ offer one in the same cycle the unit alternates). Per instruction:
    ByteReader`, so that any byte alignment runs at one row per cycle (the weight readers
    take 8-byte-aligned segments only, which makes them a word select):
 
-   * WBUF, weights: the *strip scanner* walks (pair, strip) and hands each strip's byte range
+   * WBUF, weights: the *strip scanner* walks (group, strip) (a group is
+     ``mm_pair_group`` token pairs, which share one read of the weights) and hands each strip's byte range
      to the reader of chain ``strip % chains``; dense strips have a fixed length, sparse ones
      are measured by reading their code table (the scanner's own WBUF reader) and summing the
      block sizes. With ``w_stride = 0`` the next strip starts where this one ends.
    * ABUF, activations: even token rows on one reader, odd rows on another; the engine's beat
      joins both (lane 1 is left undefined when a pair has one row).
-   * PBUF, records: 128 bytes per (pair, strip), or one 8-byte record with ``p_uniform``;
+   * PBUF, records: 128 bytes per (group, strip), or one 8-byte record with ``p_uniform``;
      a record with ``shift > 62`` is ``DECODE``.
    * RBUF, partial sums and the residual (Q32): 64 bytes per result row, in the engine's
-     (pair, strip, token) order.
+     (group, strip, pair, token) order.
 
    Readers prefetch as far as their FIFOs allow, so the next strip's and row's bytes arrive
    while the engine works.
@@ -77,15 +78,19 @@ def _tree_sum(values: list) -> Value:
 
 
 class _Walk:
-    """Byte addresses of result rows in the engine's (pair, strip, token) order:
-    ``base + row * stride + strip * step``, advanced one row at a time without multipliers."""
+    """Byte addresses of result rows in the engine's (group, strip, pair, token) order, a group
+    being ``mm_pair_group`` token pairs: ``base + row * stride + strip * step``, advanced one
+    row at a time without multipliers."""
 
     def __init__(self, m, name: str, unit):
         self.m, self.u = m, unit
-        self.pair = Signal(16, name=f"{name}_pair")
+        G = unit.pair_group
+        self.group = Signal(16, name=f"{name}_group")
+        self.g = Signal(range(G), name=f"{name}_g")                # the pair in the group
         self.strip = Signal(16, name=f"{name}_strip")
         self.tok = Signal(name=f"{name}_tok")
-        self.row0 = Signal(ADDR_BITS, name=f"{name}_row0")       # base + 2 * pair * stride
+        self.grp0 = Signal(ADDR_BITS, name=f"{name}_grp0")       # base + 2 * G * group * stride
+        self.row0 = Signal(ADDR_BITS, name=f"{name}_row0")       # grp0 + 2 * g * stride
         self.offset = Signal(ADDR_BITS, name=f"{name}_offset")   # strip * step
         self.more = Signal(name=f"{name}_more")                 # rows remain
         self.addr = Signal(ADDR_BITS, name=f"{name}_addr")
@@ -96,27 +101,36 @@ class _Walk:
         m, u = self.m, self.u
         self._stride, self._step = stride, step
         m.d.comb += self.addr.eq(self.row0 + Mux(self.tok, stride, 0) + self.offset)
-        two = ~u.ins.mv & ((Cat(Const(1, 1), self.pair)) < u.ins.m_rows)
+        G = u.pair_group
+        pair = Cat(self.g, self.group)
+        two = ~u.ins.mv & ((Cat(Const(1, 1), pair)) < u.ins.m_rows)
         last_tok = ~two | self.tok
+        last_g = ((self.g == G - 1) | (pair == u.pairs - 1)) if G > 1 else Const(1, 1)
         last_strip = self.strip == u.ins.n_strips - 1
-        self._last_tok, self._last_strip = last_tok, last_strip
-        m.d.comb += self.last.eq(last_tok & last_strip & (self.pair == u.pairs - 1))
+        self._last_tok, self._last_g, self._last_strip = last_tok, last_g, last_strip
+        m.d.comb += self.last.eq(last_tok & last_g & last_strip
+                                 & (self.group == u.groups - 1))
         with m.If(u.start):
-            m.d.sync += [self.pair.eq(0), self.strip.eq(0), self.tok.eq(0), self.row0.eq(base),
-                         self.offset.eq(0), self.more.eq(1)]
+            m.d.sync += [self.group.eq(0), self.g.eq(0), self.strip.eq(0), self.tok.eq(0),
+                         self.grp0.eq(base), self.row0.eq(base), self.offset.eq(0),
+                         self.more.eq(1)]
 
     def advance(self):
-        m = self.m
+        m, G = self.m, self.u.pair_group
         with m.If(self._last_tok):
             m.d.sync += self.tok.eq(0)
-            with m.If(self._last_strip):
-                m.d.sync += [self.strip.eq(0), self.offset.eq(0), self.pair.eq(self.pair + 1),
-                             self.row0.eq(self.row0 + 2 * self._stride)]
+            with m.If(~self._last_g):
+                m.d.sync += [self.g.eq(self.g + 1), self.row0.eq(self.row0 + 2 * self._stride)]
+            with m.Elif(self._last_strip):
+                nxt = self.grp0 + (self._stride << (G.bit_length()))      # 2 * G rows on
+                m.d.sync += [self.strip.eq(0), self.offset.eq(0), self.g.eq(0),
+                             self.group.eq(self.group + 1), self.grp0.eq(nxt),
+                             self.row0.eq(nxt)]
                 with m.If(self.last):
                     m.d.sync += self.more.eq(0)
             with m.Else():
-                m.d.sync += [self.strip.eq(self.strip + 1),
-                             self.offset.eq(self.offset + self._step)]
+                m.d.sync += [self.strip.eq(self.strip + 1), self.g.eq(0),
+                             self.row0.eq(self.grp0), self.offset.eq(self.offset + self._step)]
         with m.Else():
             m.d.sync += self.tok.eq(1)
 
@@ -145,6 +159,7 @@ class MatrixUnit(wiring.Component):
         chains = check_engine_shape(config, chains, max_k_blocks)
         self.config, self.chains = config, chains
         self.max_k_blocks, self.dsp_impl = max_k_blocks, dsp_impl
+        self.pair_group = config.mm_pair_group
         self.library = library
         super().__init__({
             "mm": In(stream.Signature(instruction_layout(Opcode.MM))),
@@ -171,8 +186,12 @@ class MatrixUnit(wiring.Component):
         self.ins = ins = Signal(_INS)
         self.start = start = Signal()
         self.pairs = pairs = Signal(16)
+        # The weights and a strip's records are read once per group of mm_pair_group pairs.
+        self.groups = groups = Signal(16)
         rows = Signal(16)
-        m.d.comb += [rows.eq(Mux(ins.mv, 1, ins.m_rows)), pairs.eq((rows + 1) >> 1)]
+        G = self.pair_group
+        m.d.comb += [rows.eq(Mux(ins.mv, 1, ins.m_rows)), pairs.eq((rows + 1) >> 1),
+                     groups.eq((pairs + (G - 1)) >> (G.bit_length() - 1))]
 
         # ---- buffer ports: readers and writers behind one multiplexer per buffer
         chain_rd = [ByteReader(cfg.wbuf, WORD_BYTES, align=WORD_BYTES) for _ in range(C)]
@@ -376,7 +395,7 @@ class MatrixUnit(wiring.Component):
                                                           entry.nbytes))]
             with m.If(s == ins.n_strips - 1):
                 m.d.sync += [s.eq(0), p.eq(p + 1), strip_start.eq(ins.w_addr)]
-                with m.If(p == pairs - 1):
+                with m.If(p == self.groups - 1):
                     m.d.sync += active.eq(0)
 
         # Sparse strips: read the code table, sum the sizes of the blocks it names.
@@ -454,7 +473,8 @@ class MatrixUnit(wiring.Component):
         addr = Signal(ADDR_BITS)
         strip = Signal(16)
         with m.If(start):
-            m.d.sync += [left.eq(Mux(requant, Mux(ins.p_uniform, 1, pairs * ins.n_strips), 0)),
+            m.d.sync += [left.eq(Mux(requant, Mux(ins.p_uniform, 1,
+                                                  self.groups * ins.n_strips), 0)),
                          addr.eq(ins.p_addr), strip.eq(0)]
         m.d.comb += [rd.cmd.valid.eq(left != 0),
                      rd.cmd.payload.addr.eq(addr),

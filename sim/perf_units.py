@@ -91,9 +91,10 @@ class UnitTiming:
         ld_lanes: Segments on different channels an LD's data path moves at once. The RTL
             has one lane (1); more is a what-if of the performance study
             (bench/estimate_full_size.py), not a property of the hardware.
-        mm_pairs_per_weight_read: Token pairs one pass over an MM's weights serves. The RTL
-            streams the weights once per pair (1); more is a what-if (a chain holding that
-            many accumulator sets), like ``ld_lanes``.
+        mm_pairs_per_weight_read: Token pairs one pass over an MM's weights serves; ``None``
+            (the default) is the configuration's ``mm_pair_group``, what the RTL builds (each
+            chain holds a weight pass for one cycle per pair of a group, with a bank of
+            accumulators per pair). A number overrides it, as a what-if.
     """
 
     chains: int | None = None
@@ -125,7 +126,7 @@ class UnitTiming:
     barrier: int = 64
     gather_bytes_per_cycle: int = 64
     ld_lanes: int = 1
-    mm_pairs_per_weight_read: int = 1
+    mm_pairs_per_weight_read: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,18 +162,33 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
     values = _ceil(16 * n_keep * bits // 8, word)
     header = (1 if ins.gscale else 0) + (_ceil(8 * n_keep, word) if n_keep < 16 else 0)
     pairs = _ceil(rows, 2)
-    # Weight reads: once per pair (the RTL), or once per group of pairs sharing them.
-    reuse = min(t.mm_pairs_per_weight_read, pairs)
-    reads = _ceil(pairs, reuse)
-    passes = max(16 * n_keep // cfg.mv_k, 1) * reuse
-    block = t.block_switch + header + max(values, passes)
+    # Weight reads: once per group of token pairs (mm_pair_group); every pair of a group
+    # runs through each weight pass, so a block takes the longer of its value words and
+    # the group's passes. The last group may be short.
+    group = min(t.mm_pairs_per_weight_read or cfg.mm_pair_group, pairs)
+    reads = _ceil(pairs, group)
+    sizes = [group] * (pairs // group) + ([pairs % group] if pairs % group else [])
     table = _ceil(kb, word) if ins.sparse else 0
-    strip = table + kb * block
     chains = t.chains or cfg.mv_rows
-    per_chain = _ceil(strips, chains) * strip
-    chain_time = reads * per_chain + (reads - 1) * t.mm_pair_switch
+
+    def strip_time(size: int) -> int:
+        passes = max(16 * n_keep // cfg.mv_k, 1) * size
+        if size == 1:
+            return table + kb * (t.block_switch + header + max(values, passes))
+        # A chain holding each pass for several pairs hides the dequantiser's block switch
+        # (the engine bench: no bubble between blocks once the passes outlast the words).
+        return table + kb * max(t.block_switch + header + values, passes)
+
+    per_chain = sum(_ceil(strips, chains) * strip_time(size) for size in sizes)
+    chain_time = per_chain + (reads - 1) * t.mm_pair_switch
     output_time = _ceil(rows * strips, t.output_rows_per_cycle)
     fill = cfg.mv_k + t.chain_latency_extra + t.output_stage + t.matrix_issue
+    # A group starts once all its pairs' activations are in (one K block per cycle), and its
+    # results (every row of every chain's last strip) leave after its last pass.
+    # (Nothing beyond the calibrated fill when every group is one pair.)
+    group_rows, pair_rows = rows - 2 * (pairs - sizes[-1]), rows - 2 * (pairs - 1)
+    fill += ((sizes[0] - 1) * kb
+             + (group_rows - pair_rows) * min(strips, chains) // t.output_rows_per_cycle)
     block_bytes = word * (header + values)
     weight_bytes = strips * (word * table + kb * block_bytes)
     # The weights of every read come through the one WBUF read port.
@@ -181,7 +197,8 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
                       macs_dense=rows * 256 * strips * kb,
                       macs_stored=rows * 16 * n_keep * strips * kb,
                       weight_bytes=weight_bytes,
-                      chain_work=reads * strips * strip, port_cycles=port_time, fill=fill)
+                      chain_work=sum(strips * strip_time(size) for size in sizes),
+                      port_cycles=port_time, fill=fill)
 
 
 def misc_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:

@@ -40,3 +40,24 @@ def test_rtl_engine_matches_golden(tmp_path):
     assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
     assert runs["rtl"]["logits"] == runs["golden"]["logits"]
     assert len(runs["rtl"]["cycles"]) == 3 and all(c > 0 for c in runs["rtl"]["cycles"])
+
+
+def test_rtl_engine_with_token_pair_groups_matches_golden(tmp_path):
+    """tiny with mm_pair_group = 2: an 11-token prompt is six token pairs, three groups that
+    each read the weights once; tokens and logits are still the golden simulator's."""
+    if simulator_unavailable_reason():
+        pytest.skip(simulator_unavailable_reason())
+    from flightllm.contract.config import preset
+    arch = tmp_path / "tiny-g2.yaml"
+    arch.write_text(preset("tiny").replace(name="tiny-g2", mm_pair_group=2).to_yaml())
+    out = tmp_path / "build"
+    assert invoke("compile", default_model_path(), "--arch", arch, "-o", out,
+                  "--max-len", 32).exit_code == 0
+    runs = {}
+    for engine in ("golden", "rtl"):
+        result = invoke("simulate", out, "--input-ids", "5,1,4,1,5,9,2,6,5,3,5",
+                        "--decode-steps", "2", "--engine", engine, "--json")
+        assert result.exit_code == 0, result.output[-2000:]
+        runs[engine] = json.loads(result.output)
+    assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
+    assert runs["rtl"]["logits"] == runs["golden"]["logits"]

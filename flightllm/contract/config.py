@@ -81,6 +81,11 @@ class AcceleratorConfig:
             simulation.
         attn_block: Token block size of block-sparse prefill attention (sink and local band
             are whole blocks of this many tokens; a multiple of 16).
+        mm_pair_group: Token pairs an MM serves with one read of its weights (1, 2, 4 or 8).
+            Each chain holds a dequantised weight pass for one cycle per pair of the group and
+            keeps that many banks of accumulators, so the weights cross the WBUF read port and
+            the dequantisers once per group instead of once per pair. MV and results are
+            unchanged; prefill, bound by that port, gets up to this many times faster.
     """
 
     name: str
@@ -102,6 +107,7 @@ class AcceleratorConfig:
     token_depth: int = 255
     axi_data_bits: int = 256
     attn_block: int = 64
+    mm_pair_group: int = 1
 
     def __post_init__(self):
         # Normalise sequences so YAML lists and tuples compare and hash the same.
@@ -160,6 +166,8 @@ class AcceleratorConfig:
             _bad("axi_data_bits", self.axi_data_bits, "one of 32, 64, 128, 256, 512")
         if self.attn_block not in (16, 32, 64, 128, 256):
             _bad("attn_block", self.attn_block, "one of 16, 32, 64, 128, 256")
+        if self.mm_pair_group not in (1, 2, 4, 8):
+            _bad("mm_pair_group", self.mm_pair_group, "one of 1, 2, 4, 8")
         if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
             _bad("clock_mhz", self.clock_mhz, "a number in [1, 1000]")
 
@@ -292,35 +300,37 @@ def _preset_tiny() -> AcceleratorConfig:
 def _preset_u280() -> AcceleratorConfig:
     # Two cores (of the card's three SLRs), each with 16 chains of 32 packed DSP48E2 (512 DSPs,
     # 1,024 INT8 MACs per cycle in MM mode). Sized by the estimate of the whole core (flightllm
-    # hw resources): a core is about 490k LUTs, of which the chains and dequantisers are 150k;
+    # hw resources): a core is about 450k LUTs, of which the chains and dequantisers are 170k;
     # the readers, writers, DMA and SFU around them are the rest, so three cores would need
-    # ~123% of the LUTs the shell leaves and two take ~81%. More chains per core do not help
+    # ~113% of the LUTs the shell leaves and two take ~76%. More chains per core do not help
     # while the weights come through one 64-byte WBUF row per cycle (8 dequantiser words): the
     # performance model gives LLaMA2-7B the same times with 16, 24 or 32 chains.
     # Thirteen HBM pseudo-channels per core (6.5 GiB: OPT-6.7B at 4 bits needs more than 9) plus
     # the instruction master: 27 AXI masters (designs at 225 MHz close timing more reliably with
     # at most ~28), 512 bits wide so one LD moves a WBUF row per cycle. RBUF rows are 64 bytes (16 INT32, what the
     # output stage and the SFU move per cycle): 256-byte rows cost about a third of a core's
-    # LUTs in the units' RBUF readers and writers.
+    # LUTs in the units' RBUF readers and writers. An MM reads its weights once per group of
+    # four token pairs (mm_pair_group): prefill is bound by the WBUF port, and four banks of
+    # accumulators per chain cost ~1.7k LUTs where they cut a 128-token prefill 2.6x.
     return AcceleratorConfig(
         name="u280", cores=2, mv_rows=16, mv_k=32, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
         abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(64, 16384),
         pbuf=BufferSpec(64, 8192), hbm_channels_per_core=13, hbm_channel_bytes=256 << 20,
-        clock_mhz=225.0, axi_data_bits=512,
+        clock_mhz=225.0, axi_data_bits=512, mm_pair_group=4,
     )
 
 
 def _preset_vhk158() -> AcceleratorConfig:
     # Three cores (four, as in the FlightLLM artefact's model, need ~112% of the XCVH1582's
     # LUTs by the same estimate), 8 HBM2e pseudo-channels each, 16 chains of 32 DSPs per core,
-    # sized as the u280 preset (the same WBUF port).
+    # sized as the u280 preset (the same WBUF port, the same groups of four token pairs).
     return AcceleratorConfig(
         name="vhk158", cores=3, mv_rows=16, mv_k=32, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
         abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(64, 16384),
         pbuf=BufferSpec(64, 8192), hbm_channels_per_core=8, hbm_channel_bytes=1 << 30,
-        clock_mhz=225.0, axi_data_bits=512,
+        clock_mhz=225.0, axi_data_bits=512, mm_pair_group=4,
     )
 
 

@@ -17,7 +17,9 @@ from flightllm.hw.dsp_chain import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent / "cocotb"))
-from tb_model import chain_stimulus, scenario_matrix, words64  # noqa: E402
+from tb_model import (  # noqa: E402
+    chain_group_stimulus, chain_stimulus, scenario_matrix, words64,
+)
 
 MODULE = "tb_dsp_chain"
 
@@ -65,6 +67,38 @@ def test_chain_in_amaranth_simulator(stream_bench):
     got = bench.drain(dut.results, count=len(expected))
     bench.run()
     assert got == expected
+
+
+@pytest.mark.parametrize("pairs", [2, 4])
+def test_chain_serves_a_group_of_pairs_per_weight_pass(pairs, stream_bench):
+    """A chain built for ``pairs`` token pairs per weight pass holds each weight beat for one
+    pass per pair of the group (full groups and short last groups), keeps a bank of
+    accumulators per pair and ends each strip with one result per pair."""
+    cfg = preset("tiny")
+    # The engine's result depth: a group's strip ends push results in consecutive cycles.
+    dut = DSPChain(cfg, pairs=pairs, result_depth=2)
+    rng = np.random.default_rng(17 + pairs)
+    weights, acts, expected = [], [], []
+    for (kind, bits, gscale), group in zip(
+            (("mixed", 4, True), ("dense", 8, False), ("extreme", 8, False), ("bytes", 2, True)),
+            (pairs, 1, pairs - 1, pairs)):
+        matrix = scenario_matrix(rng, kind, bits, gscale, n_strips=2, k_blocks=2)
+        stim = chain_group_stimulus(matrix, rng, cfg.mv_k, pairs=pairs, group=group)
+        weights += stim.weights
+        acts += stim.acts
+        expected += stim.expected
+    bench = stream_bench(dut)
+    bench.feed(dut.weights, weights)
+    bench.feed(dut.acts, acts)
+    got = bench.drain(dut.results, count=len(expected))
+    bench.run()
+    assert got == expected
+
+
+def test_pairs_per_weight_pass_must_be_a_small_power_of_two():
+    for bad in (0, 3, 16, 2.0):
+        with pytest.raises(ValueError, match="pairs must be a power of two"):
+            DSPChain(preset("tiny"), pairs=bad)
 
 
 class _DequantIntoChain(Elaboratable):

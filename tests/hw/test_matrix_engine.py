@@ -77,8 +77,9 @@ def test_sub_units_can_be_replaced_by_black_boxes():
     assert "top.chain0.dsp0" not in text and "\\codes" not in text
 
 
-def _simulate(bench_class, cases, chains: int, *, max_cycles: int = 20000) -> RowChecker:
-    dut = MatrixEngine(preset("tiny"), chains=chains, max_k_blocks=8)
+def _simulate(bench_class, cases, chains: int, *, max_cycles: int = 20000,
+              pair_group: int = 1) -> RowChecker:
+    dut = MatrixEngine(preset("tiny"), chains=chains, max_k_blocks=8, pair_group=pair_group)
     checker = RowChecker("matrix engine")
     for case in cases:
         for row in case.expected:
@@ -116,6 +117,62 @@ def test_engine_in_amaranth_simulator(stream_bench):
     ]
     checker = _simulate(stream_bench, cases, chains=2)
     assert checker.errors == 0 and checker.count == sum(c.values for c in cases) == 336
+
+
+@pytest.mark.parametrize("pair_group", [2, 4])
+def test_engine_serves_groups_of_token_pairs(pair_group, stream_bench):
+    """With ``mm_pair_group`` > 1 the weights stream once per group of token pairs: MMs with
+    full and short last groups (odd rows, one pair), an MV, Q8/Q32/ACC32 with psum, residual
+    and uniform records, against exec_matrix in (group, strip, pair, token) order."""
+    cfg = preset("tiny")
+    rng = np.random.default_rng(40 + pair_group)
+    common = dict(mv=False, psum=True, residual=False, relu=False, p_uniform=False,
+                  strided=False, pair_group=pair_group)
+    cases = [
+        random_case(rng, cfg, 2, **dict(common, relu=True, strided=True, m_rows=4 * pair_group - 1),
+                    bits=8, gscale=False, kind=2, mode=OutMode.Q8, n_strips=3, k_blocks=2),
+        random_case(rng, cfg, 2, **dict(common, mv=True, psum=False, m_rows=1), bits=4,
+                    gscale=False, kind="mixed", mode=OutMode.ACC32, n_strips=3, k_blocks=2),
+        random_case(rng, cfg, 2, **dict(common, residual=True, p_uniform=True,
+                                        m_rows=2 * pair_group + 2),
+                    bits=2, gscale=True, kind="bytes", mode=OutMode.Q32, n_strips=2,
+                    k_blocks=1),
+        random_case(rng, cfg, 2, **dict(common, psum=False, m_rows=2), bits=4, gscale=True,
+                    kind="dense", mode=OutMode.ACC32, n_strips=1, k_blocks=3),
+    ]
+    checker = _simulate(stream_bench, cases, chains=2, pair_group=pair_group)
+    assert checker.errors == 0 and checker.count == sum(c.values for c in cases)
+
+
+@pytest.mark.parametrize("pair_group,m_rows", [(2, 8), (4, 8), (4, 5)])
+def test_group_cycles_match_the_performance_model(pair_group, m_rows, stream_bench):
+    """A dense INT4 MM (4 strips x 8 K blocks on tiny's four chains) in the engine, from the
+    command to its last result row, within 3% of sim/perf_units.matrix_cost (less the unit's
+    issue cycles; a WBUF port wide enough not to bind, as the engine alone has none)."""
+    from flightllm.contract.config import BufferSpec
+    from flightllm.sim.perf_units import UnitTiming, matrix_cost
+    cfg = preset("tiny").replace(mm_pair_group=pair_group)
+    rng = np.random.default_rng(1)
+    case = random_case(rng, cfg, 4, mv=False, bits=4, gscale=False, kind="dense",
+                       mode=OutMode.ACC32, psum=False, residual=False, relu=False,
+                       p_uniform=False, n_strips=4, k_blocks=8, m_rows=m_rows, strided=False,
+                       pair_group=pair_group)
+    dut = MatrixEngine(cfg, max_k_blocks=8)
+    bench = stream_bench(dut)
+    bench.feed(dut.cmd, [pack_fields(COMMAND_LAYOUT, case.command)])
+    for c in range(4):
+        bench.feed(dut.words[c], case.words[c])
+    for name in ("acts", "params", "psum", "residual"):
+        bench.feed(getattr(dut, name), getattr(case, name))
+    got = bench.drain(dut.results, count=len(case.expected), watch=(dut.busy,))
+    bench.run()
+    assert len(got) == len(case.expected)
+    busy = [i for i, (b,) in enumerate(bench.samples) if b]
+    rtl = busy[-1] - busy[0] + 1
+    t = UnitTiming()
+    wide = cfg.replace(wbuf=BufferSpec(1024, 64))
+    model = matrix_cost(case.ins, 16, wide, t).cycles - t.matrix_issue
+    assert abs(model - rtl) <= 0.03 * rtl, (model, rtl)
 
 
 # --------------------------------------------------------------------------- cocotb

@@ -36,31 +36,17 @@ def make_harness(init=None, *, chains=None, max_k_blocks=MAX_K_BLOCKS, cfg=None)
         ("mm_done", "mv_done", "busy"), init=init)
 
 
-@pytest.mark.parametrize("abuf_rows", ["tiny", "as wide as rbuf"])
-def test_unit_in_amaranth_simulator(abuf_rows):
-    """Three instructions through two chains in the Amaranth simulator (MV on mixed sparse
-    codes into ACC32; MM Q8 with psum and relu, strided strips, three rows; MM Q32 with a
-    residual and a uniform record), buffers compared with exec_matrix's afterwards. With
-    ABUF rows as wide as RBUF's (as on the full-size presets) one writer serves both."""
-    cfg = preset("tiny")
-    if abuf_rows != "tiny":
-        cfg = cfg.replace(abuf=BufferSpec(cfg.rbuf.width, cfg.abuf.bytes // cfg.rbuf.width))
-    rng = np.random.default_rng(5)
+def _check_program(cfg, specs, seed):
+    """Stage the instructions of ``specs`` (stage_matrix arguments), run them through a
+    two-chain unit in the Amaranth simulator and compare every buffer row they change with
+    exec_matrix's."""
+    rng = np.random.default_rng(seed)
     core = CoreBuffers(cfg)
     for name, image in initial_contents(cfg).items():
         core.mem[BUFFER_OF[name]][:] = image
     common = dict(gscale=False, psum=False, residual=False, relu=False, p_uniform=False,
                   k_blocks=2, m_rows=1, strided=False)
-    program = [
-        stage_matrix(rng, core, **dict(common, mv=True, bits=4, kind="mixed",
-                                       mode=OutMode.ACC32, n_strips=3)),
-        stage_matrix(rng, core, **dict(common, mv=False, bits=8, kind=2, mode=OutMode.Q8,
-                                       psum=True, relu=True, strided=True, m_rows=3,
-                                       n_strips=2)),
-        stage_matrix(rng, core, **dict(common, mv=False, bits=2, kind="dense", gscale=True,
-                                       mode=OutMode.Q32, residual=True, p_uniform=True,
-                                       m_rows=2, n_strips=3, k_blocks=1)),
-    ]
+    program = [stage_matrix(rng, core, **dict(common, **spec)) for spec in specs]
     staged = {name: core.mem[BUFFER_OF[name]].copy() for name in BUFFERS}
     for ins in program:
         exec_matrix(ins, core, Counters(), "test")
@@ -92,7 +78,43 @@ def test_unit_in_amaranth_simulator(abuf_rows):
         want = [int.from_bytes(image[r * width:(r + 1) * width].tobytes(), "little")
                 for r in changed[name]]
         assert got[name] == want, name
-    print("cycles", cycles)
+    return cycles
+
+
+@pytest.mark.parametrize("abuf_rows", ["tiny", "as wide as rbuf"])
+def test_unit_in_amaranth_simulator(abuf_rows):
+    """Three instructions through two chains in the Amaranth simulator (MV on mixed sparse
+    codes into ACC32; MM Q8 with psum and relu, strided strips, three rows; MM Q32 with a
+    residual and a uniform record), buffers compared with exec_matrix's afterwards. With
+    ABUF rows as wide as RBUF's (as on the full-size presets) one writer serves both."""
+    cfg = preset("tiny")
+    if abuf_rows != "tiny":
+        cfg = cfg.replace(abuf=BufferSpec(cfg.rbuf.width, cfg.abuf.bytes // cfg.rbuf.width))
+    _check_program(cfg, [
+        dict(mv=True, bits=4, kind="mixed", mode=OutMode.ACC32, n_strips=3),
+        dict(mv=False, bits=8, kind=2, mode=OutMode.Q8, psum=True, relu=True, strided=True,
+             m_rows=3, n_strips=2),
+        dict(mv=False, bits=2, kind="dense", gscale=True, mode=OutMode.Q32, residual=True,
+             p_uniform=True, m_rows=2, n_strips=3, k_blocks=1),
+    ], seed=5)
+
+
+@pytest.mark.parametrize("pair_group", [2, 4])
+def test_unit_serves_groups_of_token_pairs(pair_group):
+    """With mm_pair_group > 1 the unit reads each strip's weights and records once per group
+    of token pairs and writes, reads partial sums and residuals in (group, strip, pair,
+    token) order: MMs of several groups with a short last one, one pair, and an MV, against
+    exec_matrix."""
+    cfg = preset("tiny").replace(mm_pair_group=pair_group)
+    _check_program(cfg, [
+        dict(mv=False, bits=8, kind=2, mode=OutMode.Q8, psum=True, relu=True, strided=True,
+             m_rows=4 * pair_group + 1, n_strips=3),
+        dict(mv=True, bits=4, kind="mixed", mode=OutMode.ACC32, n_strips=3),
+        dict(mv=False, bits=4, kind="dense", gscale=True, mode=OutMode.Q32, residual=True,
+             m_rows=2 * pair_group - 1, n_strips=2, k_blocks=1),
+        dict(mv=False, bits=2, kind="mixed", mode=OutMode.ACC32, psum=True, m_rows=2,
+             n_strips=1),
+    ], seed=9 + pair_group)
 
 
 def test_interface_matches_the_brief():

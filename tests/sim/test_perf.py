@@ -105,19 +105,27 @@ def test_mm_streams_weights_once_per_token_pair():
     assert r5.cycles == 3 * 272 + 2 * UnitTiming().mm_pair_switch + FILL
 
 
-def test_weights_shared_by_token_pairs_are_a_what_if():
-    # mm_pairs_per_weight_read (not the RTL): the chain runs every pair of a group through
-    # each block while the dequantiser's words for it are read once.
+def test_mm_pair_group_reads_weights_once_per_group():
+    # mm_pair_group = 2: each chain holds a weight pass for both pairs of a group, so a dense
+    # INT4 block takes its 2 x 16 passes (the 17 cycles of words and block switch hide under
+    # them); the group starts once both pairs' 8 activation blocks are in, and its 4 rows of
+    # each chain's last strip leave after the last pass.
     mm = Instruction(Opcode.MM, w_addr=0, wbits=WeightBits.INT4, n_strips=8, k_blocks=8,
                      m_rows=4, x_stride=128, out_stride=128)
-    shared = run([[mm]], timing=UnitTiming(**NO_FETCH, mm_pairs_per_weight_read=2))
-    # Dense INT4 block: 16 value words; 2 pairs x 16 passes = 32 chain cycles + the switch.
-    assert shared.cycles == 2 * 8 * (1 + 32) + FILL
-    # On tiny's 16-byte WBUF port the weights bind when read per pair (2 x 512 rows); read
-    # once (512 rows) they no longer do, and the chains' 528 cycles set the time.
-    assert run([[mm]], cfg=CFG).cycles == 2 * 512 + FILL
-    assert run([[mm]], cfg=CFG, timing=UnitTiming(**NO_FETCH, mm_pairs_per_weight_read=2)
+    grouped = ENGINE.replace(mm_pair_group=2)
+    shared = run([[mm]], cfg=grouped)
+    assert shared.cycles == 2 * 8 * 32 + FILL + (2 - 1) * 8 + (4 - 2) * 4
+    # The timing knob overrides the configuration (a what-if of the study).
+    assert run([[mm]], timing=UnitTiming(**NO_FETCH, mm_pairs_per_weight_read=2)
                ).cycles == shared.cycles
+    # A short last group: 3 pairs are a group of 2 and one of 1 (as per pair).
+    r5 = run([[mm.replace(m_rows=5)]], cfg=grouped)
+    assert r5.cycles == (2 * 8 * 32 + 2 * 8 * 17 + UnitTiming().mm_pair_switch + FILL
+                         + (2 - 1) * 8)
+    # On tiny's 16-byte WBUF port the weights bind when read per pair (2 x 512 rows); read
+    # once (512 rows), the port takes as long as the chains.
+    assert run([[mm]], cfg=CFG).cycles == 2 * 512 + FILL
+    assert run([[mm]], cfg=CFG.replace(mm_pair_group=2)).cycles == shared.cycles
 
 
 def test_sfu_cycle_model():

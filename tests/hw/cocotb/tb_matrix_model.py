@@ -68,19 +68,23 @@ def _records(rng, n: int, scale: float, out_bits: int) -> bytes:
 def random_case(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, *, mv: bool,
                 bits: int, gscale: bool, kind, mode: OutMode, psum: bool, residual: bool,
                 relu: bool, p_uniform: bool, n_strips: int, k_blocks: int, m_rows: int,
-                strided: bool) -> EngineCase:
+                strided: bool, pair_group: int = 1) -> EngineCase:
     """Stage one random instruction, run the golden simulator on it, and derive the streams.
 
     Args:
         kind: a matrix kind of ``tb_model.KINDS`` (mixed codes, one N, dense format, extreme
             values, random bytes).
         strided: strips ``w_stride`` bytes apart (else back to back).
+        pair_group: the engine's ``mm_pair_group``: the weights stream once per group of
+            that many token pairs, a strip's records once per group, and results come in
+            (group, strip, pair, token) order.
     """
     core = CoreBuffers(cfg)
     for buf in Buffer:                          # junk everywhere the instruction must not read
         core.mem[buf][:] = rng.integers(0, 256, len(core.mem[buf]), dtype=np.uint8)
     rows = 1 if mv else m_rows
     pairs = 1 if mv else -(-m_rows // 2)
+    groups = -(-pairs // pair_group)
     n_out, k = BLOCK * n_strips, BLOCK * k_blocks
 
     # Weights: the contract's packer, strips placed back to back or w_stride apart.
@@ -154,7 +158,7 @@ def random_case(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, *
     command.update(mv=int(mv), m_rows=m_rows)        # MV carries a junk m_rows: ignored
     words = [[] for _ in range(chains)]
     for c in range(chains):
-        for _ in range(pairs):
+        for _ in range(groups):
             for s in range(c, n_strips, chains):
                 words[c] += words64(bytes(before[Buffer.WBUF][starts[s]:starts[s] + lengths[s]]))
     acts = []
@@ -173,12 +177,14 @@ def random_case(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, *
     if mode != OutMode.ACC32 and p_uniform:
         params.append(_le(np.concatenate([before[Buffer.PBUF][p_addr:p_addr + 8],
                                           rng.integers(0, 256, rec_bytes - 8, np.uint8)])))
-    for p in range(pairs):
+    for group in range(groups):
         for s in range(n_strips):
             if mode != OutMode.ACC32 and not p_uniform:
                 at = p_addr + s * rec_bytes
                 params.append(_le(before[Buffer.PBUF][at:at + rec_bytes]))
-            for tok in range(2 if 2 * p + 1 < rows else 1):
+            for p, tok in ((p, tok) for p in range(group * pair_group,
+                                                   min(pairs, (group + 1) * pair_group))
+                           for tok in range(2 if 2 * p + 1 < rows else 1)):
                 i = 2 * p + tok
                 if psum:
                     at = psum_addr + i * psum_stride + 4 * BLOCK * s

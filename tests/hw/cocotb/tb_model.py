@@ -292,6 +292,26 @@ def chain_stimulus(case: MatrixCase, rng: np.random.Generator, mv_k: int, *,
     return ChainStimulus(weights, acts, expected, len(weights))
 
 
+def chain_group_stimulus(case: MatrixCase, rng: np.random.Generator, mv_k: int, *,
+                         pairs: int, group: int) -> ChainStimulus:
+    """As :func:`chain_stimulus` ("mm") for a chain built with ``pairs`` token pairs per weight
+    pass, fed a group of ``group`` (<= ``pairs``) pairs: one activation beat per block holds
+    every pair's block (unused pairs zero), and a strip ends with one result per pair."""
+    W = case.dense()
+    strips = decode_blocks(case)
+    x = np.zeros((case.n_strips, case.k_blocks, pairs, 2, B), dtype=np.int64)
+    x[:, :, :group] = rng.integers(-128, 128, size=(case.n_strips, case.k_blocks, group, 2, B))
+    weights, acts, expected = [], [], []
+    for s, blocks in enumerate(strips):
+        for k, block in enumerate(blocks):
+            weights += block_passes(block, mv_k, first=k == 0, last=k == case.k_blocks - 1)
+            acts.append({"x": x[s, k].tolist(), "pairs_m1": group - 1})
+        for g in range(group):
+            lanes = x[s, :, g].transpose(1, 0, 2).reshape(2, -1)     # [lane, K]
+            expected.append({"y": (W[s * B:(s + 1) * B] @ lanes.T).T.tolist()})
+    return ChainStimulus(weights, acts, expected, len(weights) * group)
+
+
 def dequant_expected(case: MatrixCase, mv_k: int) -> list[dict]:
     """Per weight beat: its sparsity code, flags and the dense block rows it covers, from the
     contract's ``unpack_matrix``."""
