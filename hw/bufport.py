@@ -37,7 +37,7 @@ from flightllm.contract.isa import Buffer
 BUFFERS = tuple(b.name.lower() for b in Buffer)
 
 __all__ = ["BUFFERS", "row_request_layout", "row_client_signature", "buffer_clients",
-           "BufferArbiter"]
+           "width_groups", "shared_spec", "route_requests", "BufferArbiter"]
 
 
 def row_request_layout(spec: BufferSpec) -> data.StructLayout:
@@ -58,6 +58,36 @@ def row_client_signature(spec: BufferSpec) -> wiring.Signature:
 def buffer_clients(cfg: AcceleratorConfig) -> dict[str, wiring.Member]:
     """Signature members of a unit with one row-client port per buffer, named as BUFFERS."""
     return {name: Out(row_client_signature(cfg.buffer(name))) for name in BUFFERS}
+
+
+def width_groups(cfg: AcceleratorConfig) -> list[tuple[Buffer, ...]]:
+    """The buffers grouped by row width, in Buffer order. A unit that moves one buffer's rows
+    at a time (an LD, an ST, a result) needs one row-wide shifter per group, not per buffer."""
+    groups: dict[int, list[Buffer]] = {}
+    for b in Buffer:
+        groups.setdefault(cfg.buffer(b.name.lower()).width, []).append(b)
+    return [tuple(g) for g in groups.values()]
+
+
+def shared_spec(specs) -> BufferSpec:
+    """The row geometry one reader or writer needs to serve buffers of one width: that width
+    and the deepest one's depth."""
+    specs = list(specs)
+    if len({s.width for s in specs}) != 1:
+        raise ValueError(f"buffers of different row widths cannot share a port: {specs}")
+    return BufferSpec(specs[0].width, max(s.depth for s in specs))
+
+
+def route_requests(m: Module, req, dest: Value, slots: list) -> None:
+    """Fan a shared request stream ``req`` (for the deepest buffer of a group) out to the
+    request streams ``slots``, the ``dest``-th taking it; ``req.ready`` is that slot's."""
+    for k, slot in enumerate(slots):
+        sel = dest == k
+        m.d.comb += [slot.valid.eq(req.valid & sel), slot.payload.addr.eq(req.payload.addr),
+                     slot.payload.write.eq(req.payload.write),
+                     slot.payload.data.eq(req.payload.data), slot.payload.be.eq(req.payload.be)]
+        with m.If(sel):
+            m.d.comb += req.ready.eq(slot.ready)
 
 
 def _round_robin(m: Module, eligible: Value, n: int, name: str) -> tuple[Signal, Signal]:

@@ -34,12 +34,15 @@ from amaranth.lib.wiring import In, Out
 from flightllm.contract.config import AcceleratorConfig, BufferSpec
 from flightllm.contract.isa import Buffer, Opcode
 from flightllm.contract.regmap import ErrorCode
-from flightllm.hw.bufport import BUFFERS, buffer_clients, row_client_signature
+from flightllm.hw.bufport import (
+    BUFFERS, buffer_clients, route_requests, row_client_signature, shared_spec, width_groups,
+)
 from flightllm.hw.isa_layouts import instruction_layout
 
 __all__ = [
     "axi4_signature", "axi4_read_signature", "burst_beats", "chunk_layout",
-    "RowWriter", "RowReader", "width_groups", "LoadEngine", "StoreEngine", "MAX_BURST", "MAX_OUTSTANDING",
+    "RowWriter", "RowReader", "width_groups", "LoadEngine", "StoreEngine", "MAX_BURST",
+    "MAX_OUTSTANDING",
 ]
 
 #: Beats per burst (AXI4 allows 256; 16 keeps the read-back FIFOs of the interconnect small).
@@ -106,34 +109,20 @@ def _lsb_mask(count: Value, width: int) -> Value:
                ((C(1, width + 1) << count[:(width).bit_length()]) - 1)[:width])
 
 
-def width_groups(cfg: AcceleratorConfig) -> list[tuple[int, ...]]:
-    """Buffers (indices into BUFFERS) grouped by row width, in BUFFERS order: one row writer
-    (LD) or reader (ST) serves each group, since a transfer uses one buffer at a time."""
-    groups: dict[int, list[int]] = {}
-    for i, name in enumerate(BUFFERS):
-        groups.setdefault(cfg.buffer(name).width, []).append(i)
-    return [tuple(g) for g in groups.values()]
-
-
 def _group_spec(cfg: AcceleratorConfig, group) -> BufferSpec:
-    specs = [cfg.buffer(BUFFERS[i]) for i in group]
-    return BufferSpec(specs[0].width, max(s.depth for s in specs))
+    return shared_spec(cfg.buffer(BUFFERS[i]) for i in group)
 
 
 def _route(m: Module, shared, dest: Value, clients: list) -> None:
     """Connect a shared row client (``shared``, for the group's deepest buffer) to the
-    ``dest``-th of the buffers' own ``clients`` (the engine's flipped client ports)."""
+    ``dest``-th of the buffers' own ``clients`` (the engine's client ports): its requests, and
+    the responses back."""
+    route_requests(m, shared.req, dest, [client.req for client in clients])
     for k, client in enumerate(clients):
         sel = dest == k
-        m.d.comb += [client.req.valid.eq(shared.req.valid & sel),
-                     client.req.p.addr.eq(shared.req.p.addr),
-                     client.req.p.write.eq(shared.req.p.write),
-                     client.req.p.data.eq(shared.req.p.data),
-                     client.req.p.be.eq(shared.req.p.be),
-                     client.rsp.ready.eq(shared.rsp.ready & sel)]
+        m.d.comb += client.rsp.ready.eq(shared.rsp.ready & sel)
         with m.If(sel):
-            m.d.comb += [shared.req.ready.eq(client.req.ready),
-                         shared.rsp.valid.eq(client.rsp.valid),
+            m.d.comb += [shared.rsp.valid.eq(client.rsp.valid),
                          shared.rsp.payload.eq(client.rsp.payload)]
 
 
@@ -648,17 +637,17 @@ class StoreEngine(_TransferEngine):
         waddr = Signal(64)
         in_burst = Signal(range(MAX_BURST))
         # One reader per row width (as LD's writers); ``readers[i]`` serves buffer i.
-        readers, groups = [None] * len(BUFFERS), width_groups(self.cfg)
-        for group in groups:
+        readers, group_readers = [None] * len(BUFFERS), []
+        for group in width_groups(self.cfg):
             reader = RowReader(_group_spec(self.cfg, group), B, dests=len(group))
             m.submodules["reader_" + "_".join(BUFFERS[i] for i in group)] = reader
             _route(m, reader.port, reader.port_dest,
                    [getattr(self, BUFFERS[i]) for i in group])
+            group_readers.append(reader)
             for k, i in enumerate(group):
                 readers[i] = reader
                 with m.If(desc.buf == i):
                     m.d.comb += reader.dest.eq(k)
-        unique = list(dict.fromkeys(readers))
         seg_ready = Array(r.seg.ready for r in readers)[desc.buf]
         with m.If(~active & segs.r_rdy & seg_ready):
             m.d.comb += segs.r_en.eq(1)
@@ -711,7 +700,7 @@ class StoreEngine(_TransferEngine):
                         m.d.sync += tail.eq(1)
             with m.If(tail):
                 m.d.sync += [active.eq(0), tail.eq(0)]
-        idle = [~active, ~segs.r_rdy] + [r.idle for r in unique]
+        idle = [~active, ~segs.r_rdy] + [r.idle for r in group_readers]
         m.d.comb += data_idle.eq(Cat(*idle).all())
         m.d.comb += self.progress.eq(issued | beat_done | responses.any())
         return m

@@ -48,13 +48,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from flightllm.contract.config import BLOCK, AcceleratorConfig, BufferSpec
+from flightllm.contract.config import BLOCK, AcceleratorConfig
 from flightllm.contract.isa import OPCODES, Opcode, OutMode
 from flightllm.contract.params import REQUANT_RECORD_BYTES
 from flightllm.contract.regmap import ErrorCode
 from flightllm.contract.weights import WORD_BYTES
 
-from .bufport import buffer_clients
+from .bufport import buffer_clients, shared_spec
 from .isa_layouts import instruction_layout
 from .matrix_engine import COMMAND_LAYOUT, PARAMS_LAYOUT, MatrixEngine, check_engine_shape
 from .row_stream import (ADDR_BITS, ByteReader, ChunkWriter, PortMux, route_writes,
@@ -205,9 +205,7 @@ class MatrixUnit(wiring.Component):
         if cfg.abuf.width == cfg.rbuf.width:
             # An instruction writes Q8 rows to ABUF or Q32 rows to RBUF, never both: one
             # writer (one row-wide shifter) serves both buffers, ABUF as dest 0, RBUF as 1.
-            q8_wr = q32_wr = ChunkWriter(BufferSpec(cfg.abuf.width,
-                                                    max(cfg.abuf.depth, cfg.rbuf.depth)),
-                                         4 * BLOCK, dests=2)
+            q8_wr = q32_wr = ChunkWriter(shared_spec((cfg.abuf, cfg.rbuf)), 4 * BLOCK, dests=2)
         else:
             q8_wr = ChunkWriter(cfg.abuf, BLOCK)
             q32_wr = ChunkWriter(cfg.rbuf, 4 * BLOCK)

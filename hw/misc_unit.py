@@ -36,11 +36,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from flightllm.contract import numerics as nm
-from flightllm.contract.config import AcceleratorConfig, BufferSpec
+from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import OPCODES, Buffer, MiscFunc, Opcode
 from flightllm.contract.regmap import ErrorCode
 
-from .bufport import buffer_clients
+from .bufport import buffer_clients, shared_spec, width_groups
 from .isa_layouts import field_shape, instruction_layout
 from .row_stream import ADDR_BITS, ByteReader, ChunkWriter, PortMux, route_writes
 from .sfu import COMMAND_FIELDS, SFU
@@ -138,17 +138,15 @@ class MiscUnit(wiring.Component):
         gamma_rd = ByteReader(spec[Buffer.PBUF], 2 * L, align=2)
         beta_rd = ByteReader(spec[Buffer.PBUF], 4 * L, align=2)
         table_rd = ByteReader(spec[Buffer.PBUF], 2 * L)
-        # Results go to one buffer at a time: one writer (a row-wide shifter) per row width.
-        by_width: dict[int, list] = {}
-        for b in _BUFS:
-            by_width.setdefault(spec[b].width, []).append(b)
-        out_wr, out_dest = {}, {}
-        for bufs in by_width.values():
-            wr = ChunkWriter(BufferSpec(spec[bufs[0]].width, max(spec[b].depth for b in bufs)),
-                             Cc, dests=len(bufs))
-            m.submodules["out_wr_" + "_".join(b.name.lower() for b in bufs)] = wr
-            out_wr.update({b: wr for b in bufs})
-            out_dest.update({b: k for k, b in enumerate(bufs)})
+        # Results go to one buffer at a time: one writer (a row-wide shifter) per row width,
+        # buffer b its dest out_dest[b] and the writer slot slots[wr][out_dest[b]].
+        out_wr, out_dest, slots = {}, {}, {}
+        for group in width_groups(cfg):
+            wr = ChunkWriter(shared_spec(spec[b] for b in group), Cc, dests=len(group))
+            m.submodules["out_wr_" + "_".join(b.name.lower() for b in group)] = wr
+            slots[wr] = [None] * len(group)
+            for k, b in enumerate(group):
+                out_wr[b], out_dest[b] = wr, k
         recip_wr = ChunkWriter(spec[Buffer.RBUF], 4)
         plan = {
             Buffer.ABUF: ([a_rd[Buffer.ABUF], b_rd[Buffer.ABUF], copy_rd[Buffer.ABUF]],
@@ -159,8 +157,6 @@ class MiscUnit(wiring.Component):
             Buffer.PBUF: ([copy_rd[Buffer.PBUF], gamma_rd, beta_rd, table_rd],
                           [out_wr[Buffer.PBUF]]),
         }
-        slots = {wr: [None] * len(bufs) for bufs in by_width.values()
-                 for wr in (out_wr[bufs[0]],)}
         for b, (readers, writers) in plan.items():
             name = b.name.lower()
             mux = PortMux(spec[b], len(readers), writers=len(writers))

@@ -37,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 
 from flightllm.contract.config import BufferSpec
 
-from .bufport import row_client_signature, row_request_layout
+from .bufport import route_requests, row_client_signature, row_request_layout
 
 __all__ = ["ADDR_BITS", "LEN_BITS", "segment_layout", "chunk_layout", "write_layout",
            "ByteReader", "ChunkWriter", "PortMux", "route_writes"]
@@ -282,14 +282,7 @@ class ChunkWriter(wiring.Component):
 def route_writes(m: Module, writer: ChunkWriter, slots: list) -> None:
     """Connect a shared :class:`ChunkWriter` to the :class:`PortMux` writer slots of the
     buffers it serves (``slots[k]`` for ``dest == k``; their depths may be smaller)."""
-    req = writer.req
-    for k, slot in enumerate(slots):
-        sel = writer.req_dest == k
-        m.d.comb += [slot.valid.eq(req.valid & sel), slot.payload.addr.eq(req.payload.addr),
-                     slot.payload.write.eq(req.payload.write),
-                     slot.payload.data.eq(req.payload.data), slot.payload.be.eq(req.payload.be)]
-        with m.If(sel):
-            m.d.comb += req.ready.eq(slot.ready)
+    route_requests(m, writer.req, writer.req_dest, slots)
 
 
 class PortMux(wiring.Component):

@@ -166,8 +166,8 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
     # runs through each weight pass, so a block takes the longer of its value words and
     # the group's passes. The last group may be short.
     group = min(t.mm_pairs_per_weight_read or cfg.mm_pair_group, pairs)
-    reads = _ceil(pairs, group)
     sizes = [group] * (pairs // group) + ([pairs % group] if pairs % group else [])
+    reads = len(sizes)
     table = _ceil(kb, word) if ins.sparse else 0
     chains = t.chains or cfg.mv_rows
 

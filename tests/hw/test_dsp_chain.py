@@ -53,20 +53,25 @@ def test_chain_in_amaranth_simulator(stream_bench):
     cfg = preset("tiny")
     dut = DSPChain(cfg)
     rng = np.random.default_rng(3)
-    weights, acts, expected = [], [], []
+    stims = []
     for kind, bits, gscale in (("mixed", 4, True), ("dense", 8, False), ("extreme", 8, False),
                                ("extreme", 4, True), ("bytes", 2, True)):
         matrix = scenario_matrix(rng, kind, bits, gscale, n_strips=2, k_blocks=2)
-        stim = chain_stimulus(matrix, rng, cfg.mv_k, extreme=kind == "extreme")
-        weights += stim.weights
-        acts += stim.acts
-        expected += stim.expected
+        stims.append(chain_stimulus(matrix, rng, cfg.mv_k, extreme=kind == "extreme"))
+    got, expected = _run_chain(stream_bench, dut, stims)
+    assert got == expected
+
+
+def _run_chain(stream_bench, dut, stims) -> tuple[list, list]:
+    """Feed the stimuli's weight and activation beats to the chain ``dut``; its result beats
+    and the expected ones."""
     bench = stream_bench(dut)
-    bench.feed(dut.weights, weights)
-    bench.feed(dut.acts, acts)
+    bench.feed(dut.weights, [beat for stim in stims for beat in stim.weights])
+    bench.feed(dut.acts, [beat for stim in stims for beat in stim.acts])
+    expected = [row for stim in stims for row in stim.expected]
     got = bench.drain(dut.results, count=len(expected))
     bench.run()
-    assert got == expected
+    return got, expected
 
 
 @pytest.mark.parametrize("pairs", [2, 4])
@@ -78,20 +83,14 @@ def test_chain_serves_a_group_of_pairs_per_weight_pass(pairs, stream_bench):
     # The engine's result depth: a group's strip ends push results in consecutive cycles.
     dut = DSPChain(cfg, pairs=pairs, result_depth=2)
     rng = np.random.default_rng(17 + pairs)
-    weights, acts, expected = [], [], []
+    stims = []
     for (kind, bits, gscale), group in zip(
             (("mixed", 4, True), ("dense", 8, False), ("extreme", 8, False), ("bytes", 2, True)),
             (pairs, 1, pairs - 1, pairs)):
         matrix = scenario_matrix(rng, kind, bits, gscale, n_strips=2, k_blocks=2)
-        stim = chain_group_stimulus(matrix, rng, cfg.mv_k, pairs=pairs, group=group)
-        weights += stim.weights
-        acts += stim.acts
-        expected += stim.expected
-    bench = stream_bench(dut)
-    bench.feed(dut.weights, weights)
-    bench.feed(dut.acts, acts)
-    got = bench.drain(dut.results, count=len(expected))
-    bench.run()
+        stims.append(chain_group_stimulus(matrix, rng, cfg.mv_k, pairs=pairs, group=group,
+                                          extreme=kind == "extreme"))
+    got, expected = _run_chain(stream_bench, dut, stims)
     assert got == expected
 
 

@@ -293,14 +293,16 @@ def chain_stimulus(case: MatrixCase, rng: np.random.Generator, mv_k: int, *,
 
 
 def chain_group_stimulus(case: MatrixCase, rng: np.random.Generator, mv_k: int, *,
-                         pairs: int, group: int) -> ChainStimulus:
+                         pairs: int, group: int, extreme: bool = False) -> ChainStimulus:
     """As :func:`chain_stimulus` ("mm") for a chain built with ``pairs`` token pairs per weight
     pass, fed a group of ``group`` (<= ``pairs``) pairs: one activation beat per block holds
-    every pair's block (unused pairs zero), and a strip ends with one result per pair."""
+    every pair's block (unused pairs zero), and a strip ends with one result per pair.
+    ``extreme`` makes every activation of the group -128."""
     W = case.dense()
     strips = decode_blocks(case)
     x = np.zeros((case.n_strips, case.k_blocks, pairs, 2, B), dtype=np.int64)
-    x[:, :, :group] = rng.integers(-128, 128, size=(case.n_strips, case.k_blocks, group, 2, B))
+    x[:, :, :group] = (-128 if extreme else
+                       rng.integers(-128, 128, size=(case.n_strips, case.k_blocks, group, 2, B)))
     weights, acts, expected = [], [], []
     for s, blocks in enumerate(strips):
         for k, block in enumerate(blocks):
