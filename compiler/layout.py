@@ -1,9 +1,9 @@
 """Where everything lives: HBM placement of weights, caches and I/O, and on-chip regions.
 
-The HBM image is built per channel (core-local numbering, single core for now). Weights are
-*striped*: each chunk of a matrix (as many 16-row strips as fit half the weight buffer) is
-split evenly across the core's channels at the same address on each, so one LD with ``nch``
-channels streams it from all of them in parallel. Caches, parameters and I/O are placed round
+The HBM image is built per channel (core-local numbering). Weights are *striped*: each chunk
+of a matrix (:mod:`~flightllm.compiler.chunking` cuts them) is split evenly across the core's
+channels at the same address on each, so one LD with ``nch`` channels streams it from all of
+them in parallel. Caches, parameters and I/O are placed round
 robin. Every placed tensor is recorded (channel, offset, bytes, checksum) for the manifest.
 """
 

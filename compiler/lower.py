@@ -22,6 +22,7 @@ the logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import (
@@ -29,8 +30,9 @@ from flightllm.contract.isa import (
     WeightBits,
 )
 from flightllm.contract.params import pack_norm_params, pack_requant_records, pack_rope_rows
-from flightllm.contract.weights import WORD_BYTES, pack_matrix, strip_bytes
+from flightllm.contract.weights import WORD_BYTES, strip_bytes
 
+from .chunking import plan_chunks, stripe
 from .layout import CompileError, HBMImage, align
 from .ir import ModelConfig
 from .onchip import attention_sparsity, default_chunk, onchip_plan
@@ -62,17 +64,25 @@ class Lowered:
     dense_prefill: list[list[Instruction]] | None = None
 
 
+class _Chunk(NamedTuple):
+    """A strip group, or with K-splitting one K range of it (the ranges of a group follow
+    each other), at ``hbm`` on channels ``0..use-1``, ``part`` bytes on each."""
+
+    first: int
+    count: int
+    hbm: int
+    k0: int
+    n: int
+    part: int
+    use: int
+
+
 @dataclass
 class _Matrix:
     """A placed weight matrix: chunks of strips striped over the channels."""
 
     linear: QLinear
-    #: (first strip, strips, HBM offset, first K block, K blocks): a strip group, or with
-    #: K-splitting one K range of it (the ranges of a group follow each other).
-    chunks: list[tuple[int, int, int, int, int]]
-    part_bytes: list[int]
-    strip: int
-    nch: int
+    chunks: list[_Chunk]
     lo: int  # the strips this core computes
     hi: int
 
@@ -99,52 +109,31 @@ class _Placer:
                               name=f"core{core}")
 
     def matrix(self, name: str, lin: QLinear, lo: int, hi: int) -> _Matrix:
-        """Place strips ``[lo, hi)`` of ``lin`` on this core's channels. A strip larger than
-        a weight slot is K-split: cut into ranges of 16-column blocks, each packed as a
-        matrix of its own, that the engine accumulates through partial sums."""
-        w = lin.weight
+        """Place strips ``[lo, hi)`` of ``lin`` on this core's channels, in the chunks
+        :func:`~flightllm.compiler.chunking.plan_chunks` cuts: whole rounds of the chains
+        where a slot holds them, K-split ranges (each packed as a matrix of its own, added
+        through partial sums) where it does not."""
+        w, cfg = lin.weight, self.cfg
         kb = w.padded[1] // 16
-        sb = strip_bytes([w.keep] * kb, w.bits, w.has_mult, w.sparse)
-        nch = self.cfg.hbm_channels_per_core
-        if sb <= self.slot:
-            ranges, packed = [(0, kb, sb)], [w.packed()]
-        else:
-            per = max((n for n in range(1, kb + 1)
-                       if strip_bytes([w.keep] * n, w.bits, w.has_mult, w.sparse) <= self.slot),
-                      default=0)
-            if per == 0:
-                raise CompileError(f"{name}: one 16x16 block of a strip takes more than the "
-                                   f"{self.slot}-byte weight slot")
-            ranges = [(k0, min(per, kb - k0)) for k0 in range(0, kb, per)]
-            ranges = [(k0, n, strip_bytes([w.keep] * n, w.bits, w.has_mult, w.sparse))
-                      for k0, n in ranges]
-            packed = [_pack_columns(w, k0, n) for k0, n, _ in ranges]
-        widest = max(r[2] for r in ranges)
-        per_chunk = (self.slot // widest) // nch * nch or self.slot // widest
-        chunks, sizes = [], []
-        for first in range(lo, hi, per_chunk):
-            count = min(per_chunk, hi - first)
-            use = min(nch, count)
-            part = -(-count // use)
-            for (k0, n, rb), data in zip(ranges, packed):
-                blob = data[first * rb:(first + count) * rb]
-                # Only the channels the chunk uses: padding the others would make the LD
-                # move zeros, and past the weight slot once part * nch outgrows it.
-                parts = [blob[c * part * rb:(c + 1) * part * rb].ljust(part * rb, b"\0")
-                         for c in range(use)]
+        nch = cfg.hbm_channels_per_core
+        grain = max(cfg.axi_data_bits // 8, cfg.wbuf.width)
+        plan = plan_chunks(lambda n: strip_bytes([w.keep] * n, w.bits, w.has_mult, w.sparse),
+                           kb, hi - lo, self.slot, cfg.mv_rows, reserve=nch * grain, name=name)
+        packed = ([w.packed()] if not plan.k_split
+                  else [w.packed_columns(k0, n) for k0, n, _ in plan.ranges])
+        chunks = []
+        for first in range(lo, hi, plan.per_chunk):
+            count = min(plan.per_chunk, hi - first)
+            for (k0, n, rb), data in zip(plan.ranges, packed):
+                blob = bytes(data[first * rb:(first + count) * rb])
+                part, use = stripe(len(blob), nch, grain)
+                # Only the channels the chunk reaches: padding the others would make the LD
+                # move zeros past the end of the chunk.
+                parts = [blob[c * part:(c + 1) * part].ljust(part, b"\0") for c in range(use)]
                 p = self.image.place_striped(f"{name}.chunk{len(chunks)}", parts,
                                              dtype="blocks", shape=(count * 16, n * 16))
-                chunks.append((first, count, p.offset, k0, n))
-                sizes.append(part * rb)
-        return _Matrix(lin, chunks, sizes, sb, nch, lo, hi)
-
-
-def _pack_columns(w, k0: int, n: int) -> bytes:
-    """Block columns ``[k0, k0 + n)`` of a quantised matrix, packed as a matrix of their own."""
-    cols = slice(16 * k0, 16 * (k0 + n))
-    return pack_matrix(w.q[:, cols], w.bits,
-                       codes=None if w.codes is None else w.codes[:, k0:k0 + n],
-                       mult=None if w.mult is None else w.mult[:, k0:k0 + n])
+                chunks.append(_Chunk(first, count, p.offset, k0, n, part, use))
+        return _Matrix(lin, chunks, lo, hi)
 
 
 class _Program:
@@ -200,12 +189,11 @@ class _Program:
         mode = {"q8": OutMode.Q8, "q32": OutMode.Q32}[lin.out]
         esize = 1 if mode == OutMode.Q8 else 4
         plan, kb = self.plan, w.padded[1] // 16
-        for (first, count, hbm, k0, n), part in zip(mat.chunks, mat.part_bytes):
+        for first, count, hbm, k0, n, part, use in mat.chunks:
             slot = plan["wslot"][self.slot_flip]
             self.slot_flip ^= 1
-            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=slot, chan=0,
-                      nch=min(mat.nch, count), ch_stride=part, hbm_addr=hbm, len=part,
-                      n1=1, n2=1)
+            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=slot, chan=0, nch=use,
+                      ch_stride=part, hbm_addr=hbm, len=part, n1=1, n2=1)
             last = k0 + n == kb
             fields = dict(w_addr=slot, wbits=_WB[w.bits], sparse=int(w.sparse),
                           gscale=int(w.has_mult), n_strips=count, k_blocks=n)
@@ -534,8 +522,8 @@ class Lowerer:
             self.mats[key].append(placer.matrix(name, lin, lo, hi))
         kb = lin.weight.padded[1] // 16
         for mat in self.mats[key]:
-            self.ksplit_cols = max([self.ksplit_cols] + [16 * count for _, count, _, _, n
-                                                         in mat.chunks if n < kb])
+            self.ksplit_cols = max([self.ksplit_cols] + [16 * ch.count for ch in mat.chunks
+                                                         if ch.n < kb])
         if release:
             lin.weight.release()
 

@@ -81,6 +81,15 @@ class QuantWeight:
             self.nbytes = len(self._data)
         return self._data
 
+    def packed_columns(self, k0: int, n: int) -> bytes:
+        """Block columns ``[k0, k0 + n)`` packed as a matrix of their own (a K range)."""
+        if self.q is None:
+            raise ValueError("the weights were released after placement")
+        cols = slice(16 * k0, 16 * (k0 + n))
+        return pack_matrix(self.q[:, cols], self.bits,
+                           codes=None if self.codes is None else self.codes[:, k0:k0 + n],
+                           mult=None if self.mult is None else self.mult[:, k0:k0 + n])
+
     @property
     def stored_bits(self) -> float:
         """Average bits per (unpadded) weight in the packed image, metadata included."""

@@ -80,6 +80,11 @@ class _ShapeWeight:
     def packed(self) -> _ZeroBytes:
         return _ZeroBytes(self.nbytes)
 
+    def packed_columns(self, k0: int, n: int) -> _ZeroBytes:
+        strips = self.padded[0] // 16
+        return _ZeroBytes(strips * strip_bytes([self.keep] * n, self.bits, self.has_mult,
+                                               self.sparse))
+
     def release(self) -> None:
         pass
 
