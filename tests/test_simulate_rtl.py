@@ -61,3 +61,31 @@ def test_rtl_engine_with_token_pair_groups_matches_golden(tmp_path):
         runs[engine] = json.loads(result.output)
     assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
     assert runs["rtl"]["logits"] == runs["golden"]["logits"]
+
+
+def test_rtl_engine_with_k_split_chunks_matches_golden(tmp_path):
+    """tiny with a 3 KiB WBUF and four channels: every matrix is K-split into ranges of two
+    or three blocks (down's eight blocks as 2 + 3 + 3, with the split hidden's second pass in
+    its own partial-sum region), one strip per chunk, each chunk's bytes striped over all
+    four channels; tokens and logits are still the golden simulator's."""
+    if simulator_unavailable_reason():
+        pytest.skip(simulator_unavailable_reason())
+    from flightllm.contract.config import BufferSpec, preset
+    arch = tmp_path / "tiny-ks.yaml"
+    arch.write_text(preset("tiny").replace(name="tiny-ks", wbuf=BufferSpec(16, 192),
+                                           hbm_channels_per_core=4).to_yaml())
+    out = tmp_path / "build"
+    assert invoke("compile", default_model_path(), "--arch", arch, "-o", out,
+                  "--max-len", 32).exit_code == 0
+    tensors = json.loads((out / "manifest.json").read_text())["tensors"]
+    down = [t for t in tensors if t["name"].startswith("layers.0.down.")]
+    assert {t["shape"][1] for t in down} == {32, 48}, "down was not K-split as planned"
+    assert all(len(t["channels"]) == 4 for t in down)
+    runs = {}
+    for engine in ("golden", "rtl"):
+        result = invoke("simulate", out, "--input-ids", "7,3,9,2,8", "--decode-steps", "2",
+                        "--engine", engine, "--json")
+        assert result.exit_code == 0, result.output[-2000:]
+        runs[engine] = json.loads(result.output)
+    assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
+    assert runs["rtl"]["logits"] == runs["golden"]["logits"]
