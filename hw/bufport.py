@@ -107,43 +107,50 @@ def _round_robin(m: Module, eligible: Value, n: int, name: str) -> tuple[Signal,
 
 
 class BufferArbiter(wiring.Component):
-    """Round-robin access of ``clients`` row clients to one buffer memory: one read and one
-    write accepted per cycle.
+    """Round-robin access of ``clients`` row clients to one buffer memory: up to
+    ``read_ports`` reads (from different clients) and one write accepted per cycle.
 
     Args:
         spec: the buffer's geometry.
         clients: number of client ports.
+        read_ports: the memory's read ports (1, or 2 for a replicated WBUF: a client whose
+            read is refused on the first port may take the second in the same cycle).
 
     Ports:
-        clients (array, :func:`row_client_signature` flipped): one per unit.
-        read (:func:`~flightllm.hw.buffers.read_port_signature`): to a memory read port.
+        clients (array, :func:`row_client_signature` flipped): one per unit (a unit with two
+            read streams, the matrix unit's WBUF weight readers, has two).
+        read (array of ``read_ports``, :func:`~flightllm.hw.buffers.read_port_signature`): to
+            the memory's read ports.
         write (:func:`~flightllm.hw.buffers.write_port_signature`): to the memory write port.
         grant_valid: a request is accepted this cycle (for the performance counters).
     """
 
-    def __init__(self, spec: BufferSpec, clients: int):
+    def __init__(self, spec: BufferSpec, clients: int, *, read_ports: int = 1):
         from .buffers import read_port_signature, write_port_signature
         if not isinstance(clients, int) or clients < 1:
             raise ValueError(f"clients must be a positive integer, not {clients!r}")
-        self.spec, self.n = spec, clients
+        if read_ports not in (1, 2):
+            raise ValueError(f"read_ports must be 1 or 2, not {read_ports!r}")
+        self.spec, self.n, self.read_ports = spec, clients, read_ports
         super().__init__({
             "clients": In(row_client_signature(spec)).array(clients),
-            "read": Out(read_port_signature(spec)),
+            "read": Out(read_port_signature(spec)).array(read_ports),
             "write": Out(write_port_signature(spec)),
             "grant_valid": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        n = self.n
+        n, width = self.n, 8 * self.spec.width
         # At most one read per client is in flight or waiting: either ``pending`` (issued last
-        # cycle, its row on the memory's data port now) or held in the client's slot register.
-        # A new read is granted when that one is absent or being taken this cycle, so a client
-        # that always takes its responses reads a row every cycle and the memory's latency
-        # never needs back-pressure.
+        # cycle, its row on the data port of the memory read port ``via`` now) or held in the
+        # client's slot register. A new read is granted when that one is absent or being
+        # taken this cycle, so a client that always takes its responses reads a row every
+        # cycle and the memory's latency never needs back-pressure.
         slot_full = Signal(n)
-        slot_data = [Signal(8 * self.spec.width, name=f"slot{i}") for i in range(n)]
+        slot_data = [Signal(width, name=f"slot{i}") for i in range(n)]
         pending = Signal(n)
+        via = Signal(n)     # the read port of each pending read
 
         wants_read, wants_write = Signal(n), Signal(n)
         for i, c in enumerate(self.clients):
@@ -151,41 +158,51 @@ class BufferArbiter(wiring.Component):
             free = ~held | c.rsp.ready
             m.d.comb += [wants_read[i].eq(c.req.valid & ~c.req.p.write & free),
                          wants_write[i].eq(c.req.valid & c.req.p.write)]
-        rgrant, rgranted = _round_robin(m, wants_read, n, "read")
+        # Each read port grants round-robin among the clients the ports before it left.
+        grants, left = [], wants_read
+        for k in range(self.read_ports):
+            grant, granted = _round_robin(m, left, n, f"read{k}")
+            took = Signal(n, name=f"read{k}_took")
+            for i in range(n):
+                m.d.comb += took[i].eq(granted & (grant == i) & left[i])
+            grants.append(took)
+            rest = Signal(n, name=f"read{k}_rest")
+            m.d.comb += rest.eq(left & ~took)
+            left = rest
+            addr = Signal(range(self.spec.depth), name=f"read{k}_addr")
+            with m.Switch(grant):
+                for i, c in enumerate(self.clients):
+                    with m.Case(i):
+                        m.d.comb += addr.eq(c.req.p.addr)
+            m.d.comb += [self.read[k].en.eq(took.any()), self.read[k].addr.eq(addr)]
         wgrant, wgranted = _round_robin(m, wants_write, n, "write")
 
-        raddr = Signal(range(self.spec.depth))
         wreq = Signal(row_request_layout(self.spec))
-        with m.Switch(rgrant):
-            for i, c in enumerate(self.clients):
-                with m.Case(i):
-                    m.d.comb += raddr.eq(c.req.p.addr)
         with m.Switch(wgrant):
             for i, c in enumerate(self.clients):
                 with m.Case(i):
                     m.d.comb += wreq.eq(c.req.p)
+        issued = Signal(n)
+        m.d.comb += issued.eq(grants[0] if len(grants) == 1 else grants[0] | grants[1])
         for i, c in enumerate(self.clients):
-            m.d.comb += c.req.ready.eq((rgranted & (rgrant == i) & wants_read[i])
-                                       | (wgranted & (wgrant == i) & wants_write[i]))
-        m.d.comb += self.grant_valid.eq(rgranted | wgranted)
-
+            m.d.comb += c.req.ready.eq(issued[i] | (wgranted & (wgrant == i) & wants_write[i]))
+        m.d.comb += self.grant_valid.eq(issued.any() | wgranted)
         m.d.comb += [
-            self.read.en.eq(rgranted), self.read.addr.eq(raddr),
             self.write.addr.eq(wreq.addr), self.write.data.eq(wreq.data),
             self.write.be.eq(Mux(wgranted, wreq.be, 0)),
         ]
-
-        issued = Signal(n)
-        for i in range(n):
-            m.d.comb += issued[i].eq(rgranted & (rgrant == i))
         m.d.sync += pending.eq(issued)
+        if self.read_ports == 2:
+            m.d.sync += via.eq(grants[1])
 
         for i, c in enumerate(self.clients):
             taken = c.rsp.valid & c.rsp.ready
+            row = self.read[0].data if self.read_ports == 1 else \
+                Mux(via[i], self.read[1].data, self.read[0].data)
             m.d.comb += [c.rsp.valid.eq(slot_full[i] | pending[i]),
-                         c.rsp.payload.eq(Mux(slot_full[i], slot_data[i], self.read.data))]
+                         c.rsp.payload.eq(Mux(slot_full[i], slot_data[i], row))]
             with m.If(pending[i] & ~taken):
-                m.d.sync += [slot_data[i].eq(self.read.data), slot_full[i].eq(1)]
+                m.d.sync += [slot_data[i].eq(row), slot_full[i].eq(1)]
             with m.Elif(taken):
                 m.d.sync += slot_full[i].eq(0)
         return m

@@ -165,10 +165,10 @@ class Core(wiring.Component):
         clients = [ld, st, mat, misc, sync]
         return fetch, ld, st, sync, ports, clients
 
-    def _make_memory(self, spec):
+    def _make_memory(self, spec, read_ports: int = 1):
         """One buffer's memory (the resource estimate counts buffers from their specs and
         measures the core with black boxes here)."""
-        return BufferMemory(spec, read_ports=1, ram_style=suggested_ram_style(spec))
+        return BufferMemory(spec, read_ports=read_ports, ram_style=suggested_ram_style(spec))
 
     def _buffers(self, m, clients):
         grants = []
@@ -176,14 +176,19 @@ class Core(wiring.Component):
                    if self.cfg.cores > 1 else {})
         for name in BUFFERS:
             spec = self.cfg.buffer(name)
-            users = [u for u in clients if hasattr(u, name)]
-            mem = self._make_memory(spec)
-            arb = BufferArbiter(spec, len(users) + len(remotes.get(name, [])))
+            ports = self.cfg.wbuf_read_ports if name == "wbuf" else 1
+            # A unit's second stream of reads (the matrix unit's odd chains) is a client of
+            # its own, so the two can be granted the two read ports in one cycle.
+            users = [getattr(u, port) for port in (name, f"{name}_b") for u in clients
+                     if hasattr(u, port)]
+            mem = self._make_memory(spec, ports)
+            arb = BufferArbiter(spec, len(users) + len(remotes.get(name, [])), read_ports=ports)
             m.submodules[f"{name}_mem"], m.submodules[f"{name}_arb"] = mem, arb
-            wiring.connect(m, arb.read, mem.read[0])
+            for k in range(ports):
+                wiring.connect(m, arb.read[k], mem.read[k])
             wiring.connect(m, arb.write, mem.write)
-            for i, unit in enumerate(users):
-                wiring.connect(m, getattr(unit, name), arb.clients[i])
+            for i, port in enumerate(users):
+                wiring.connect(m, port, arb.clients[i])
             for k, remote in enumerate(remotes.get(name, [])):
                 wiring.connect(m, wiring.flipped(remote), arb.clients[len(users) + k])
             grants.append(arb.grant_valid)

@@ -54,7 +54,7 @@ from flightllm.contract.params import REQUANT_RECORD_BYTES
 from flightllm.contract.regmap import ErrorCode
 from flightllm.contract.weights import WORD_BYTES
 
-from .bufport import buffer_clients, shared_spec
+from .bufport import buffer_clients, row_client_signature, shared_spec
 from .isa_layouts import instruction_layout
 from .matrix_engine import COMMAND_LAYOUT, PARAMS_LAYOUT, MatrixEngine, check_engine_shape
 from .row_stream import (ADDR_BITS, ByteReader, ChunkWriter, PortMux, route_writes,
@@ -166,6 +166,9 @@ class MatrixUnit(wiring.Component):
             "mv": In(stream.Signature(instruction_layout(Opcode.MV))),
             "mm_done": Out(1), "mv_done": Out(1), "busy": Out(1), "error": Out(3),
             **buffer_clients(config),
+            # The odd chains' weight reads, for WBUF's second read port.
+            **({"wbuf_b": Out(row_client_signature(config.wbuf))}
+               if config.wbuf_read_ports == 2 else {}),
         })
 
     def _make_engine(self):
@@ -209,8 +212,13 @@ class MatrixUnit(wiring.Component):
         else:
             q8_wr = ChunkWriter(cfg.abuf, BLOCK)
             q32_wr = ChunkWriter(cfg.rbuf, 4 * BLOCK)
+        # With two WBUF read ports chain c reads through port c mod 2 (the scanner through
+        # the first), so an instruction of two or more strips draws on both.
+        P = cfg.wbuf_read_ports
+        wbuf_readers = [chain_rd[p::P] + ([scan_rd] if p == 0 else []) for p in range(P)]
         muxes = {
-            "wbuf": (PortMux(cfg.wbuf, C + 1, writers=0), chain_rd + [scan_rd], None),
+            **{port: (PortMux(cfg.wbuf, len(rds), writers=0), rds, None)
+               for port, rds in zip(("wbuf", "wbuf_b"), wbuf_readers)},
             "abuf": (PortMux(cfg.abuf, 2), act_rd, q8_wr),
             "rbuf": (PortMux(cfg.rbuf, 2), [psum_rd, res_rd], q32_wr),
             "pbuf": (PortMux(cfg.pbuf, 1, writers=0), [par_rd], None),

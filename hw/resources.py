@@ -19,8 +19,9 @@ its SFU; and ``core_control``, the core without its two execution units and its 
 memories (instruction fetch and queues, LD/ST engines, SYS unit, buffer arbiters). The kernel's
 top level (AXI-Lite registers, the cores' SYS hub) is not counted.
 
-Buffers (ABUF, WBUF, RBUF, PBUF) are counted from their :class:`BufferSpec` with one read and
-one write port each, as the core builds them, in the RAM style
+Buffers (ABUF, WBUF, RBUF, PBUF) are counted from their :class:`BufferSpec` with one write
+port and one read port each (WBUF ``wbuf_read_ports``: a second read port is a second copy of
+the memory), as the core builds them, in the RAM style
 :func:`flightllm.hw.buffers.suggested_ram_style` picks (URAM288 from 4,096 rows, else block
 RAM; see :func:`~flightllm.hw.resource_count.memory_primitives`).
 """
@@ -196,10 +197,10 @@ def _make_core_control(config):
             self.stubs.extend(stubs)
             return stubs
 
-        def _make_memory(self, spec):
-            memory = super()._make_memory(spec)
+        def _make_memory(self, spec, read_ports: int = 1):
+            memory = super()._make_memory(spec, read_ports)
             memory._MustUse__silence = True
-            stub = _stub(f"buffer_{spec.width}x{spec.depth}", memory)
+            stub = _stub(f"buffer_{spec.width}x{spec.depth}_r{read_ports}", memory)
             self.stubs.append(stub)
             return stub
 
@@ -266,15 +267,17 @@ def bundle_results(config: AcceleratorConfig | str, dest: Path = BUNDLED_DIR,
 
 
 def buffer_resources(config: AcceleratorConfig) -> dict[str, dict]:
-    """Per buffer of one core: its geometry, RAM style and primitives (one read, one write port)."""
+    """Per buffer of one core: its geometry, RAM style and primitives (one write port; one
+    read port, or ``wbuf_read_ports`` for WBUF, each further one a replica of the memory)."""
     from flightllm.hw.buffers import suggested_ram_style
     out = {}
     for name in ("abuf", "wbuf", "rbuf", "pbuf"):
         spec = config.buffer(name)
         style = suggested_ram_style(spec)
-        prims = memory_primitives(8 * spec.width, spec.depth, style=style)
+        reads = config.wbuf_read_ports if name == "wbuf" else 1
+        prims = memory_primitives(8 * spec.width, spec.depth, reads=reads, style=style)
         out[name] = {"width_bytes": spec.width, "depth": spec.depth, "ram_style": style,
-                     **{r: prims.get(r, 0) for r in RESOURCES}}
+                     "read_ports": reads, **{r: prims.get(r, 0) for r in RESOURCES}}
     return out
 
 
@@ -449,8 +452,9 @@ def estimate(config: AcceleratorConfig | str, *, board: Board | str = "u280",
 
     per_buffer = buffer_resources(config)
     per_core = {r: sum(b[r] for b in per_buffer.values()) for r in RESOURCES}
-    buffers = {"method": "counted", "why": "from BufferSpec: one read and one write port each, "
-               "RAM style from hw.buffers.suggested_ram_style", "per_buffer": per_buffer,
+    buffers = {"method": "counted", "why": "from BufferSpec: one write port and one read port "
+               "each (WBUF: wbuf_read_ports, a replica per further port), RAM style from "
+               "hw.buffers.suggested_ram_style", "per_buffer": per_buffer,
                "per_core": _round(per_core),
                "total": _round(_add({}, per_core, config.cores))}
     total = buffers["total"]

@@ -191,8 +191,10 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
              + (group_rows - pair_rows) * min(strips, chains) // t.output_rows_per_cycle)
     block_bytes = word * (header + values)
     weight_bytes = strips * (word * table + kb * block_bytes)
-    # The weights of every read come through the one WBUF read port.
-    port_time = _ceil(reads * weight_bytes, cfg.wbuf.width * t.buffer_rows_per_cycle)
+    # The weights of every read come through the WBUF read ports; chain c reads through
+    # port c mod wbuf_read_ports, so fewer strips than ports leave some idle.
+    ports = min(cfg.wbuf_read_ports, strips, chains)
+    port_time = _ceil(reads * weight_bytes, cfg.wbuf.width * ports * t.buffer_rows_per_cycle)
     return MatrixCost(cycles=max(chain_time, output_time, port_time) + fill,
                       macs_dense=rows * 256 * strips * kb,
                       macs_stored=rows * 16 * n_keep * strips * kb,

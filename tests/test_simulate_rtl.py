@@ -89,3 +89,25 @@ def test_rtl_engine_with_k_split_chunks_matches_golden(tmp_path):
         runs[engine] = json.loads(result.output)
     assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
     assert runs["rtl"]["logits"] == runs["golden"]["logits"]
+
+
+def test_rtl_engine_with_two_wbuf_read_ports_matches_golden(tmp_path):
+    """tiny with wbuf_read_ports = 2 (as the full-size presets): the odd chains read their
+    weights through WBUF's second read port, a second copy of the memory that every write
+    also goes to; tokens and logits are still the golden simulator's."""
+    if simulator_unavailable_reason():
+        pytest.skip(simulator_unavailable_reason())
+    from flightllm.contract.config import preset
+    arch = tmp_path / "tiny-r2.yaml"
+    arch.write_text(preset("tiny").replace(name="tiny-r2", wbuf_read_ports=2).to_yaml())
+    out = tmp_path / "build"
+    assert invoke("compile", default_model_path(), "--arch", arch, "-o", out,
+                  "--max-len", 32).exit_code == 0
+    runs = {}
+    for engine in ("golden", "rtl"):
+        result = invoke("simulate", out, "--input-ids", "4,8,15,16,23,42", "--decode-steps",
+                        "2", "--engine", engine, "--json")
+        assert result.exit_code == 0, result.output[-2000:]
+        runs[engine] = json.loads(result.output)
+    assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
+    assert runs["rtl"]["logits"] == runs["golden"]["logits"]

@@ -86,6 +86,11 @@ class AcceleratorConfig:
             keeps that many banks of accumulators, so the weights cross the WBUF read port and
             the dequantisers once per group instead of once per pair. MV and results are
             unchanged; prefill, bound by that port, gets up to this many times faster.
+        wbuf_read_ports: WBUF rows the matrix unit's weight readers get per cycle (1 or 2).
+            With 2 the memory has a second read port, which block RAM and UltraRAM give only
+            by replication (twice the URAMs: every write goes to both copies); chain ``c``
+            reads through port ``c mod 2``. Decode, whose MVs stream every weight through
+            this port, is bound by it.
     """
 
     name: str
@@ -108,6 +113,7 @@ class AcceleratorConfig:
     axi_data_bits: int = 256
     attn_block: int = 64
     mm_pair_group: int = 1
+    wbuf_read_ports: int = 1
 
     def __post_init__(self):
         # Normalise sequences so YAML lists and tuples compare and hash the same.
@@ -168,6 +174,8 @@ class AcceleratorConfig:
             _bad("attn_block", self.attn_block, "one of 16, 32, 64, 128, 256")
         if self.mm_pair_group not in (1, 2, 4, 8):
             _bad("mm_pair_group", self.mm_pair_group, "one of 1, 2, 4, 8")
+        if self.wbuf_read_ports not in (1, 2):
+            _bad("wbuf_read_ports", self.wbuf_read_ports, "1 or 2")
         if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
             _bad("clock_mhz", self.clock_mhz, "a number in [1, 1000]")
 
@@ -311,26 +319,29 @@ def _preset_u280() -> AcceleratorConfig:
     # output stage and the SFU move per cycle): 256-byte rows cost about a third of a core's
     # LUTs in the units' RBUF readers and writers. An MM reads its weights once per group of
     # four token pairs (mm_pair_group): prefill is bound by the WBUF port, and four banks of
-    # accumulators per chain cost ~1.7k LUTs where they cut a 128-token prefill 2.6x.
+    # accumulators per chain cost ~1.7k LUTs where they cut a 128-token prefill 2.6x. WBUF has
+    # a second read port (wbuf_read_ports), a second copy of its 64 URAMs (416 of the card's
+    # 960 in all): decode's MVs, which stream every weight through the read port, get twice
+    # its rows, and decode becomes bound by the LD's one row per cycle instead.
     return AcceleratorConfig(
         name="u280", cores=2, mv_rows=16, mv_k=32, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
         abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(64, 16384),
         pbuf=BufferSpec(64, 8192), hbm_channels_per_core=13, hbm_channel_bytes=256 << 20,
-        clock_mhz=225.0, axi_data_bits=512, mm_pair_group=4,
+        clock_mhz=225.0, axi_data_bits=512, mm_pair_group=4, wbuf_read_ports=2,
     )
 
 
 def _preset_vhk158() -> AcceleratorConfig:
     # Three cores (four, as in the FlightLLM artefact's model, need ~112% of the XCVH1582's
     # LUTs by the same estimate), 8 HBM2e pseudo-channels each, 16 chains of 32 DSPs per core,
-    # sized as the u280 preset (the same WBUF port, the same groups of four token pairs).
+    # sized as the u280 preset (the same WBUF ports, the same groups of four token pairs).
     return AcceleratorConfig(
         name="vhk158", cores=3, mv_rows=16, mv_k=32, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
         abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(64, 16384),
         pbuf=BufferSpec(64, 8192), hbm_channels_per_core=8, hbm_channel_bytes=1 << 30,
-        clock_mhz=225.0, axi_data_bits=512, mm_pair_group=4,
+        clock_mhz=225.0, axi_data_bits=512, mm_pair_group=4, wbuf_read_ports=2,
     )
 
 

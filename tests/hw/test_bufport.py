@@ -17,30 +17,32 @@ SPEC = BufferSpec(4, 8)
 
 
 class _Harness(Elaboratable):
-    def __init__(self, clients):
-        self.arb = BufferArbiter(SPEC, clients)
-        self.mem = BufferMemory(SPEC, read_ports=1)
+    def __init__(self, clients, read_ports=1):
+        self.arb = BufferArbiter(SPEC, clients, read_ports=read_ports)
+        self.mem = BufferMemory(SPEC, read_ports=read_ports)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.arb, m.submodules.mem = self.arb, self.mem
-        rd, wr = self.mem.read[0], self.mem.write
-        m.d.comb += [rd.en.eq(self.arb.read.en), rd.addr.eq(self.arb.read.addr),
-                     self.arb.read.data.eq(rd.data), wr.addr.eq(self.arb.write.addr),
-                     wr.data.eq(self.arb.write.data), wr.be.eq(self.arb.write.be)]
+        wr = self.mem.write
+        for rd, arb in zip(self.mem.read, self.arb.read):
+            m.d.comb += [rd.en.eq(arb.en), rd.addr.eq(arb.addr), arb.data.eq(rd.data)]
+        m.d.comb += [wr.addr.eq(self.arb.write.addr), wr.data.eq(self.arb.write.data),
+                     wr.be.eq(self.arb.write.be)]
         return m
 
 
-def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False):
+def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False,
+         read_ports: int = 1):
     rng = random.Random(seed)
-    dut = _Harness(clients)
+    dut = _Harness(clients, read_ports)
     plans = [[(rng.randrange(SPEC.depth), rng.random() < 0.4, rng.getrandbits(32),
                rng.getrandbits(4)) for _ in range(requests)] for _ in range(clients)]
     model = {r: 0 for r in range(SPEC.depth)}
     expected = [[] for _ in range(clients)]
     got = [[] for _ in range(clients)]
     index = [0] * clients
-    dual = [0]
+    dual, two_reads = [0], [0]
 
     async def bench(ctx):
         cycles = 0
@@ -63,7 +65,7 @@ def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False):
                 if ctx.get(c.rsp.valid) and ctx.get(c.rsp.ready):
                     taken.append((i, ctx.get(c.rsp.payload)))
             writes = [i for i in accepted if plans[i][index[i]][1]]
-            assert len(writes) <= 1 and len(accepted) - len(writes) <= 1
+            assert len(writes) <= 1 and len(accepted) - len(writes) <= read_ports
             for i in sorted(accepted, key=lambda i: plans[i][index[i]][1]):
                 addr, write, value, be = plans[i][index[i]]
                 if write:
@@ -75,7 +77,8 @@ def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False):
                 else:
                     expected[i].append(model[addr] ^ (1 if corrupt else 0))
                 index[i] += 1
-            dual[0] += len(accepted) == 2
+            dual[0] += len(writes) == 1 and len(accepted) >= 2
+            two_reads[0] += len(accepted) - len(writes) == 2
             for i, value in taken:
                 got[i].append(value)
             await ctx.tick()
@@ -85,21 +88,26 @@ def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False):
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    return expected, got, index, dual[0]
+    return expected, got, index, dual[0], two_reads[0]
 
 
-@pytest.mark.parametrize("clients,seed", [(1, 1), (2, 2), (3, 3), (4, 4)])
-def test_reads_see_committed_writes(clients, seed):
-    expected, got, index, dual = _run(clients, seed)
+@pytest.mark.parametrize("clients,seed,ports", [(1, 1, 1), (2, 2, 1), (3, 3, 1), (4, 4, 1),
+                                                (2, 6, 2), (3, 7, 2), (5, 8, 2)])
+def test_reads_see_committed_writes(clients, seed, ports):
+    """With two read ports, two clients' reads in one cycle each see the committed row."""
+    expected, got, index, dual, two_reads = _run(clients, seed, read_ports=ports)
     assert index == [60] * clients
     assert got == expected
     assert sum(map(len, got)) > 0
     if clients > 1:
         assert dual > 0  # the same-cycle read and write case was exercised
+    assert (two_reads > 0) == (ports == 2)
 
 
 def test_a_wrong_model_is_caught():
-    expected, got, _, _ = _run(2, 5, corrupt=True)
+    expected, got, _, _, _ = _run(2, 5, corrupt=True)
+    assert got != expected
+    expected, got, _, _, _ = _run(3, 5, corrupt=True, read_ports=2)
     assert got != expected
 
 
@@ -135,3 +143,40 @@ def test_a_reader_and_a_writer_both_run_at_the_row_rate():
     sim.run()
     assert done["read"] is not None and done["write"] is not None
     assert max(done.values()) <= rows + 2, done
+
+
+def test_two_read_ports_serve_two_readers_at_the_row_rate():
+    """Two clients each read a row every cycle while a third writes one every cycle: with two
+    read ports all three finish in about as many cycles as they have requests; with one, the
+    readers take turns and need twice as many."""
+    rows = 40
+
+    def finish(read_ports):
+        dut = _Harness(3, read_ports)
+        done = [None] * 3
+
+        async def bench(ctx):
+            counts = [0, 0, 0]
+            for cycle in range(4 * rows):
+                for i, c in enumerate(dut.arb.clients):
+                    write = i == 2
+                    ctx.set(c.req.valid, counts[i] < rows)
+                    ctx.set(c.req.payload, {"addr": (counts[i] + 3 * i) % SPEC.depth,
+                                            "write": write, "data": counts[i],
+                                            "be": 0xF if write else 0})
+                    ctx.set(c.rsp.ready, 1)
+                for i, c in enumerate(dut.arb.clients):
+                    counts[i] += ctx.get(c.req.valid) and ctx.get(c.req.ready)
+                    if counts[i] == rows and done[i] is None:
+                        done[i] = cycle + 1
+                await ctx.tick()
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        sim.add_testbench(bench)
+        sim.run()
+        assert None not in done
+        return max(done)
+
+    assert finish(2) <= rows + 2
+    assert finish(1) >= 2 * rows - 2

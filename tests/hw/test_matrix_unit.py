@@ -36,10 +36,10 @@ def make_harness(init=None, *, chains=None, max_k_blocks=MAX_K_BLOCKS, cfg=None)
         ("mm_done", "mv_done", "busy"), init=init)
 
 
-def _check_program(cfg, specs, seed):
+def _check_program(cfg, specs, seed, chains=2, min_rows=10):
     """Stage the instructions of ``specs`` (stage_matrix arguments), run them through a
-    two-chain unit in the Amaranth simulator and compare every buffer row they change with
-    exec_matrix's."""
+    unit of ``chains`` chains in the Amaranth simulator and compare every buffer row they
+    change with exec_matrix's; return the instructions and their cycles."""
     rng = np.random.default_rng(seed)
     core = CoreBuffers(cfg)
     for name, image in initial_contents(cfg).items():
@@ -50,10 +50,10 @@ def _check_program(cfg, specs, seed):
     staged = {name: core.mem[BUFFER_OF[name]].copy() for name in BUFFERS}
     for ins in program:
         exec_matrix(ins, core, Counters(), "test")
-    dut = make_harness(staged, chains=2, cfg=cfg)
+    dut = make_harness(staged, chains=chains, cfg=cfg)
     changed = {name: dirty_rows(staged[name], core.mem[BUFFER_OF[name]],
                                 cfg.buffer(name).width) for name in BUFFERS}
-    assert sum(len(rows) for rows in changed.values()) > 10
+    assert sum(len(rows) for rows in changed.values()) > min_rows
     got, cycles = {}, []
 
     async def bench(ctx):
@@ -78,18 +78,21 @@ def _check_program(cfg, specs, seed):
         want = [int.from_bytes(image[r * width:(r + 1) * width].tobytes(), "little")
                 for r in changed[name]]
         assert got[name] == want, name
-    return cycles
+    return program, cycles
 
 
-@pytest.mark.parametrize("abuf_rows", ["tiny", "as wide as rbuf"])
-def test_unit_in_amaranth_simulator(abuf_rows):
+@pytest.mark.parametrize("variant", ["tiny", "abuf as wide as rbuf", "two wbuf read ports"])
+def test_unit_in_amaranth_simulator(variant):
     """Three instructions through two chains in the Amaranth simulator (MV on mixed sparse
     codes into ACC32; MM Q8 with psum and relu, strided strips, three rows; MM Q32 with a
     residual and a uniform record), buffers compared with exec_matrix's afterwards. With
-    ABUF rows as wide as RBUF's (as on the full-size presets) one writer serves both."""
+    ABUF rows as wide as RBUF's (as on the full-size presets) one writer serves both; with
+    two WBUF read ports the odd chain reads its weights through the second."""
     cfg = preset("tiny")
-    if abuf_rows != "tiny":
+    if variant == "abuf as wide as rbuf":
         cfg = cfg.replace(abuf=BufferSpec(cfg.rbuf.width, cfg.abuf.bytes // cfg.rbuf.width))
+    elif variant == "two wbuf read ports":
+        cfg = cfg.replace(wbuf_read_ports=2)
     _check_program(cfg, [
         dict(mv=True, bits=4, kind="mixed", mode=OutMode.ACC32, n_strips=3),
         dict(mv=False, bits=8, kind=2, mode=OutMode.Q8, psum=True, relu=True, strided=True,
@@ -117,12 +120,31 @@ def test_unit_serves_groups_of_token_pairs(pair_group):
     ], seed=9 + pair_group)
 
 
+def test_two_wbuf_read_ports_double_a_port_bound_mv():
+    """A dense INT8 MV (4 strips x 8 K blocks on tiny's four chains) is bound by the WBUF
+    read port: 16-byte rows feed four chains that take an 8-byte word each per cycle. A
+    second read port (odd chains) nearly halves it; both runs are bit-exact and within 5%
+    of sim/perf_units.matrix_cost, which the full-size estimates use."""
+    from flightllm.sim.perf_units import UnitTiming, matrix_cost
+    spec = dict(mv=True, bits=8, kind="dense", mode=OutMode.ACC32, n_strips=4, k_blocks=8)
+    cycles = {}
+    for ports in (1, 2):
+        cfg = preset("tiny").replace(wbuf_read_ports=ports)
+        (ins,), (rtl,) = _check_program(cfg, [spec], seed=21, chains=4, min_rows=3)
+        model = matrix_cost(ins, 16, cfg, UnitTiming()).cycles
+        assert abs(model - rtl) <= 0.05 * rtl, (ports, model, rtl)
+        cycles[ports] = rtl
+    assert cycles[2] <= 0.6 * cycles[1], cycles
+
+
 def test_interface_matches_the_brief():
     unit = MatrixUnit(preset("tiny"), max_k_blocks=8)
     names = {name for name, _ in unit.signature.members.items()}
     assert names == {"mm", "mv", "mm_done", "mv_done", "busy", "error",
                      "abuf", "wbuf", "rbuf", "pbuf"}
     assert unit.signature.members["error"].shape == 3
+    two = MatrixUnit(preset("tiny").replace(wbuf_read_ports=2), max_k_blocks=8)
+    assert set(two.signature.members) == names | {"wbuf_b"}
     with pytest.raises(ValueError, match="chains must be a power of two"):
         MatrixUnit(preset("tiny"), chains=3)
     with pytest.raises(ValueError, match="max_k_blocks"):

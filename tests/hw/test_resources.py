@@ -216,9 +216,13 @@ def test_every_unit_says_how_it_was_measured(counted):
 def test_u280_buffers_map_to_ultraram():
     buffers = buffer_resources(preset("u280"))
     assert {n: b["ram_style"] for n, b in buffers.items()} == dict.fromkeys(buffers, "ultra")
-    # 64-byte rows: 8 URAM columns of 72 bits, 4 deep per 16,384 rows (RBUF too).
+    # 64-byte rows: 8 URAM columns of 72 bits, 4 deep per 16,384 rows (RBUF too). A URAM has
+    # two ports, so WBUF's one write and two reads (wbuf_read_ports) take a second copy.
+    assert preset("u280").wbuf_read_ports == 2
     assert {n: b["uram"] for n, b in buffers.items()} == {
-        "abuf": 8 * 4, "wbuf": 8 * 8, "rbuf": 8 * 4, "pbuf": 8 * 2}
+        "abuf": 8 * 4, "wbuf": 2 * 8 * 8, "rbuf": 8 * 4, "pbuf": 8 * 2}
+    assert {n: b["read_ports"] for n, b in buffers.items()} == {
+        "abuf": 1, "wbuf": 2, "rbuf": 1, "pbuf": 1}
     assert all(b["bram36"] == 0 for b in buffers.values())
 
 
@@ -327,7 +331,7 @@ def test_units_tile_the_core_without_overlap(counted):
     stubs = {u.name: _Measure.of(u, preset("tiny")).stubs for u in UNITS}
     assert "flightllm_matrix_engine_stub" in stubs["matrix_unit"]
     assert "flightllm_sfu_stub" in stubs["misc_unit"]
-    for kind in ("matrix_unit", "misc_unit", "buffer_16x4096"):
+    for kind in ("matrix_unit", "misc_unit", "buffer_16x4096_r1"):
         assert f"flightllm_{kind}_stub" in stubs["core_control"], kind
     # The core's four buffer memories are black boxes: its block RAM is the queues' only.
     control = est["units"]["core_control"]["per_instance"]

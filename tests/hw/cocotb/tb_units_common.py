@@ -68,14 +68,22 @@ class UnitHarness(wiring.Component):
         init = self._init if self._init is not None else initial_contents(self.cfg)
         for name in BUFFERS:
             spec = self.cfg.buffer(name)
-            mem = BufferMemory(spec, init=_rows_as_ints(init[name], spec.width))
-            arb = BufferArbiter(spec, 2)
+            ports = self.cfg.wbuf_read_ports if name == "wbuf" else 1
+            mem = BufferMemory(spec, read_ports=ports,
+                               init=_rows_as_ints(init[name], spec.width))
+            # The unit's ports (a second one, ``<name>_b``, where it has two read streams),
+            # then the host's.
+            users = [getattr(unit, p) for p in (name, f"{name}_b") if hasattr(unit, p)]
+            arb = BufferArbiter(spec, len(users) + 1, read_ports=ports)
             m.submodules[f"{name}_mem"] = mem
             m.submodules[f"{name}_arb"] = arb
-            wiring.connect(m, arb.read, mem.read[0])
+            for k in range(ports):
+                wiring.connect(m, arb.read[k], mem.read[k])
             wiring.connect(m, arb.write, mem.write)
-            wiring.connect(m, getattr(unit, name), arb.clients[0])
-            wiring.connect(m, wiring.flipped(getattr(self, f"host_{name}")), arb.clients[1])
+            for i, port in enumerate(users):
+                wiring.connect(m, port, arb.clients[i])
+            wiring.connect(m, wiring.flipped(getattr(self, f"host_{name}")),
+                           arb.clients[len(users)])
         for name in self._streams:
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(unit, name))
         for name in (*self._pulses, "error"):
