@@ -70,7 +70,7 @@ def bounds(out: dict, config, hbm) -> dict:
 #: got ``mm_pair_group = 4``.)
 ROADMAP = (
     ("as built", {}, {}),
-    ("LD: one lane per channel", {}, {"ld_lanes": 16}),
+    ("LD: a lane and a buffer bank per channel", {}, {"ld_lanes": 16}),
     ("WBUF rows of 1 KiB (same bytes)", {"wbuf_row": 1024}, {}),
     ("dequantiser reads 16 B per cycle", {}, {"dequant_word_bytes": 16}),
     ("32 chains per core, WBUF 4 MiB", {"mv_rows": 32, "wbuf_mib": 4}, {}),

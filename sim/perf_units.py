@@ -88,8 +88,9 @@ class UnitTiming:
         token_latency: Cycles from a release to the waiting queue seeing the token.
         barrier: A SYS instruction's cross-core handshake (cores sit in different SLRs).
         gather_bytes_per_cycle: Bytes a core receives per cycle during a GATHER.
-        ld_lanes: Segments on different channels an LD's data path moves at once. The RTL
-            has one lane (1); more is a what-if of the performance study
+        ld_lanes: Segments on different channels an LD's data path moves at once, each lane
+            writing its own bank of the buffer (a row per lane per cycle). The RTL has one
+            lane (1); more is a what-if of the performance study
             (bench/estimate_full_size.py), not a property of the hardware.
         mm_pairs_per_weight_read: Token pairs one pass over an MM's weights serves; ``None``
             (the default) is the configuration's ``mm_pair_group``, what the RTL builds (each
@@ -231,12 +232,14 @@ def misc_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
 
 def buffer_port_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
     """Cycles an LD/ST needs of its buffer's port: one row per cycle, every segment of every
-    channel at least one row (bindings resolved)."""
+    channel at least one row (bindings resolved). An LD's lanes (``ld_lanes``) write their own
+    banks side by side."""
     width = cfg.buffer(Buffer(ins.buf).name.lower()).width
     nch = max(ins.nch, 1) if ins.op == Opcode.LD else 1
     rows = _ceil(ins.buf_addr % width + ins.len, width) if ins.n1 * ins.n2 == 1 \
         else _ceil(ins.len, width)
-    return _ceil(ins.n1 * ins.n2 * nch * rows, t.buffer_rows_per_cycle)
+    banks = min(max(t.ld_lanes, 1), nch)
+    return _ceil(ins.n1 * ins.n2 * _ceil(nch, banks) * rows, t.buffer_rows_per_cycle)
 
 
 def datapath_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:

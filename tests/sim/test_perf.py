@@ -162,6 +162,12 @@ def test_load_lanes_are_a_what_if():
     lanes = UnitTiming(**NO_FETCH, ld_lanes=2)
     assert run([[both]], cfg=cfg, timing=lanes).cycles == ISSUE + 512 + GAP + LAT + DRAIN
     assert run([[both]], cfg=cfg).cycles == ISSUE + 2 * (512 + SEG) + LAT + DRAIN
+    # Each lane writes its own bank: with 32-byte beats and 16-byte rows (256 per channel)
+    # the one write port binds a single lane at 512 rows, two lanes at 256 rows each.
+    narrow = CFG.replace(axi_data_bits=256)
+    one = run([[both]], cfg=narrow).cycles
+    two = run([[both]], cfg=narrow, timing=lanes).cycles
+    assert one >= ISSUE + 512 + LAT + DRAIN and two < ISSUE + 512 - 128
 
 
 def test_load_cycles_and_contiguity():
