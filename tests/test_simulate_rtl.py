@@ -42,25 +42,36 @@ def test_rtl_engine_matches_golden(tmp_path):
     assert len(runs["rtl"]["cycles"]) == 3 and all(c > 0 for c in runs["rtl"]["cycles"])
 
 
+def _compile_variant(tmp_path, name: str, **fields):
+    """Compile the bundled model for tiny with some configuration fields changed."""
+    from flightllm.contract.config import preset
+    arch = tmp_path / f"{name}.yaml"
+    arch.write_text(preset("tiny").replace(name=name, **fields).to_yaml())
+    out = tmp_path / "build"
+    assert invoke("compile", default_model_path(), "--arch", arch, "-o", out,
+                  "--max-len", 32).exit_code == 0
+    return out
+
+
+def _assert_rtl_is_golden(out, input_ids: str):
+    """Tokens and logits of a prompt and two decode steps agree on both engines."""
+    runs = {}
+    for engine in ("golden", "rtl"):
+        result = invoke("simulate", out, "--input-ids", input_ids, "--decode-steps", "2",
+                        "--engine", engine, "--json")
+        assert result.exit_code == 0, result.output[-2000:]
+        runs[engine] = json.loads(result.output)
+    assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
+    assert runs["rtl"]["logits"] == runs["golden"]["logits"]
+
+
 def test_rtl_engine_with_token_pair_groups_matches_golden(tmp_path):
     """tiny with mm_pair_group = 2: an 11-token prompt is six token pairs, three groups that
     each read the weights once; tokens and logits are still the golden simulator's."""
     if simulator_unavailable_reason():
         pytest.skip(simulator_unavailable_reason())
-    from flightllm.contract.config import preset
-    arch = tmp_path / "tiny-g2.yaml"
-    arch.write_text(preset("tiny").replace(name="tiny-g2", mm_pair_group=2).to_yaml())
-    out = tmp_path / "build"
-    assert invoke("compile", default_model_path(), "--arch", arch, "-o", out,
-                  "--max-len", 32).exit_code == 0
-    runs = {}
-    for engine in ("golden", "rtl"):
-        result = invoke("simulate", out, "--input-ids", "5,1,4,1,5,9,2,6,5,3,5",
-                        "--decode-steps", "2", "--engine", engine, "--json")
-        assert result.exit_code == 0, result.output[-2000:]
-        runs[engine] = json.loads(result.output)
-    assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
-    assert runs["rtl"]["logits"] == runs["golden"]["logits"]
+    out = _compile_variant(tmp_path, "tiny-g2", mm_pair_group=2)
+    _assert_rtl_is_golden(out, "5,1,4,1,5,9,2,6,5,3,5")
 
 
 def test_rtl_engine_with_k_split_chunks_matches_golden(tmp_path):
@@ -70,25 +81,14 @@ def test_rtl_engine_with_k_split_chunks_matches_golden(tmp_path):
     four channels; tokens and logits are still the golden simulator's."""
     if simulator_unavailable_reason():
         pytest.skip(simulator_unavailable_reason())
-    from flightllm.contract.config import BufferSpec, preset
-    arch = tmp_path / "tiny-ks.yaml"
-    arch.write_text(preset("tiny").replace(name="tiny-ks", wbuf=BufferSpec(16, 192),
-                                           hbm_channels_per_core=4).to_yaml())
-    out = tmp_path / "build"
-    assert invoke("compile", default_model_path(), "--arch", arch, "-o", out,
-                  "--max-len", 32).exit_code == 0
+    from flightllm.contract.config import BufferSpec
+    out = _compile_variant(tmp_path, "tiny-ks", wbuf=BufferSpec(16, 192),
+                           hbm_channels_per_core=4)
     tensors = json.loads((out / "manifest.json").read_text())["tensors"]
     down = [t for t in tensors if t["name"].startswith("layers.0.down.")]
     assert {t["shape"][1] for t in down} == {32, 48}, "down was not K-split as planned"
     assert all(len(t["channels"]) == 4 for t in down)
-    runs = {}
-    for engine in ("golden", "rtl"):
-        result = invoke("simulate", out, "--input-ids", "7,3,9,2,8", "--decode-steps", "2",
-                        "--engine", engine, "--json")
-        assert result.exit_code == 0, result.output[-2000:]
-        runs[engine] = json.loads(result.output)
-    assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
-    assert runs["rtl"]["logits"] == runs["golden"]["logits"]
+    _assert_rtl_is_golden(out, "7,3,9,2,8")
 
 
 def test_rtl_engine_with_two_wbuf_read_ports_matches_golden(tmp_path):
@@ -97,17 +97,5 @@ def test_rtl_engine_with_two_wbuf_read_ports_matches_golden(tmp_path):
     also goes to; tokens and logits are still the golden simulator's."""
     if simulator_unavailable_reason():
         pytest.skip(simulator_unavailable_reason())
-    from flightllm.contract.config import preset
-    arch = tmp_path / "tiny-r2.yaml"
-    arch.write_text(preset("tiny").replace(name="tiny-r2", wbuf_read_ports=2).to_yaml())
-    out = tmp_path / "build"
-    assert invoke("compile", default_model_path(), "--arch", arch, "-o", out,
-                  "--max-len", 32).exit_code == 0
-    runs = {}
-    for engine in ("golden", "rtl"):
-        result = invoke("simulate", out, "--input-ids", "4,8,15,16,23,42", "--decode-steps",
-                        "2", "--engine", engine, "--json")
-        assert result.exit_code == 0, result.output[-2000:]
-        runs[engine] = json.loads(result.output)
-    assert runs["rtl"]["tokens"] == runs["golden"]["tokens"]
-    assert runs["rtl"]["logits"] == runs["golden"]["logits"]
+    out = _compile_variant(tmp_path, "tiny-r2", wbuf_read_ports=2)
+    _assert_rtl_is_golden(out, "4,8,15,16,23,42")
