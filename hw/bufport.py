@@ -26,6 +26,9 @@ clients. A client's ``rsp.ready`` must not depend combinationally on its ``req.r
 
 from __future__ import annotations
 
+import functools
+import operator
+
 from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -37,7 +40,8 @@ from flightllm.contract.isa import Buffer
 BUFFERS = tuple(b.name.lower() for b in Buffer)
 
 __all__ = ["BUFFERS", "row_request_layout", "row_client_signature", "buffer_clients",
-           "width_groups", "shared_spec", "route_requests", "BufferArbiter"]
+           "read_ports", "port_names", "client_ports", "width_groups", "shared_spec",
+           "route_requests", "BufferArbiter"]
 
 
 def row_request_layout(spec: BufferSpec) -> data.StructLayout:
@@ -58,6 +62,23 @@ def row_client_signature(spec: BufferSpec) -> wiring.Signature:
 def buffer_clients(cfg: AcceleratorConfig) -> dict[str, wiring.Member]:
     """Signature members of a unit with one row-client port per buffer, named as BUFFERS."""
     return {name: Out(row_client_signature(cfg.buffer(name))) for name in BUFFERS}
+
+
+def read_ports(cfg: AcceleratorConfig, name: str) -> int:
+    """Read ports of buffer ``name``'s memory: ``wbuf_read_ports`` for WBUF, one otherwise."""
+    return cfg.wbuf_read_ports if name == "wbuf" else 1
+
+
+def port_names(name: str) -> tuple[str, str]:
+    """A unit's row-client ports on buffer ``name``: ``name``, and ``name_b`` for a second
+    stream of reads that can take a second read port (the matrix unit's odd chains on WBUF)."""
+    return name, f"{name}_b"
+
+
+def client_ports(units, name: str) -> list:
+    """The row-client ports the ``units`` have on buffer ``name``, in arbiter order: every
+    unit's first port, then the second ports."""
+    return [getattr(u, port) for port in port_names(name) for u in units if hasattr(u, port)]
 
 
 def width_groups(cfg: AcceleratorConfig) -> list[tuple[Buffer, ...]]:
@@ -183,7 +204,7 @@ class BufferArbiter(wiring.Component):
                 with m.Case(i):
                     m.d.comb += wreq.eq(c.req.p)
         issued = Signal(n)
-        m.d.comb += issued.eq(grants[0] if len(grants) == 1 else grants[0] | grants[1])
+        m.d.comb += issued.eq(functools.reduce(operator.or_, grants))
         for i, c in enumerate(self.clients):
             m.d.comb += c.req.ready.eq(issued[i] | (wgranted & (wgrant == i) & wants_write[i]))
         m.d.comb += self.grant_valid.eq(issued.any() | wgranted)

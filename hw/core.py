@@ -33,7 +33,8 @@ from amaranth.lib.wiring import In, Out
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Opcode
 from flightllm.contract.regmap import ErrorCode
-from flightllm.hw.bufport import BUFFERS, BufferArbiter, buffer_clients, row_client_signature
+from flightllm.hw.bufport import (BUFFERS, BufferArbiter, buffer_clients, client_ports,
+                                  read_ports, row_client_signature)
 from flightllm.hw.buffers import BufferMemory, suggested_ram_style
 from flightllm.hw.dma import LoadEngine, StoreEngine, axi4_read_signature, axi4_signature
 from flightllm.hw.fetch import InstructionFetch
@@ -176,11 +177,10 @@ class Core(wiring.Component):
                    if self.cfg.cores > 1 else {})
         for name in BUFFERS:
             spec = self.cfg.buffer(name)
-            ports = self.cfg.wbuf_read_ports if name == "wbuf" else 1
+            ports = read_ports(self.cfg, name)
             # A unit's second stream of reads (the matrix unit's odd chains) is a client of
             # its own, so the two can be granted the two read ports in one cycle.
-            users = [getattr(u, port) for port in (name, f"{name}_b") for u in clients
-                     if hasattr(u, port)]
+            users = client_ports(clients, name)
             mem = self._make_memory(spec, ports)
             arb = BufferArbiter(spec, len(users) + len(remotes.get(name, [])), read_ports=ports)
             m.submodules[f"{name}_mem"], m.submodules[f"{name}_arb"] = mem, arb

@@ -54,7 +54,7 @@ from flightllm.contract.params import REQUANT_RECORD_BYTES
 from flightllm.contract.regmap import ErrorCode
 from flightllm.contract.weights import WORD_BYTES
 
-from .bufport import buffer_clients, row_client_signature, shared_spec
+from .bufport import buffer_clients, port_names, row_client_signature, shared_spec
 from .isa_layouts import instruction_layout
 from .matrix_engine import COMMAND_LAYOUT, PARAMS_LAYOUT, MatrixEngine, check_engine_shape
 from .row_stream import (ADDR_BITS, ByteReader, ChunkWriter, PortMux, route_writes,
@@ -167,7 +167,7 @@ class MatrixUnit(wiring.Component):
             "mm_done": Out(1), "mv_done": Out(1), "busy": Out(1), "error": Out(3),
             **buffer_clients(config),
             # The odd chains' weight reads, for WBUF's second read port.
-            **({"wbuf_b": Out(row_client_signature(config.wbuf))}
+            **({port_names("wbuf")[1]: Out(row_client_signature(config.wbuf))}
                if config.wbuf_read_ports == 2 else {}),
         })
 
@@ -218,7 +218,7 @@ class MatrixUnit(wiring.Component):
         wbuf_readers = [chain_rd[p::P] + ([scan_rd] if p == 0 else []) for p in range(P)]
         muxes = {
             **{port: (PortMux(cfg.wbuf, len(rds), writers=0), rds, None)
-               for port, rds in zip(("wbuf", "wbuf_b"), wbuf_readers)},
+               for port, rds in zip(port_names("wbuf"), wbuf_readers)},
             "abuf": (PortMux(cfg.abuf, 2), act_rd, q8_wr),
             "rbuf": (PortMux(cfg.rbuf, 2), [psum_rd, res_rd], q32_wr),
             "pbuf": (PortMux(cfg.pbuf, 1, writers=0), [par_rd], None),

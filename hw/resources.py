@@ -269,12 +269,13 @@ def bundle_results(config: AcceleratorConfig | str, dest: Path = BUNDLED_DIR,
 def buffer_resources(config: AcceleratorConfig) -> dict[str, dict]:
     """Per buffer of one core: its geometry, RAM style and primitives (one write port; one
     read port, or ``wbuf_read_ports`` for WBUF, each further one a replica of the memory)."""
+    from flightllm.hw.bufport import read_ports
     from flightllm.hw.buffers import suggested_ram_style
     out = {}
     for name in ("abuf", "wbuf", "rbuf", "pbuf"):
         spec = config.buffer(name)
         style = suggested_ram_style(spec)
-        reads = config.wbuf_read_ports if name == "wbuf" else 1
+        reads = read_ports(config, name)
         prims = memory_primitives(8 * spec.width, spec.depth, reads=reads, style=style)
         out[name] = {"width_bytes": spec.width, "depth": spec.depth, "ram_style": style,
                      "read_ports": reads, **{r: prims.get(r, 0) for r in RESOURCES}}

@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Buffer
-from flightllm.hw.bufport import BufferArbiter, row_client_signature
+from flightllm.hw.bufport import BufferArbiter, client_ports, read_ports, row_client_signature
 from flightllm.hw.buffers import BufferMemory
 
 BUFFERS = ("abuf", "wbuf", "rbuf", "pbuf")
@@ -68,12 +68,12 @@ class UnitHarness(wiring.Component):
         init = self._init if self._init is not None else initial_contents(self.cfg)
         for name in BUFFERS:
             spec = self.cfg.buffer(name)
-            ports = self.cfg.wbuf_read_ports if name == "wbuf" else 1
+            ports = read_ports(self.cfg, name)
             mem = BufferMemory(spec, read_ports=ports,
                                init=_rows_as_ints(init[name], spec.width))
             # The unit's ports (a second one, ``<name>_b``, where it has two read streams),
             # then the host's.
-            users = [getattr(unit, p) for p in (name, f"{name}_b") if hasattr(unit, p)]
+            users = client_ports([unit], name)
             arb = BufferArbiter(spec, len(users) + 1, read_ports=ports)
             m.submodules[f"{name}_mem"] = mem
             m.submodules[f"{name}_arb"] = arb
