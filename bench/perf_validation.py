@@ -15,7 +15,9 @@ so plainly, writes what it could not do, and exits with status 2: no table is ma
 ``--pair-group N`` builds ``tiny`` with ``mm_pair_group = N`` (MM weights read once per N token
 pairs, as the full-size presets do with 4) and writes ``perf_validation_g<N>.json``;
 ``--wbuf-read-ports 2`` builds it with a second WBUF read port (as the full-size presets) and
-writes ``perf_validation_r2.json`` (both: ``perf_validation_g<N>_r2.json``).
+writes ``perf_validation_r2.json`` (both: ``perf_validation_g<N>_r2.json``); ``--ld-lanes 2``
+builds it with two LD lanes and a banked WBUF (with two read ports as well, as the full-size
+presets: ``perf_validation_r2_l2.json``).
     python bench/perf_validation.py --build DIR --rtl-from bench/results/perf_validation.json
 
 ``--rtl-from`` takes the RTL cycles of an earlier run and only predicts again: the way to check
@@ -105,13 +107,14 @@ def _rtl_cycles_table(path: Path) -> int:
     return 0 if ok else 1
 
 
-def _variant_suffix(pair_group: int, read_ports: int) -> str:
+def _variant_suffix(pair_group: int, read_ports: int, lanes: int = 1) -> str:
     """The result file's and configuration's suffix for a non-default tiny variant."""
     return (f"_g{pair_group}" if pair_group != 1 else "") + \
-        (f"_r{read_ports}" if read_ports != 1 else "")
+        (f"_r{read_ports}" if read_ports != 1 else "") + (f"_l{lanes}" if lanes != 1 else "")
 
 
-def _build(path: Path | None, tmp: Path, pair_group: int = 1, read_ports: int = 1):
+def _build(path: Path | None, tmp: Path, pair_group: int = 1, read_ports: int = 1,
+           lanes: int = 1):
     from flightllm.host.build import load_build
     if path is not None:
         return load_build(path)
@@ -121,10 +124,10 @@ def _build(path: Path | None, tmp: Path, pair_group: int = 1, read_ports: int = 
     from flightllm.default_model import default_model_path
     out = tmp / "tiny"
     cfg = preset("tiny")
-    suffix = _variant_suffix(pair_group, read_ports)
+    suffix = _variant_suffix(pair_group, read_ports, lanes)
     if suffix:
         cfg = cfg.replace(name="tiny" + suffix.replace("_", "-"), mm_pair_group=pair_group,
-                          wbuf_read_ports=read_ports)
+                          wbuf_read_ports=read_ports, ld_lanes=lanes)
     compile_model(load_onnx(default_model_path()), cfg, out,
                   CompileOptions(max_len=64, weight_bits=4, calibration_sequences=1))
     return load_build(out)
@@ -156,6 +159,9 @@ def main() -> int:
     ap.add_argument("--wbuf-read-ports", type=int, default=1, choices=(1, 2),
                     help="Build tiny with this many WBUF read ports (results in "
                          "perf_validation_r2.json).")
+    ap.add_argument("--ld-lanes", type=int, default=1, choices=(1, 2),
+                    help="Build tiny with this many LD lanes (results in "
+                         "perf_validation_l2.json, or _r2_l2 with --wbuf-read-ports 2).")
     ap.add_argument("--rtl-from", type=Path, default=None,
                     help="Reuse the RTL cycles recorded in this result file.")
     args = ap.parse_args()
@@ -163,11 +169,12 @@ def main() -> int:
         return _rtl_cycles_table(args.rtl_from)
     prompt = [int(t) for t in args.prompt_ids.split(",")]
     RESULTS.mkdir(exist_ok=True)
-    out_path = RESULTS / \
-        f"perf_validation{_variant_suffix(args.pair_group, args.wbuf_read_ports)}.json"
+    suffix = _variant_suffix(args.pair_group, args.wbuf_read_ports, args.ld_lanes)
+    out_path = RESULTS / f"perf_validation{suffix}.json"
     from flightllm.sim.perf import PerfModel, SparsityMap
     with tempfile.TemporaryDirectory() as tmp:
-        build = _build(args.build, Path(tmp), args.pair_group, args.wbuf_read_ports)
+        build = _build(args.build, Path(tmp), args.pair_group, args.wbuf_read_ports,
+                       args.ld_lanes)
         recipe = build.manifest["model"]["recipe"]
         model = PerfModel(build.config, sparsity=SparsityMap.from_placements(
             build.manifest["tensors"], recipe["sparsity"]))

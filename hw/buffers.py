@@ -127,17 +127,27 @@ class BufferMemory(wiring.Component):
             multiple of 4.
         ram_style: one of :data:`RAM_STYLES`.
         init: initial rows (simulation, and block RAM bitstreams).
+        write_ports: banks of rows, each with its own write port: row ``r`` lives in bank
+            ``r mod write_ports`` and ``write[b]`` may only address rows of bank ``b`` (the
+            arbiter routes them so). A read port reads every bank. ``write_ports`` must
+            divide ``spec.depth``; no ``acc`` port with more than one.
 
     Ports:
         read (array of ``read_ports``, :func:`read_port_signature` flipped).
-        write (:func:`write_port_signature` flipped): a byte is written when its ``be`` bit is
-            set.
+        write (:func:`write_port_signature` flipped; an array of ``write_ports`` when more
+            than one): a byte is written when its ``be`` bit is set.
         acc (:func:`acc_port_signature` flipped), when ``acc_port``.
     """
 
     def __init__(self, spec: BufferSpec, *, read_ports: int = 1, acc_port: bool = False,
-                 ram_style: str = "auto", init=()):
+                 ram_style: str = "auto", init=(), write_ports: int = 1):
         _check_spec(spec)
+        if write_ports not in (1, 2, 4) or spec.depth % write_ports:
+            raise ValueError(f"write_ports must be 1, 2 or 4 and divide the depth "
+                             f"({spec.depth} rows), not {write_ports!r}")
+        if acc_port and write_ports > 1:
+            raise ValueError("a banked buffer (write_ports > 1) has no accumulate port")
+        self.banks = write_ports
         if not isinstance(read_ports, int) or read_ports < 0:
             raise ValueError(f"read_ports must be a non-negative integer, not {read_ports!r}")
         if ram_style not in RAM_STYLES:
@@ -149,9 +159,10 @@ class BufferMemory(wiring.Component):
         self.ram_style = ram_style
         self.acc_port = acc_port
         self._init = list(init)
+        write = In(write_port_signature(spec))
         members = {
             "read": In(read_port_signature(spec)).array(read_ports),
-            "write": In(write_port_signature(spec)),
+            "write": write.array(write_ports) if write_ports > 1 else write,
         }
         if acc_port:
             members["acc"] = In(acc_port_signature(spec))
@@ -161,6 +172,8 @@ class BufferMemory(wiring.Component):
         m = Module()
         spec = self.spec
         attrs = {} if self.ram_style == "auto" else {"ram_style": self.ram_style}
+        if self.banks > 1:
+            return self._elaborate_banks(m, attrs)
         m.submodules.mem = mem = Memory(shape=8 * spec.width, depth=spec.depth,
                                         init=self._init, attrs=attrs)
 
@@ -174,6 +187,35 @@ class BufferMemory(wiring.Component):
 
         if self.acc_port:
             self._elaborate_acc(m, mem)
+        return m
+
+    def _elaborate_banks(self, m, attrs):
+        # Row r is row r // banks of bank r mod banks. Every read port addresses all banks and
+        # keeps the bank of its last enabled read, so its data holds while en is low as a
+        # single memory's does.
+        spec, n = self.spec, self.banks
+        bank_bits = n.bit_length() - 1
+        init = self._init + [0] * (spec.depth - len(self._init)) if self._init else []
+        mems = []
+        for b in range(n):
+            mem = Memory(shape=8 * spec.width, depth=spec.depth // n, init=init[b::n],
+                         attrs=attrs)
+            m.submodules[f"bank{b}"] = mem
+            wr = mem.write_port(granularity=8)
+            port = self.write[b]
+            m.d.comb += [wr.addr.eq(port.addr[bank_bits:]), wr.data.eq(port.data),
+                         wr.en.eq(port.be)]
+            mems.append(mem)
+        for k, port in enumerate(self.read):
+            bank = Signal(bank_bits, name=f"read{k}_bank")
+            with m.If(port.en):
+                m.d.sync += bank.eq(port.addr[:bank_bits])
+            rows = []
+            for mem in mems:
+                rd = mem.read_port()
+                m.d.comb += [rd.en.eq(port.en), rd.addr.eq(port.addr[bank_bits:])]
+                rows.append(rd.data)
+            m.d.comb += port.data.eq(Array(rows)[bank])
         return m
 
     def _elaborate_acc(self, m, mem):

@@ -40,8 +40,9 @@ from flightllm.contract.isa import Buffer
 BUFFERS = tuple(b.name.lower() for b in Buffer)
 
 __all__ = ["BUFFERS", "row_request_layout", "row_client_signature", "buffer_clients",
-           "read_ports", "port_names", "client_ports", "width_groups", "shared_spec",
-           "route_requests", "BufferArbiter"]
+           "read_ports", "write_ports", "port_names", "client_ports", "width_groups",
+           "shared_spec",
+           "route_requests", "connect_memory", "BufferArbiter"]
 
 
 def row_request_layout(spec: BufferSpec) -> data.StructLayout:
@@ -67,6 +68,12 @@ def buffer_clients(cfg: AcceleratorConfig) -> dict[str, wiring.Member]:
 def read_ports(cfg: AcceleratorConfig, name: str) -> int:
     """Read ports of buffer ``name``'s memory: ``wbuf_read_ports`` for WBUF, one otherwise."""
     return cfg.wbuf_read_ports if name == "wbuf" else 1
+
+
+def write_ports(cfg: AcceleratorConfig, name: str) -> int:
+    """Write ports (banks of rows) of buffer ``name``'s memory: ``ld_lanes`` for WBUF, one
+    otherwise."""
+    return cfg.ld_lanes if name == "wbuf" else 1
 
 
 def port_names(name: str) -> tuple[str, str]:
@@ -136,27 +143,37 @@ class BufferArbiter(wiring.Component):
         clients: number of client ports.
         read_ports: the memory's read ports (1, or 2 for a replicated WBUF: a client whose
             read is refused on the first port may take the second in the same cycle).
+        write_ports: the memory's banks of rows, one write port each (a banked WBUF:
+            :class:`~flightllm.hw.buffers.BufferMemory`'s ``write_ports``). Each bank grants
+            one write per cycle, round-robin among the clients writing a row of that bank.
 
     Ports:
         clients (array, :func:`row_client_signature` flipped): one per unit (a unit with two
             read streams, the matrix unit's WBUF weight readers, has two).
         read (array of ``read_ports``, :func:`~flightllm.hw.buffers.read_port_signature`): to
             the memory's read ports.
-        write (:func:`~flightllm.hw.buffers.write_port_signature`): to the memory write port.
+        write (:func:`~flightllm.hw.buffers.write_port_signature`; an array of
+            ``write_ports`` when more than one): to the memory's write port(s).
         grant_valid: a request is accepted this cycle (for the performance counters).
     """
 
-    def __init__(self, spec: BufferSpec, clients: int, *, read_ports: int = 1):
+    def __init__(self, spec: BufferSpec, clients: int, *, read_ports: int = 1,
+                 write_ports: int = 1):
         from .buffers import read_port_signature, write_port_signature
         if not isinstance(clients, int) or clients < 1:
             raise ValueError(f"clients must be a positive integer, not {clients!r}")
         if read_ports not in (1, 2):
             raise ValueError(f"read_ports must be 1 or 2, not {read_ports!r}")
+        if write_ports not in (1, 2, 4) or spec.depth % write_ports:
+            raise ValueError(f"write_ports must be 1, 2 or 4 and divide the depth, not "
+                             f"{write_ports!r}")
         self.spec, self.n, self.read_ports = spec, clients, read_ports
+        self.write_ports = write_ports
+        write = Out(write_port_signature(spec))
         super().__init__({
             "clients": In(row_client_signature(spec)).array(clients),
             "read": Out(read_port_signature(spec)).array(read_ports),
-            "write": Out(write_port_signature(spec)),
+            "write": write.array(write_ports) if write_ports > 1 else write,
             "grant_valid": Out(1),
         })
 
@@ -196,22 +213,32 @@ class BufferArbiter(wiring.Component):
                     with m.Case(i):
                         m.d.comb += addr.eq(c.req.p.addr)
             m.d.comb += [self.read[k].en.eq(took.any()), self.read[k].addr.eq(addr)]
-        wgrant, wgranted = _round_robin(m, wants_write, n, "write")
-
-        wreq = Signal(row_request_layout(self.spec))
-        with m.Switch(wgrant):
+        # Each bank grants one of the writes to its rows.
+        banks = self.write_ports
+        wports = list(self.write) if banks > 1 else [self.write]
+        written = Signal(n)
+        for b, port in enumerate(wports):
+            mine = Signal(n, name=f"write{b}_wants")
             for i, c in enumerate(self.clients):
-                with m.Case(i):
-                    m.d.comb += wreq.eq(c.req.p)
+                in_bank = c.req.p.addr % banks == b if banks > 1 else C(1)
+                m.d.comb += mine[i].eq(wants_write[i] & in_bank)
+            wgrant, wgranted = _round_robin(m, mine, n, f"write{b}" if banks > 1 else "write")
+            wreq = Signal(row_request_layout(self.spec), name=f"write{b}_req")
+            with m.Switch(wgrant):
+                for i, c in enumerate(self.clients):
+                    with m.Case(i):
+                        m.d.comb += wreq.eq(c.req.p)
+            took = Signal(n, name=f"write{b}_took")
+            for i in range(n):
+                m.d.comb += took[i].eq(wgranted & (wgrant == i) & mine[i])
+            m.d.comb += [port.addr.eq(wreq.addr), port.data.eq(wreq.data),
+                         port.be.eq(Mux(wgranted, wreq.be, 0))]
+            written = written | took
         issued = Signal(n)
         m.d.comb += issued.eq(functools.reduce(operator.or_, grants))
         for i, c in enumerate(self.clients):
-            m.d.comb += c.req.ready.eq(issued[i] | (wgranted & (wgrant == i) & wants_write[i]))
-        m.d.comb += self.grant_valid.eq(issued.any() | wgranted)
-        m.d.comb += [
-            self.write.addr.eq(wreq.addr), self.write.data.eq(wreq.data),
-            self.write.be.eq(Mux(wgranted, wreq.be, 0)),
-        ]
+            m.d.comb += c.req.ready.eq(issued[i] | written[i])
+        m.d.comb += self.grant_valid.eq(issued.any() | written.any())
         m.d.sync += pending.eq(issued)
         if self.read_ports == 2:
             m.d.sync += via.eq(grants[1])
@@ -227,3 +254,16 @@ class BufferArbiter(wiring.Component):
             with m.Elif(taken):
                 m.d.sync += slot_full[i].eq(0)
         return m
+
+
+def connect_memory(m: Module, arb: BufferArbiter, mem) -> None:
+    """Connect an arbiter's read and write ports to a
+    :class:`~flightllm.hw.buffers.BufferMemory` built with the same ``read_ports`` and
+    ``write_ports``."""
+    for k in range(arb.read_ports):
+        wiring.connect(m, arb.read[k], mem.read[k])
+    if arb.write_ports > 1:
+        for b in range(arb.write_ports):
+            wiring.connect(m, arb.write[b], mem.write[b])
+    else:
+        wiring.connect(m, arb.write, mem.write)

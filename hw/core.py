@@ -34,7 +34,8 @@ from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Opcode
 from flightllm.contract.regmap import ErrorCode
 from flightllm.hw.bufport import (BUFFERS, BufferArbiter, buffer_clients, client_ports,
-                                  read_ports, row_client_signature)
+                                  connect_memory, read_ports, row_client_signature,
+                                  write_ports)
 from flightllm.hw.buffers import BufferMemory, suggested_ram_style
 from flightllm.hw.dma import LoadEngine, StoreEngine, axi4_read_signature, axi4_signature
 from flightllm.hw.fetch import InstructionFetch
@@ -166,10 +167,11 @@ class Core(wiring.Component):
         clients = [ld, st, mat, misc, sync]
         return fetch, ld, st, sync, ports, clients
 
-    def _make_memory(self, spec, read_ports: int = 1):
+    def _make_memory(self, spec, read_ports: int = 1, write_ports: int = 1):
         """One buffer's memory (the resource estimate counts buffers from their specs and
         measures the core with black boxes here)."""
-        return BufferMemory(spec, read_ports=read_ports, ram_style=suggested_ram_style(spec))
+        return BufferMemory(spec, read_ports=read_ports, write_ports=write_ports,
+                            ram_style=suggested_ram_style(spec))
 
     def _buffers(self, m, clients):
         grants = []
@@ -177,16 +179,15 @@ class Core(wiring.Component):
                    if self.cfg.cores > 1 else {})
         for name in BUFFERS:
             spec = self.cfg.buffer(name)
-            ports = read_ports(self.cfg, name)
-            # A unit's second stream of reads (the matrix unit's odd chains) is a client of
-            # its own, so the two can be granted the two read ports in one cycle.
+            ports, banks = read_ports(self.cfg, name), write_ports(self.cfg, name)
+            # A unit's second stream of reads (the matrix unit's odd chains) or second LD lane
+            # is a client of its own, so the two can be granted two ports in one cycle.
             users = client_ports(clients, name)
-            mem = self._make_memory(spec, ports)
-            arb = BufferArbiter(spec, len(users) + len(remotes.get(name, [])), read_ports=ports)
+            mem = self._make_memory(spec, ports, banks)
+            arb = BufferArbiter(spec, len(users) + len(remotes.get(name, [])), read_ports=ports,
+                                write_ports=banks)
             m.submodules[f"{name}_mem"], m.submodules[f"{name}_arb"] = mem, arb
-            for k in range(ports):
-                wiring.connect(m, arb.read[k], mem.read[k])
-            wiring.connect(m, arb.write, mem.write)
+            connect_memory(m, arb, mem)
             for i, port in enumerate(users):
                 wiring.connect(m, port, arb.clients[i])
             for k, remote in enumerate(remotes.get(name, [])):

@@ -35,7 +35,8 @@ from flightllm.contract.config import AcceleratorConfig, BufferSpec
 from flightllm.contract.isa import Buffer, Opcode
 from flightllm.contract.regmap import ErrorCode
 from flightllm.hw.bufport import (
-    BUFFERS, buffer_clients, route_requests, row_client_signature, shared_spec, width_groups,
+    BUFFERS, buffer_clients, port_names, route_requests, row_client_signature, shared_spec,
+    width_groups,
 )
 from flightllm.hw.isa_layouts import instruction_layout
 
@@ -285,9 +286,13 @@ class RowReader(wiring.Component):
 
 # --------------------------------------------------------------------------- address generator
 class _Loops:
-    """The (o, m, c) loop nest of a transfer with running HBM and buffer addresses."""
+    """The (o, m, c) loop nest of a transfer with running HBM and buffer addresses.
 
-    def __init__(self, m: Module, ins, channels: int, load: bool):
+    An LD lane ``lane`` of ``lanes`` walks only the channels ``ins.chan + c`` that are
+    ``lane`` mod ``lanes``: ``c`` starts at ``c0`` and steps by ``lanes``."""
+
+    def __init__(self, m: Module, ins, channels: int, load: bool, lane: int = 0,
+                 lanes: int = 1):
         self.m, self.ins = m, ins
         self.o, self.i, self.c = Signal(16), Signal(16), Signal(6)
         # Wide enough that no stride product wraps: range checks see the true address.
@@ -295,30 +300,41 @@ class _Loops:
         self.b_outer, self.b, self.b_ch = Signal(44), Signal(44), Signal(44)
         self.nch = Signal(7)
         m.d.comb += self.nch.eq(Mux(ins.nch == 0, 1, ins.nch) if load else 1)
-        self.load = load
+        self.load, self.lanes = load, lanes
+        self.c0 = Signal(range(lanes))
+        if lanes > 1:
+            m.d.comb += self.c0.eq((lane - ins.chan)[:lanes.bit_length() - 1])
+        # The buffer offset of channel c0 from a row's first channel.
+        self.b_c0 = Signal(44)
+        m.d.comb += self.b_c0.eq(ins.ch_stride * self.c0 if load else 0)
+
+    @property
+    def empty(self) -> Value:
+        """The lane has no channel of this transfer."""
+        return self.c0 >= self.nch
 
     def init(self):
         ins = self.ins
-        return [self.o.eq(0), self.i.eq(0), self.c.eq(0),
+        return [self.o.eq(0), self.i.eq(0), self.c.eq(self.c0),
                 self.h_outer.eq(ins.hbm_addr), self.h.eq(ins.hbm_addr),
                 self.b_outer.eq(ins.buf_addr), self.b.eq(ins.buf_addr),
-                self.b_ch.eq(ins.buf_addr)]
+                self.b_ch.eq(ins.buf_addr + self.b_c0)]
 
     def advance(self, done: Signal):
         """Statements that step to the next segment; ``done`` is set after the last."""
-        m, ins = self.m, self.ins
-        with m.If(self.c + 1 < self.nch):
-            m.d.sync += [self.c.eq(self.c + 1),
-                         self.b_ch.eq(self.b_ch + (ins.ch_stride if self.load else 0))]
+        m, ins, step = self.m, self.ins, self.lanes
+        with m.If(self.c + step < self.nch):
+            m.d.sync += [self.c.eq(self.c + step),
+                         self.b_ch.eq(self.b_ch + (ins.ch_stride * step if self.load else 0))]
         with m.Elif(self.i + 1 < ins.n1):
-            m.d.sync += [self.c.eq(0), self.i.eq(self.i + 1),
+            m.d.sync += [self.c.eq(self.c0), self.i.eq(self.i + 1),
                          self.h.eq(self.h + ins.hbm_stride1), self.b.eq(self.b + ins.buf_stride1),
-                         self.b_ch.eq(self.b + ins.buf_stride1)]
+                         self.b_ch.eq(self.b + ins.buf_stride1 + self.b_c0)]
         with m.Elif(self.o + 1 < ins.n2):
             h2, b2 = self.h_outer + ins.hbm_stride2, self.b_outer + ins.buf_stride2
-            m.d.sync += [self.c.eq(0), self.i.eq(0), self.o.eq(self.o + 1),
+            m.d.sync += [self.c.eq(self.c0), self.i.eq(0), self.o.eq(self.o + 1),
                          self.h_outer.eq(h2), self.h.eq(h2), self.b_outer.eq(b2),
-                         self.b.eq(b2), self.b_ch.eq(b2)]
+                         self.b.eq(b2), self.b_ch.eq(b2 + self.b_c0)]
         with m.Else():
             m.d.sync += done.eq(1)
 
@@ -328,19 +344,26 @@ def _segment_layout(channels: int) -> data.StructLayout:
                               "buf": 2})
 
 
+def _check_beat_width(cfg: AcceleratorConfig) -> int:
+    """The AXI beat in bytes, which must not be wider than any buffer's rows."""
+    beat = cfg.axi_data_bits // 8
+    for name in BUFFERS:
+        if beat > cfg.buffer(name).width:
+            raise ValueError(f"axi_data_bits = {cfg.axi_data_bits} is wider than {name}'s "
+                             f"{cfg.buffer(name).width}-byte rows; the DMA cannot place beats")
+    return beat
+
+
 class _TransferEngine(wiring.Component):
     """What LD and ST share: command intake, checks, the loop walk and burst issue."""
 
     opcode: Opcode
 
-    def __init__(self, cfg: AcceleratorConfig, members: dict):
-        self.cfg = cfg
+    def __init__(self, cfg: AcceleratorConfig, members: dict, *, lane: int = 0,
+                 lanes: int = 1):
+        self.cfg, self.lane, self.lanes = cfg, lane, lanes
         self.channels = cfg.hbm_channels_per_core
-        self.beat_bytes = cfg.axi_data_bits // 8
-        for name in BUFFERS:
-            if self.beat_bytes > cfg.buffer(name).width:
-                raise ValueError(f"axi_data_bits = {cfg.axi_data_bits} is wider than {name}'s "
-                                 f"{cfg.buffer(name).width}-byte rows; the DMA cannot place beats")
+        self.beat_bytes = _check_beat_width(cfg)
         super().__init__({
             "cmd": In(stream.Signature(instruction_layout(self.opcode))),
             "done": Out(1), "busy": Out(1), "error": Out(3), "progress": Out(1),
@@ -364,7 +387,7 @@ class _TransferEngine(wiring.Component):
         issue_addr, issue_len = Signal(64), Signal(range(MAX_BURST + 1))
         load = self.opcode == Opcode.LD
         ins = Signal(instruction_layout(self.opcode))
-        loops = _Loops(m, ins, self.channels, load)
+        loops = _Loops(m, ins, self.channels, load, self.lane, self.lanes)
         walked = Signal()
         chan = Signal(range(self.channels))
         burst_addr = Signal(64)
@@ -399,7 +422,7 @@ class _TransferEngine(wiring.Component):
                 with m.Elif(ins.transpose & (ins.len[:8] != 0) if load else C(0)):
                     m.d.sync += error.eq(ErrorCode.DECODE)
                     m.next = "DRAIN"
-                with m.Elif((ins.n1 == 0) | (ins.n2 == 0) | (ins.len == 0)):
+                with m.Elif((ins.n1 == 0) | (ins.n2 == 0) | (ins.len == 0) | loops.empty):
                     m.next = "DRAIN"
                 with m.Else():
                     m.next = "SEGMENT"
@@ -444,16 +467,88 @@ class _TransferEngine(wiring.Component):
                                issue_len=issue_len)
 
 
-class LoadEngine(_TransferEngine):
-    """LD: HBM -> buffer. Ports as :class:`_TransferEngine` plus ``axi`` (one read port per
-    channel)."""
+class LoadEngine(wiring.Component):
+    """LD: HBM -> buffer, in ``cfg.ld_lanes`` lanes.
+
+    Each lane is a whole engine (address generator and data path) for the channels that are
+    its number mod ``ld_lanes``; the lanes take every LD together, and it is done when the
+    last lane is. Lane 0 uses the buffer client ports ``abuf`` ... ``pbuf``, lane 1 a second
+    set ``abuf_b`` ... (see :func:`~flightllm.hw.bufport.port_names`), so the arbiters can
+    grant both lanes' writes in one cycle where the buffer has a bank for each (WBUF).
+
+    Ports: ``cmd``, ``done``, ``busy``, ``error`` (the first lane's that is set),
+    ``progress``, ``hbm_base``, the buffer clients and ``axi`` (one read port per channel).
+    """
+
+    def __init__(self, cfg: AcceleratorConfig):
+        _check_beat_width(cfg)
+        self.cfg, self.lanes = cfg, cfg.ld_lanes
+        members = {
+            "cmd": In(stream.Signature(instruction_layout(Opcode.LD))),
+            "done": Out(1), "busy": Out(1), "error": Out(3), "progress": Out(1),
+            "hbm_base": In(64).array(cfg.hbm_channels_per_core),
+            "axi": Out(axi4_read_signature(64, cfg.axi_data_bits)).array(
+                cfg.hbm_channels_per_core),
+        }
+        for k in range(self.lanes):
+            for name in BUFFERS:
+                members[port_names(name)[k]] = Out(row_client_signature(cfg.buffer(name)))
+        super().__init__(members)
+        # Built here so that a configuration the engine cannot serve fails at construction.
+        self._lanes = [_LoadLane(cfg, k, self.lanes) for k in range(self.lanes)]
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = self._lanes
+        for k, lane in enumerate(lanes):
+            m.submodules[f"lane{k}"] = lane
+            for name in BUFFERS:
+                wiring.connect(m, getattr(lane, name),
+                               wiring.flipped(getattr(self, port_names(name)[k])))
+            for i in range(self.cfg.hbm_channels_per_core):
+                m.d.comb += lane.hbm_base[i].eq(self.hbm_base[i])
+        for i, axi in enumerate(self.axi):
+            # Channel i is lane (i mod lanes)'s; the other lanes never address it.
+            owner = lanes[i % self.lanes].axi[i]
+            for name, member in axi.signature.members.items():
+                if member.flow == Out:
+                    m.d.comb += getattr(axi, name).eq(getattr(owner, name))
+                else:
+                    m.d.comb += getattr(owner, name).eq(getattr(axi, name))
+
+        # Every lane takes the command at once (each is idle only between LDs).
+        ready = Cat(*(lane.cmd.ready for lane in lanes)).all()
+        m.d.comb += self.cmd.ready.eq(ready)
+        for lane in lanes:
+            m.d.comb += [lane.cmd.valid.eq(self.cmd.valid & ready), lane.cmd.p.eq(self.cmd.p)]
+        # A lane that finishes first waits in `finished` for the others.
+        finished = Signal(self.lanes)
+        through = Cat(*(finished[k] | lane.done for k, lane in enumerate(lanes)))
+        with m.If(through.all()):
+            m.d.comb += self.done.eq(1)
+            m.d.sync += finished.eq(0)
+        with m.Else():
+            m.d.sync += finished.eq(through)
+        error = C(0, 3)
+        for lane in reversed(lanes):
+            error = Mux(lane.error != 0, lane.error, error)
+        m.d.comb += [self.error.eq(error),
+                     self.busy.eq(Cat(*(lane.busy for lane in lanes)).any()),
+                     self.progress.eq(Cat(*(lane.progress for lane in lanes)).any())]
+        return m
+
+
+class _LoadLane(_TransferEngine):
+    """One lane of :class:`LoadEngine`: the segments on channels ``lane`` mod ``lanes``.
+    Ports as :class:`_TransferEngine` plus ``axi`` (a read port per channel of the core, of
+    which it drives its own)."""
 
     opcode = Opcode.LD
 
-    def __init__(self, cfg: AcceleratorConfig):
+    def __init__(self, cfg: AcceleratorConfig, lane: int = 0, lanes: int = 1):
         bits = cfg.axi_data_bits
         super().__init__(cfg, {"axi": Out(axi4_read_signature(64, bits)).array(
-            cfg.hbm_channels_per_core)})
+            cfg.hbm_channels_per_core)}, lane=lane, lanes=lanes)
 
     def elaborate(self, platform):
         m = Module()

@@ -197,10 +197,11 @@ def _make_core_control(config):
             self.stubs.extend(stubs)
             return stubs
 
-        def _make_memory(self, spec, read_ports: int = 1):
-            memory = super()._make_memory(spec, read_ports)
+        def _make_memory(self, spec, read_ports: int = 1, write_ports: int = 1):
+            memory = super()._make_memory(spec, read_ports, write_ports)
             memory._MustUse__silence = True
-            stub = _stub(f"buffer_{spec.width}x{spec.depth}_r{read_ports}", memory)
+            banks = f"_w{write_ports}" if write_ports > 1 else ""
+            stub = _stub(f"buffer_{spec.width}x{spec.depth}_r{read_ports}{banks}", memory)
             self.stubs.append(stub)
             return stub
 
@@ -268,17 +269,22 @@ def bundle_results(config: AcceleratorConfig | str, dest: Path = BUNDLED_DIR,
 
 def buffer_resources(config: AcceleratorConfig) -> dict[str, dict]:
     """Per buffer of one core: its geometry, RAM style and primitives (one write port; one
-    read port, or ``wbuf_read_ports`` for WBUF, each further one a replica of the memory)."""
-    from flightllm.hw.bufport import read_ports
+    read port, or ``wbuf_read_ports`` for WBUF, each further one a replica of the memory).
+    WBUF with ``ld_lanes`` banks is that many memories of a share of the rows, plus a LUT
+    per data bit and read port to pick the bank a read came from."""
+    from flightllm.hw.bufport import read_ports, write_ports
     from flightllm.hw.buffers import suggested_ram_style
     out = {}
     for name in ("abuf", "wbuf", "rbuf", "pbuf"):
         spec = config.buffer(name)
         style = suggested_ram_style(spec)
-        reads = read_ports(config, name)
-        prims = memory_primitives(8 * spec.width, spec.depth, reads=reads, style=style)
+        reads, banks = read_ports(config, name), write_ports(config, name)
+        prims = memory_primitives(8 * spec.width, spec.depth // banks, reads=reads, style=style)
+        prims = {r: banks * prims.get(r, 0) for r in RESOURCES}
+        if banks > 1:   # a LUT6 picks one of up to four banks' bits
+            prims["lut"] += reads * 8 * spec.width
         out[name] = {"width_bytes": spec.width, "depth": spec.depth, "ram_style": style,
-                     "read_ports": reads, **{r: prims.get(r, 0) for r in RESOURCES}}
+                     "read_ports": reads, "banks": banks, **prims}
     return out
 
 
@@ -454,7 +460,8 @@ def estimate(config: AcceleratorConfig | str, *, board: Board | str = "u280",
     per_buffer = buffer_resources(config)
     per_core = {r: sum(b[r] for b in per_buffer.values()) for r in RESOURCES}
     buffers = {"method": "counted", "why": "from BufferSpec: one write port and one read port "
-               "each (WBUF: wbuf_read_ports, a replica per further port), RAM style from "
+               "each (WBUF: wbuf_read_ports, a replica per further port; ld_lanes banks of "
+               "rows, a LUT per bit and read port to pick the bank), RAM style from "
                "hw.buffers.suggested_ram_style", "per_buffer": per_buffer,
                "per_core": _round(per_core),
                "total": _round(_add({}, per_core, config.cores))}

@@ -86,6 +86,8 @@ def exec_transfer(ins: Instruction, core: CoreBuffers, hbm: HBM, channel_base: i
         raise ProgramError(f"{where}: {ins.n1 * ins.n2 * nch} transfers (n1 x n2 x channels) "
                            f"exceed the golden simulator's limit of {MAX_TRANSFERS}")
     check_size(ins.n1 * ins.n2 * nch * ins.len, f"{where} bytes")
+    if load and nch > 1:
+        _check_channels_disjoint(ins, nch, where)
     if _transfer_fast(ins, load, nch, buf, core, hbm, channel_base, counters):
         return
     # The definition: one transfer per (o, m, channel), in this order.
@@ -109,6 +111,36 @@ def exec_transfer(ins: Instruction, core: CoreBuffers, hbm: HBM, channel_base: i
                 except HBMError as exc:
                     raise ProgramError(f"{where}: {exc}") from None
 
+
+
+def _check_channels_disjoint(ins: Instruction, nch: int, where: str) -> None:
+    """Raise ProgramError if an LD writes a buffer byte from two channels: the hardware may
+    move the channels in different lanes, so which one lands last is not defined."""
+    if ins.len == 0 or ins.n1 == 0 or ins.n2 == 0:
+        return
+    if ins.n1 * ins.n2 == 1 and ins.ch_stride >= ins.len:
+        return
+    o, m, c = np.meshgrid(np.arange(ins.n2, dtype=np.int64), np.arange(ins.n1, dtype=np.int64),
+                          np.arange(nch, dtype=np.int64), indexing="ij")
+    starts = (o * ins.buf_stride2 + m * ins.buf_stride1 + c * ins.ch_stride).ravel()
+    chans = c.ravel()
+    order = np.argsort(starts, kind="stable")
+    starts, chans = starts[order], chans[order]
+    ends = starts + ins.len
+    # Sweep in start order: an interval that starts before the furthest end so far, and is
+    # on another channel than the interval that reaches it, overlaps another channel's (the
+    # first such pair in sweep order is always caught this way).
+    key = ends * len(ends) + np.arange(len(ends))
+    reach = np.maximum.accumulate(key)
+    far_end, owner = reach[:-1] // len(ends), reach[:-1] % len(ends)
+    clash = (starts[1:] < far_end) & (chans[1:] != chans[owner])
+    if clash.any():
+        k = int(np.flatnonzero(clash)[0]) + 1
+        pair = sorted((int(chans[owner[k - 1]]), int(chans[k])))
+        raise ProgramError(
+            f"{where}: channels {pair[0]} and {pair[1]} both write "
+            f"buffer bytes from {ins.buf_addr + int(starts[k]):#x}: an LD's channels must "
+            "write disjoint bytes (the engine may move them side by side)")
 
 
 def _transfer_fast(ins: Instruction, load: bool, nch: int, buf: Buffer, core: CoreBuffers, hbm,

@@ -36,6 +36,7 @@ from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Buffer, Instruction, MiscFunc, Opcode, WeightBits
 
 __all__ = ["UnitTiming", "MatrixCost", "matrix_cost", "misc_cycles", "buffer_port_cycles",
+           "ld_lanes",
            "datapath_cycles", "sys_cycles"]
 
 
@@ -88,10 +89,11 @@ class UnitTiming:
         token_latency: Cycles from a release to the waiting queue seeing the token.
         barrier: A SYS instruction's cross-core handshake (cores sit in different SLRs).
         gather_bytes_per_cycle: Bytes a core receives per cycle during a GATHER.
-        ld_lanes: Segments on different channels an LD's data path moves at once, each lane
-            writing its own bank of the buffer (a row per lane per cycle). The RTL has one
-            lane (1); more is a what-if of the performance study
-            (bench/estimate_full_size.py), not a property of the hardware.
+        ld_lanes: LD lanes, each moving the segments of its own channels and writing its
+            own bank of WBUF (a row per lane per cycle; the other buffers have one write
+            port). ``None`` (the default) is the configuration's ``ld_lanes``, what the RTL
+            builds (1 or 2); a number overrides it, as a what-if of the performance study
+            (bench/estimate_full_size.py).
         mm_pairs_per_weight_read: Token pairs one pass over an MM's weights serves; ``None``
             (the default) is the configuration's ``mm_pair_group``, what the RTL builds (each
             chain holds a weight pass for one cycle per pair of a group, with a bank of
@@ -126,7 +128,7 @@ class UnitTiming:
     token_latency: int = 1
     barrier: int = 64
     gather_bytes_per_cycle: int = 64
-    ld_lanes: int = 1
+    ld_lanes: int | None = None
     mm_pairs_per_weight_read: int | None = None
 
     def to_dict(self) -> dict:
@@ -230,15 +232,20 @@ def misc_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
     return m * row + t.sfu_latency + t.misc_issue
 
 
+def ld_lanes(cfg: AcceleratorConfig, t: UnitTiming) -> int:
+    """The LD lanes the model runs: the timing's what-if, else the configuration's."""
+    return max(t.ld_lanes if t.ld_lanes is not None else cfg.ld_lanes, 1)
+
+
 def buffer_port_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
     """Cycles an LD/ST needs of its buffer's port: one row per cycle, every segment of every
-    channel at least one row (bindings resolved). An LD's lanes (``ld_lanes``) write their own
-    banks side by side."""
+    channel at least one row (bindings resolved). An LD's lanes (``ld_lanes``) write WBUF's
+    banks side by side; the other buffers have one write port."""
     width = cfg.buffer(Buffer(ins.buf).name.lower()).width
     nch = max(ins.nch, 1) if ins.op == Opcode.LD else 1
     rows = _ceil(ins.buf_addr % width + ins.len, width) if ins.n1 * ins.n2 == 1 \
         else _ceil(ins.len, width)
-    banks = min(max(t.ld_lanes, 1), nch)
+    banks = min(ld_lanes(cfg, t), nch) if ins.buf == Buffer.WBUF else 1
     return _ceil(ins.n1 * ins.n2 * _ceil(nch, banks) * rows, t.buffer_rows_per_cycle)
 
 
@@ -251,7 +258,7 @@ def datapath_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> 
     beat = cfg.axi_data_bits // 8
     nch = max(ins.nch, 1) if ins.op == Opcode.LD else 1
     # Each lane takes its share of the channels; the lanes run side by side.
-    segments = ins.n1 * ins.n2 * _ceil(nch, max(t.ld_lanes, 1))
+    segments = ins.n1 * ins.n2 * _ceil(nch, ld_lanes(cfg, t))
     return segments * (_ceil(ins.len, beat) + t.segment_overhead)
 
 

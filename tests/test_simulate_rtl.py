@@ -99,3 +99,13 @@ def test_rtl_engine_with_two_wbuf_read_ports_matches_golden(tmp_path):
         pytest.skip(simulator_unavailable_reason())
     out = _compile_variant(tmp_path, "tiny-r2", wbuf_read_ports=2)
     _assert_rtl_is_golden(out, "4,8,15,16,23,42")
+
+
+def test_rtl_engine_with_two_ld_lanes_matches_golden(tmp_path):
+    """tiny with ld_lanes = 2 and two WBUF read ports (as the full-size presets): each LD
+    lane moves its own channel's stripe of a weight chunk into its own bank of WBUF, side by
+    side; tokens and logits are still the golden simulator's."""
+    if simulator_unavailable_reason():
+        pytest.skip(simulator_unavailable_reason())
+    out = _compile_variant(tmp_path, "tiny-l2", ld_lanes=2, wbuf_read_ports=2)
+    _assert_rtl_is_golden(out, "2,7,1,8,2,8")

@@ -91,6 +91,13 @@ class AcceleratorConfig:
             by replication (twice the URAMs: every write goes to both copies); chain ``c``
             reads through port ``c mod 2``. Decode, whose MVs stream every weight through
             this port, is bound by it.
+        ld_lanes: LD data paths per core (1 or 2). With 2, lane ``k`` moves the segments on
+            the HBM channels ``c`` with ``c mod 2 == k``, side by side with the other lane,
+            and WBUF is two banks of rows (row ``r`` in bank ``r mod 2``, each bank its own
+            write port), so a multi-channel load fills WBUF at two rows per cycle. Segments
+            of one LD on different channels must then not write the same buffer bytes
+            (their order is not defined); the compiler never does. Decode, whose weights
+            come in through the LD at one row per cycle, is bound by it.
     """
 
     name: str
@@ -114,6 +121,7 @@ class AcceleratorConfig:
     attn_block: int = 64
     mm_pair_group: int = 1
     wbuf_read_ports: int = 1
+    ld_lanes: int = 1
 
     def __post_init__(self):
         # Normalise sequences so YAML lists and tuples compare and hash the same.
@@ -176,6 +184,11 @@ class AcceleratorConfig:
             _bad("mm_pair_group", self.mm_pair_group, "one of 1, 2, 4, 8")
         if self.wbuf_read_ports not in (1, 2):
             _bad("wbuf_read_ports", self.wbuf_read_ports, "1 or 2")
+        if self.ld_lanes not in (1, 2):
+            _bad("ld_lanes", self.ld_lanes, "1 or 2")
+        if self.wbuf.depth % self.ld_lanes:
+            _bad("ld_lanes", self.ld_lanes, f"a divisor of the WBUF depth ({self.wbuf.depth} "
+                 "rows): WBUF has a bank of rows per lane")
         if not isinstance(self.clock_mhz, (int, float)) or not 1 <= self.clock_mhz <= 1000:
             _bad("clock_mhz", self.clock_mhz, "a number in [1, 1000]")
 
@@ -322,26 +335,29 @@ def _preset_u280() -> AcceleratorConfig:
     # accumulators per chain cost ~1.7k LUTs where they cut a 128-token prefill 2.6x. WBUF has
     # a second read port (wbuf_read_ports), a second copy of its 64 URAMs (416 of the card's
     # 960 in all): decode's MVs, which stream every weight through the read port, get twice
-    # its rows, and decode becomes bound by the LD's one row per cycle instead.
+    # its rows, and decode becomes bound by the LD's one row per cycle instead. So the LD has
+    # two lanes (ld_lanes), odd and even channels, each writing its own bank of WBUF's rows:
+    # decode's weights come in at two rows per cycle, and the matrix engine binds again.
     return AcceleratorConfig(
         name="u280", cores=2, mv_rows=16, mv_k=32, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
         abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(64, 16384),
         pbuf=BufferSpec(64, 8192), hbm_channels_per_core=13, hbm_channel_bytes=256 << 20,
-        clock_mhz=225.0, axi_data_bits=512, mm_pair_group=4, wbuf_read_ports=2,
+        clock_mhz=225.0, axi_data_bits=512, mm_pair_group=4, wbuf_read_ports=2, ld_lanes=2,
     )
 
 
 def _preset_vhk158() -> AcceleratorConfig:
     # Three cores (four, as in the FlightLLM artefact's model, need ~112% of the XCVH1582's
     # LUTs by the same estimate), 8 HBM2e pseudo-channels each, 16 chains of 32 DSPs per core,
-    # sized as the u280 preset (the same WBUF ports, the same groups of four token pairs).
+    # sized as the u280 preset (the same WBUF ports and LD lanes, the same groups of four
+    # token pairs).
     return AcceleratorConfig(
         name="vhk158", cores=3, mv_rows=16, mv_k=32, dsp_group=2,
         macs_per_dsp=2, sparsity_codes=(2, 4, 8, 16), weight_bits=(2, 4, 8), sfu_lanes=16,
         abuf=BufferSpec(64, 16384), wbuf=BufferSpec(64, 32768), rbuf=BufferSpec(64, 16384),
         pbuf=BufferSpec(64, 8192), hbm_channels_per_core=8, hbm_channel_bytes=1 << 30,
-        clock_mhz=225.0, axi_data_bits=512, mm_pair_group=4, wbuf_read_ports=2,
+        clock_mhz=225.0, axi_data_bits=512, mm_pair_group=4, wbuf_read_ports=2, ld_lanes=2,
     )
 
 

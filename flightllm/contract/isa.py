@@ -314,7 +314,9 @@ OPCODES: Mapping[Opcode, OpSpec] = MappingProxyType({
     Opcode.LD: OpSpec(Opcode.LD, "Load from HBM into an on-chip buffer: for o in n2, for m in n1, "
                       "for c in nch channels: len bytes from channel chan+c at hbm_addr + "
                       "o*hbm_stride2 + m*hbm_stride1 to buf_addr + c*ch_stride + o*buf_stride2 "
-                      "+ m*buf_stride1.", _TRANSFER + (
+                      "+ m*buf_stride1. Different channels' bytes must not land on the same "
+                      "buffer bytes: the engine may move channels side by side "
+                      "(ld_lanes).", _TRANSFER + (
         F("nch", 6, "number of consecutive channels read in parallel (0 is read as 1)"),
         F("ch_stride", _ADDR, "buffer byte offset between the channels' data"),
         F("transpose", 1, "transpose each 16x16-byte tile on the way in (len % 256 == 0)"),

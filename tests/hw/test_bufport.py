@@ -10,39 +10,35 @@ from amaranth import Elaboratable, Module
 from amaranth.sim import Simulator
 
 from flightllm.contract.config import BufferSpec
-from flightllm.hw.bufport import BufferArbiter
+from flightllm.hw.bufport import BufferArbiter, connect_memory
 from flightllm.hw.buffers import BufferMemory
 
 SPEC = BufferSpec(4, 8)
 
 
 class _Harness(Elaboratable):
-    def __init__(self, clients, read_ports=1):
-        self.arb = BufferArbiter(SPEC, clients, read_ports=read_ports)
-        self.mem = BufferMemory(SPEC, read_ports=read_ports)
+    def __init__(self, clients, read_ports=1, write_ports=1):
+        self.arb = BufferArbiter(SPEC, clients, read_ports=read_ports, write_ports=write_ports)
+        self.mem = BufferMemory(SPEC, read_ports=read_ports, write_ports=write_ports)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.arb, m.submodules.mem = self.arb, self.mem
-        wr = self.mem.write
-        for rd, arb in zip(self.mem.read, self.arb.read):
-            m.d.comb += [rd.en.eq(arb.en), rd.addr.eq(arb.addr), arb.data.eq(rd.data)]
-        m.d.comb += [wr.addr.eq(self.arb.write.addr), wr.data.eq(self.arb.write.data),
-                     wr.be.eq(self.arb.write.be)]
+        connect_memory(m, self.arb, self.mem)
         return m
 
 
 def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False,
-         read_ports: int = 1):
+         read_ports: int = 1, write_ports: int = 1):
     rng = random.Random(seed)
-    dut = _Harness(clients, read_ports)
+    dut = _Harness(clients, read_ports, write_ports)
     plans = [[(rng.randrange(SPEC.depth), rng.random() < 0.4, rng.getrandbits(32),
                rng.getrandbits(4)) for _ in range(requests)] for _ in range(clients)]
     model = {r: 0 for r in range(SPEC.depth)}
     expected = [[] for _ in range(clients)]
     got = [[] for _ in range(clients)]
     index = [0] * clients
-    dual, two_reads = [0], [0]
+    dual, two_reads, two_writes = [0], [0], [0]
 
     async def bench(ctx):
         cycles = 0
@@ -65,7 +61,9 @@ def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False,
                 if ctx.get(c.rsp.valid) and ctx.get(c.rsp.ready):
                     taken.append((i, ctx.get(c.rsp.payload)))
             writes = [i for i in accepted if plans[i][index[i]][1]]
-            assert len(writes) <= 1 and len(accepted) - len(writes) <= read_ports
+            banks = [plans[i][index[i]][0] % write_ports for i in writes]
+            assert len(set(banks)) == len(banks), "two writes to one bank in a cycle"
+            assert len(accepted) - len(writes) <= read_ports
             for i in sorted(accepted, key=lambda i: plans[i][index[i]][1]):
                 addr, write, value, be = plans[i][index[i]]
                 if write:
@@ -77,8 +75,9 @@ def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False,
                 else:
                     expected[i].append(model[addr] ^ (1 if corrupt else 0))
                 index[i] += 1
-            dual[0] += len(writes) == 1 and len(accepted) >= 2
+            dual[0] += len(writes) >= 1 and len(accepted) > len(writes)
             two_reads[0] += len(accepted) - len(writes) == 2
+            two_writes[0] += len(writes) == 2
             for i, value in taken:
                 got[i].append(value)
             await ctx.tick()
@@ -88,26 +87,32 @@ def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False,
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    return expected, got, index, dual[0], two_reads[0]
+    return expected, got, index, dual[0], two_reads[0], two_writes[0]
 
 
-@pytest.mark.parametrize("clients,seed,ports", [(1, 1, 1), (2, 2, 1), (3, 3, 1), (4, 4, 1),
-                                                (2, 6, 2), (3, 7, 2), (5, 8, 2)])
-def test_reads_see_committed_writes(clients, seed, ports):
-    """With two read ports, two clients' reads in one cycle each see the committed row."""
-    expected, got, index, dual, two_reads = _run(clients, seed, read_ports=ports)
+@pytest.mark.parametrize("clients,seed,ports,banks", [
+    (1, 1, 1, 1), (2, 2, 1, 1), (3, 3, 1, 1), (4, 4, 1, 1), (2, 6, 2, 1), (3, 7, 2, 1),
+    (5, 8, 2, 1), (3, 9, 1, 2), (4, 10, 2, 2)])
+def test_reads_see_committed_writes(clients, seed, ports, banks):
+    """With two read ports, two clients' reads in one cycle each see the committed row; with
+    two banks, two writes to rows of different banks go through in one cycle."""
+    expected, got, index, dual, two_reads, two_writes = _run(clients, seed, read_ports=ports,
+                                                             write_ports=banks)
     assert index == [60] * clients
     assert got == expected
     assert sum(map(len, got)) > 0
     if clients > 1:
         assert dual > 0  # the same-cycle read and write case was exercised
     assert (two_reads > 0) == (ports == 2)
+    assert (two_writes > 0) == (banks == 2)
 
 
 def test_a_wrong_model_is_caught():
-    expected, got, _, _, _ = _run(2, 5, corrupt=True)
+    expected, got, *_ = _run(2, 5, corrupt=True)
     assert got != expected
-    expected, got, _, _, _ = _run(3, 5, corrupt=True, read_ports=2)
+    expected, got, *_ = _run(3, 5, corrupt=True, read_ports=2)
+    assert got != expected
+    expected, got, *_ = _run(3, 5, corrupt=True, write_ports=2)
     assert got != expected
 
 
@@ -145,38 +150,56 @@ def test_a_reader_and_a_writer_both_run_at_the_row_rate():
     assert max(done.values()) <= rows + 2, done
 
 
+def _cycles_to_serve(dut, rows: int, request) -> int:
+    """Cycles until every client of ``dut`` has had ``rows`` requests accepted, each asking
+    every cycle; ``request(i, n)`` is client i's n-th request (a payload dict)."""
+    clients = len(dut.arb.clients)
+    done = [None] * clients
+
+    async def bench(ctx):
+        counts = [0] * clients
+        for cycle in range(4 * rows):
+            for i, c in enumerate(dut.arb.clients):
+                ctx.set(c.req.valid, counts[i] < rows)
+                ctx.set(c.req.payload, request(i, counts[i]))
+                ctx.set(c.rsp.ready, 1)
+            for i, c in enumerate(dut.arb.clients):
+                counts[i] += ctx.get(c.req.valid) and ctx.get(c.req.ready)
+                if counts[i] == rows and done[i] is None:
+                    done[i] = cycle + 1
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert None not in done
+    return max(done)
+
+
 def test_two_read_ports_serve_two_readers_at_the_row_rate():
     """Two clients each read a row every cycle while a third writes one every cycle: with two
     read ports all three finish in about as many cycles as they have requests; with one, the
     readers take turns and need twice as many."""
     rows = 40
 
-    def finish(read_ports):
-        dut = _Harness(3, read_ports)
-        done = [None] * 3
+    def request(i, n):
+        write = i == 2
+        return {"addr": (n + 3 * i) % SPEC.depth, "write": write, "data": n,
+                "be": 0xF if write else 0}
 
-        async def bench(ctx):
-            counts = [0, 0, 0]
-            for cycle in range(4 * rows):
-                for i, c in enumerate(dut.arb.clients):
-                    write = i == 2
-                    ctx.set(c.req.valid, counts[i] < rows)
-                    ctx.set(c.req.payload, {"addr": (counts[i] + 3 * i) % SPEC.depth,
-                                            "write": write, "data": counts[i],
-                                            "be": 0xF if write else 0})
-                    ctx.set(c.rsp.ready, 1)
-                for i, c in enumerate(dut.arb.clients):
-                    counts[i] += ctx.get(c.req.valid) and ctx.get(c.req.ready)
-                    if counts[i] == rows and done[i] is None:
-                        done[i] = cycle + 1
-                await ctx.tick()
+    assert _cycles_to_serve(_Harness(3, 2), rows, request) <= rows + 2
+    assert _cycles_to_serve(_Harness(3, 1), rows, request) >= 2 * rows - 2
 
-        sim = Simulator(dut)
-        sim.add_clock(1e-8)
-        sim.add_testbench(bench)
-        sim.run()
-        assert None not in done
-        return max(done)
 
-    assert finish(2) <= rows + 2
-    assert finish(1) >= 2 * rows - 2
+def test_two_banks_take_two_writers_at_the_row_rate():
+    """Two clients each write a row every cycle, one the even rows and one the odd: with two
+    banks both finish in about as many cycles as they have rows; with one write port they
+    take turns and need twice as many."""
+    rows = 40
+
+    def request(i, n):
+        return {"addr": (2 * n + i) % SPEC.depth, "write": 1, "data": n, "be": 0xF}
+
+    assert _cycles_to_serve(_Harness(2, write_ports=2), rows, request) <= rows + 2
+    assert _cycles_to_serve(_Harness(2, write_ports=1), rows, request) >= 2 * rows - 2

@@ -223,6 +223,12 @@ def test_u280_buffers_map_to_ultraram():
         "abuf": 8 * 4, "wbuf": 2 * 8 * 8, "rbuf": 8 * 4, "pbuf": 8 * 2}
     assert {n: b["read_ports"] for n, b in buffers.items()} == {
         "abuf": 1, "wbuf": 2, "rbuf": 1, "pbuf": 1}
+    # Two LD lanes: WBUF is two banks of 16,384 rows (the same URAMs), and each read port
+    # picks its bank's row with a LUT per bit.
+    assert preset("u280").ld_lanes == 2
+    assert {n: b["banks"] for n, b in buffers.items()} == {
+        "abuf": 1, "wbuf": 2, "rbuf": 1, "pbuf": 1}
+    assert buffers["wbuf"]["lut"] == 2 * 512 and buffers["abuf"]["lut"] == 0
     assert all(b["bram36"] == 0 for b in buffers.values())
 
 

@@ -104,3 +104,24 @@ def test_gather_of_uneven_row_slices():
     for c in range(3):
         got = sim.cores[c].mem[Buffer.RBUF][:rows * stride].reshape(rows, stride)
         np.testing.assert_array_equal(got, want)
+
+
+def test_ld_channels_writing_the_same_bytes_is_an_error():
+    # The hardware may move an LD's channels in different lanes (ld_lanes), so two channels
+    # writing one byte have no defined order: the golden model refuses it, naming both.
+    import pytest
+
+    from flightllm.sim.golden import ProgramError
+    sim = GoldenSimulator(preset("tiny"))
+    # Interleaved 64-byte pieces: channel 0 at 0, 128, ..., channel 1 at 64, 192, ...
+    woven = Instruction(Opcode.LD, buf=Buffer.WBUF, buf_addr=0, len=64, n1=4, hbm_stride1=64,
+                        buf_stride1=128, n2=2, hbm_stride2=256, buf_stride2=512, nch=2,
+                        ch_stride=64)
+    sim.run([[woven]])
+    for clash in (woven.replace(ch_stride=32),                 # neighbours overlap
+                  woven.replace(ch_stride=128),                # channel 1 on channel 0's m+1
+                  woven.replace(n1=1, n2=1, ch_stride=0)):     # both at one address
+        with pytest.raises(ProgramError, match="channels 0 and 1 both write"):
+            GoldenSimulator(preset("tiny")).run([[clash]])
+    # One channel may overwrite its own bytes (it moves them in order).
+    GoldenSimulator(preset("tiny")).run([[woven.replace(nch=1, buf_stride1=32)]])

@@ -153,21 +153,26 @@ def test_a_load_moves_one_beat_per_cycle_whatever_its_channels():
     assert wide.cycles == ISSUE + 2 * (256 + SEG) + LAT + DRAIN
 
 
-def test_load_lanes_are_a_what_if():
-    # ld_lanes (not the RTL): channels' segments move side by side, each lane one beat per
-    # cycle, so two channels on two lanes take one channel's time.
+def test_load_lanes_move_channels_side_by_side():
+    # ld_lanes = 2: channels' segments move side by side, each lane one beat per cycle, so
+    # two channels on two lanes take one channel's time (the timing's ld_lanes, a what-if,
+    # gives the same).
     both = Instruction(Opcode.LD, buf=Buffer.ABUF, buf_addr=0, chan=0, nch=2, ch_stride=4096,
                        hbm_addr=0, len=4096, n1=1, n2=1)
     cfg = CFG.replace(abuf=BufferSpec(64, 512))   # the buffer's row port does not bind
+    assert run([[both]], cfg=cfg.replace(ld_lanes=2)).cycles == ISSUE + 512 + GAP + LAT + DRAIN
     lanes = UnitTiming(**NO_FETCH, ld_lanes=2)
     assert run([[both]], cfg=cfg, timing=lanes).cycles == ISSUE + 512 + GAP + LAT + DRAIN
     assert run([[both]], cfg=cfg).cycles == ISSUE + 2 * (512 + SEG) + LAT + DRAIN
-    # Each lane writes its own bank: with 32-byte beats and 16-byte rows (256 per channel)
-    # the one write port binds a single lane at 512 rows, two lanes at 256 rows each.
+    # Each lane writes its own bank of WBUF: with 32-byte beats and 16-byte rows (256 per
+    # channel) the one write port binds a single lane at 512 rows, two lanes at 256 rows
+    # each. ABUF has one write port, which binds two lanes as it does one.
     narrow = CFG.replace(axi_data_bits=256)
-    one = run([[both]], cfg=narrow).cycles
-    two = run([[both]], cfg=narrow, timing=lanes).cycles
+    wbuf = both.replace(buf=Buffer.WBUF)
+    one = run([[wbuf]], cfg=narrow).cycles
+    two = run([[wbuf]], cfg=narrow.replace(ld_lanes=2)).cycles
     assert one >= ISSUE + 512 + LAT + DRAIN and two < ISSUE + 512 - 128
+    assert run([[both]], cfg=narrow.replace(ld_lanes=2)).cycles >= ISSUE + 512 + LAT + DRAIN
 
 
 def test_load_cycles_and_contiguity():

@@ -20,7 +20,8 @@ from amaranth.lib.wiring import In, Out
 
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Buffer
-from flightllm.hw.bufport import BufferArbiter, client_ports, read_ports, row_client_signature
+from flightllm.hw.bufport import (BufferArbiter, client_ports, connect_memory, read_ports,
+                                  row_client_signature, write_ports)
 from flightllm.hw.buffers import BufferMemory
 
 BUFFERS = ("abuf", "wbuf", "rbuf", "pbuf")
@@ -68,18 +69,16 @@ class UnitHarness(wiring.Component):
         init = self._init if self._init is not None else initial_contents(self.cfg)
         for name in BUFFERS:
             spec = self.cfg.buffer(name)
-            ports = read_ports(self.cfg, name)
-            mem = BufferMemory(spec, read_ports=ports,
+            ports, banks = read_ports(self.cfg, name), write_ports(self.cfg, name)
+            mem = BufferMemory(spec, read_ports=ports, write_ports=banks,
                                init=_rows_as_ints(init[name], spec.width))
             # The unit's ports (a second one, ``<name>_b``, where it has two read streams),
             # then the host's.
             users = client_ports([unit], name)
-            arb = BufferArbiter(spec, len(users) + 1, read_ports=ports)
+            arb = BufferArbiter(spec, len(users) + 1, read_ports=ports, write_ports=banks)
             m.submodules[f"{name}_mem"] = mem
             m.submodules[f"{name}_arb"] = arb
-            for k in range(ports):
-                wiring.connect(m, arb.read[k], mem.read[k])
-            wiring.connect(m, arb.write, mem.write)
+            connect_memory(m, arb, mem)
             for i, port in enumerate(users):
                 wiring.connect(m, port, arb.clients[i])
             wiring.connect(m, wiring.flipped(getattr(self, f"host_{name}")),
