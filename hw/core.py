@@ -33,11 +33,12 @@ from amaranth.lib.wiring import In, Out
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Opcode
 from flightllm.contract.regmap import ErrorCode
+from flightllm.hw.axi import axi4_read_signature, axi4_signature
 from flightllm.hw.bufport import (BUFFERS, BufferArbiter, buffer_clients, client_ports,
                                   connect_memory, read_ports, row_client_signature,
                                   write_ports)
 from flightllm.hw.buffers import BufferMemory, suggested_ram_style
-from flightllm.hw.dma import LoadEngine, StoreEngine, axi4_read_signature, axi4_signature
+from flightllm.hw.dma import LoadEngine, StoreEngine
 from flightllm.hw.fetch import InstructionFetch
 from flightllm.hw.isa_layouts import instruction_bits, instruction_layout
 from flightllm.hw.sync import SyncUnit, sync_port_signature

@@ -32,7 +32,7 @@ from flightllm.contract.isa import (
 )
 from flightllm.contract.isa import BINDING_LAYOUT as BINDING_OFFSETS
 from flightllm.contract.regmap import ErrorCode
-from flightllm.hw.dma import axi4_read_signature, burst_beats
+from flightllm.hw.axi import axi4_read_signature, burst_beats
 from flightllm.hw.isa_layouts import HEADER_LAYOUT, max_instruction_words
 
 __all__ = ["decoded_layout", "InstructionFetch", "FETCH_BURST"]
@@ -103,7 +103,6 @@ class InstructionFetch(wiring.Component):
 
         start_addr = Signal(64)
         m.d.comb += start_addr.eq(self.base + (self.offset << 2))
-        first_lane = Signal(max(lane_bits, 1))
         beats_left = Signal(33)      # beats still to request
         next_addr = Signal(64)
         words_left = Signal(32)      # words still to hand to the decoder

@@ -29,10 +29,10 @@ from amaranth.lib.wiring import In, Out
 
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Opcode
-from flightllm.contract.regmap import INSTR_PORT, axi_masters, register_map
+from flightllm.contract.regmap import axi_masters, register_map
 from flightllm.hw.control import ControlSlave, axi_lite_signature
 from flightllm.hw.core import DEFAULT_WATCHDOG, Core
-from flightllm.hw.dma import axi4_signature
+from flightllm.hw.axi import axi4_signature
 from flightllm.hw.hierarchy import ModuleLibrary
 from flightllm.hw.sync import SyncHub
 from flightllm.paths import cache_dir

@@ -79,7 +79,7 @@ class UnitTiming:
             included; hw/fetch.py).
         queue_latency: Cycles from the decoder's push to the FIFO presenting the head.
         transfer_issue: LD/ST cycles from start to the first request (dispatch, then the
-            engine's IDLE -> CHECK -> SEGMENT -> BURST states, hw/dma.py).
+            engine's IDLE -> CHECK -> SEGMENT -> BURST states, hw/transfer.py).
         transfer_drain: LD/ST cycles from the last beat to the queue seeing ``done``: the row
             writer's last partial row, the DRAIN state, the core's done handshake.
         segment_overhead: Data-path cycles per segment beyond its beats. The LD/ST data path

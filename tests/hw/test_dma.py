@@ -12,7 +12,8 @@ import pytest
 from flightllm.contract.config import BufferSpec, preset
 from flightllm.contract.isa import Buffer, Instruction, Opcode
 from flightllm.contract.regmap import ErrorCode, channel_port
-from flightllm.hw.dma import LoadEngine, width_groups
+from flightllm.hw.bufport import width_groups
+from flightllm.hw.dma import LoadEngine
 
 from .core_harness import run_core
 from .kernel_programs import IMAGE_BYTES, golden_images, random_transfer_program, words_of
