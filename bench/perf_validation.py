@@ -144,7 +144,9 @@ def _rtl_steps(build, prompt: list[int], decode_steps: int) -> list[dict]:
     session = Session(build, RtlDevice(build.config), timeout_s=3600)
     for _ in session.generate(prompt, decode_steps):
         pass
-    return [{"phase": c.phase, "seq": c.seq, "kv": c.kv, "pos": c.pos, "rtl_cycles": c.cycles}
+    return [{"phase": c.phase, "seq": c.seq, "kv": c.kv, "pos": c.pos, "rtl_cycles": c.cycles,
+             "rtl_busy": {u: sum(c.busy.get(f"c0_{k}", 0) for k in keys)
+                          for u, keys in BUSY.items()}}
             for c in session.counters]
 
 
@@ -188,7 +190,8 @@ def main() -> int:
                 elif earlier["programs"] != _checksums(build):
                     print(f"{args.rtl_from}: recorded for other programs; run the RTL again")
                     return 2
-                steps = [{k: s[k] for k in ("phase", "seq", "kv", "pos", "rtl_cycles")}
+                steps = [{k: s[k] for k in ("phase", "seq", "kv", "pos", "rtl_cycles",
+                                            "rtl_busy") if k in s}
                          for s in earlier["steps"]]
             else:
                 steps = _rtl_steps(build, prompt, args.decode_steps)
@@ -202,8 +205,9 @@ def main() -> int:
         programs = _checksums(build)
         for step in steps:
             program = build.program(step["phase"])
-            step["predicted_cycles"] = model.run(program, seq=step["seq"], kv=step["kv"],
-                                                 pos=step["pos"]).cycles
+            r = model.run(program, seq=step["seq"], kv=step["kv"], pos=step["pos"])
+            step["predicted_cycles"] = r.cycles
+            step["predicted_busy"] = dict(r.busy[0])
             rtl = step["rtl_cycles"]
             step["error"] = (step["predicted_cycles"] - rtl) / rtl if rtl else None
     print(f"{'phase':8} {'seq':>4} {'kv':>4} {'RTL cycles':>11} {'predicted':>10} {'error':>7}")
@@ -211,6 +215,10 @@ def main() -> int:
         err = f"{100 * s['error']:+6.1f}%" if s["error"] is not None else "   n/a"
         print(f"{s['phase']:8} {s['seq']:4} {s['kv']:4} {s['rtl_cycles']:11} "
               f"{s['predicted_cycles']:10} {err}")
+        if "rtl_busy" in s:
+            print("    busy model/RTL: " + "  ".join(
+                f"{u} {s['predicted_busy'][u]}/{s['rtl_busy'][u]}" for u in BUSY
+                if s["rtl_busy"][u] or s["predicted_busy"][u]))
     worst = max(abs(s["error"]) for s in steps if s["error"] is not None)
     ok = worst <= TOLERANCE
     print(f"worst error {100 * worst:.1f}% (bar: {100 * TOLERANCE:.0f}%): "
