@@ -395,10 +395,14 @@ class DSPChain(wiring.Component):
                     m.d.comb += result.y[lane][r].eq(acc)
                     continue
                 # One adder per accumulator: the pass's bank is read, added to and written.
+                # The first pass of a strip clears with an AND, not a Mux: a 2:1 mux after the
+                # bank's 4:1 is a 5-input mux that Yosys's -widemux turns into four LUT2s and
+                # three MUXF7/8 per bit (+3k LUTs a chain), where the AND folds into the
+                # adder's LUTs.
                 banks = [Signal(signed(32), name=f"acc{r}_{lane}_p{g}", reset_less=True)
                          for g in range(G)]
                 total = Signal(signed(32), name=f"acc{r}_{lane}_next")
-                m.d.comb += total.eq(Mux(done.first, 0, mux_tree(banks, done.pair))
+                m.d.comb += total.eq((mux_tree(banks, done.pair) & ~done.first.replicate(32))
                                      + add[lane])
                 for g, acc in enumerate(banks):
                     with m.If(update & (done.pair == g)):
