@@ -33,7 +33,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from flightllm.contract.config import AcceleratorConfig
-from flightllm.contract.isa import Buffer, Instruction, MiscFunc, Opcode, WeightBits
+from flightllm.contract.isa import Buffer, Instruction, MiscFunc, Opcode, OutMode, WeightBits
+from flightllm.contract.params import REQUANT_RECORD_BYTES
 
 __all__ = ["UnitTiming", "MatrixCost", "matrix_cost", "misc_cycles", "buffer_port_cycles",
            "ld_lanes",
@@ -192,6 +193,15 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
     group_rows, pair_rows = rows - 2 * (pairs - sizes[-1]), rows - 2 * (pairs - 1)
     fill += ((sizes[0] - 1) * kb
              + (group_rows - pair_rows) * min(strips, chains) // t.output_rows_per_cycle)
+    # Requantising results need a strip's 16 parameter records (128 bytes of PBUF). The unit
+    # reads them one strip ahead, so when a round of chains finishes together each further
+    # strip of the round waits for its PBUF read, less the rows the strip before it puts
+    # out meanwhile (tiny MV: 8 rows of 16 bytes against 1; u280: 2 of 64, ~1 % of a
+    # full-size MV; an MM's rows hide it). Measured on the matrix unit bench.
+    if ins.out_mode != OutMode.ACC32 and not ins.p_uniform:
+        exposed = (_ceil(16 * REQUANT_RECORD_BYTES, cfg.pbuf.width)
+                   - _ceil(rows, t.output_rows_per_cycle))
+        fill += (min(strips, chains) - 1) * max(exposed, 0)
     block_bytes = word * (header + values)
     weight_bytes = strips * (word * table + kb * block_bytes)
     # The weights of every read come through the WBUF read ports; chain c reads through

@@ -72,6 +72,24 @@ def test_mv_model_is_close_to_the_rtl_engine_bench():
         assert abs(r.cycles - cycles) / cycles < 0.02, (keep, r.cycles)
 
 
+def test_requantising_waits_for_each_strips_parameters():
+    # A Q8/Q32 result needs its strip's 128 bytes of parameter records; the unit reads them
+    # one strip ahead, so the strips of a round that finish together wait for the PBUF rows
+    # of all but the first (ENGINE: 16-byte rows, 8 a strip, less the one row the strip
+    # before puts out). The matrix unit bench: dense INT4 MV of 4 strips x 4 blocks on 4
+    # chains, ACC32 116 cycles and Q32 139 in the RTL; the model adds 3 x 7 = 21.
+    from flightllm.contract.isa import OutMode
+    acc = run([[mv(strips=4, kb=4)]]).cycles
+    assert run([[mv(strips=4, kb=4, out_mode=OutMode.Q32)]]).cycles == acc + 3 * 7
+    assert run([[mv(strips=4, kb=4, out_mode=OutMode.Q8, p_uniform=1)]]).cycles == acc
+    assert run([[mv(strips=1, kb=4, out_mode=OutMode.Q32)]]).cycles == \
+        run([[mv(strips=1, kb=4)]]).cycles
+    # An MM's rows hide it: 8 rows a strip take as long as the strip's parameter rows.
+    mm = Instruction(Opcode.MM, w_addr=0, wbits=WeightBits.INT4, n_strips=4, k_blocks=4,
+                     x_addr=0, out_addr=0, m_rows=8)
+    assert run([[mm.replace(out_mode=OutMode.Q32)]]).cycles == run([[mm]]).cycles
+
+
 def test_the_wbuf_port_bounds_the_engine():
     # tiny's WBUF serves one 16-byte row per cycle to all four chains: 8 strips x 8 blocks x
     # 128 bytes take 512 cycles of the port, more than the chains' 272.
