@@ -44,7 +44,7 @@ from flightllm.contract.numerics import INT32_MAX, INT32_MIN
 __all__ = [
     "RAM_STYLES", "BufferMemory", "split_address", "address_row", "address_lane",
     "suggested_ram_style", "read_port_signature", "write_port_signature",
-    "acc_port_signature",
+    "acc_port_signature", "check_write_ports",
 ]
 
 #: Accepted ``ram_style`` values; ``"auto"`` writes no attribute.
@@ -61,6 +61,14 @@ def _check_spec(spec) -> BufferSpec:
         raise ValueError(f"buffer width must be a power of two and depth positive, not "
                          f"{spec.width} x {spec.depth}")
     return spec
+
+
+def check_write_ports(spec: BufferSpec, write_ports) -> None:
+    """Raise ValueError unless ``write_ports`` (banks of rows) is 1, 2 or 4 and divides the
+    buffer's depth."""
+    if write_ports not in (1, 2, 4) or spec.depth % write_ports:
+        raise ValueError(f"write_ports must be 1, 2 or 4 and divide the depth "
+                         f"({spec.depth} rows), not {write_ports!r}")
 
 
 def _lane_bits(spec: BufferSpec) -> int:
@@ -142,9 +150,7 @@ class BufferMemory(wiring.Component):
     def __init__(self, spec: BufferSpec, *, read_ports: int = 1, acc_port: bool = False,
                  ram_style: str = "auto", init=(), write_ports: int = 1):
         _check_spec(spec)
-        if write_ports not in (1, 2, 4) or spec.depth % write_ports:
-            raise ValueError(f"write_ports must be 1, 2 or 4 and divide the depth "
-                             f"({spec.depth} rows), not {write_ports!r}")
+        check_write_ports(spec, write_ports)
         if acc_port and write_ports > 1:
             raise ValueError("a banked buffer (write_ports > 1) has no accumulate port")
         self.banks = write_ports

@@ -41,8 +41,7 @@ BUFFERS = tuple(b.name.lower() for b in Buffer)
 
 __all__ = ["BUFFERS", "row_request_layout", "row_client_signature", "buffer_clients",
            "read_ports", "write_ports", "port_names", "client_ports", "width_groups",
-           "shared_spec",
-           "route_requests", "connect_memory", "BufferArbiter"]
+           "shared_spec", "route_requests", "connect_memory", "BufferArbiter"]
 
 
 def row_request_layout(spec: BufferSpec) -> data.StructLayout:
@@ -78,7 +77,8 @@ def write_ports(cfg: AcceleratorConfig, name: str) -> int:
 
 def port_names(name: str) -> tuple[str, str]:
     """A unit's row-client ports on buffer ``name``: ``name``, and ``name_b`` for a second
-    stream of reads that can take a second read port (the matrix unit's odd chains on WBUF)."""
+    stream of requests that can take a second port in the same cycle (the matrix unit's odd
+    chains reading WBUF, the LD's second lane writing it)."""
     return name, f"{name}_b"
 
 
@@ -159,14 +159,12 @@ class BufferArbiter(wiring.Component):
 
     def __init__(self, spec: BufferSpec, clients: int, *, read_ports: int = 1,
                  write_ports: int = 1):
-        from .buffers import read_port_signature, write_port_signature
+        from .buffers import check_write_ports, read_port_signature, write_port_signature
         if not isinstance(clients, int) or clients < 1:
             raise ValueError(f"clients must be a positive integer, not {clients!r}")
         if read_ports not in (1, 2):
             raise ValueError(f"read_ports must be 1 or 2, not {read_ports!r}")
-        if write_ports not in (1, 2, 4) or spec.depth % write_ports:
-            raise ValueError(f"write_ports must be 1, 2 or 4 and divide the depth, not "
-                             f"{write_ports!r}")
+        check_write_ports(spec, write_ports)
         self.spec, self.n, self.read_ports = spec, clients, read_ports
         self.write_ports = write_ports
         write = Out(write_port_signature(spec))

@@ -87,12 +87,7 @@ class LoadEngine(wiring.Component):
                 m.d.comb += lane.hbm_base[i].eq(self.hbm_base[i])
         for i, axi in enumerate(self.axi):
             # Channel i is lane (i mod lanes)'s; the other lanes never address it.
-            owner = lanes[i % self.lanes].axi[i]
-            for name, member in axi.signature.members.items():
-                if member.flow == Out:
-                    m.d.comb += getattr(axi, name).eq(getattr(owner, name))
-                else:
-                    m.d.comb += getattr(owner, name).eq(getattr(axi, name))
+            wiring.connect(m, lanes[i % self.lanes].axi[i], wiring.flipped(axi))
 
         # Every lane takes the command at once (each is idle only between LDs).
         ready = Cat(*(lane.cmd.ready for lane in lanes)).all()

@@ -37,8 +37,7 @@ from flightllm.contract.isa import Buffer, Instruction, MiscFunc, Opcode, OutMod
 from flightllm.contract.params import REQUANT_RECORD_BYTES
 
 __all__ = ["UnitTiming", "MatrixCost", "matrix_cost", "misc_cycles", "buffer_port_cycles",
-           "ld_lanes",
-           "datapath_cycles", "sys_cycles"]
+           "ld_lanes", "datapath_cycles", "sys_cycles"]
 
 
 @dataclass(frozen=True)
