@@ -13,9 +13,11 @@ weight_beat_layout` (``mv_k`` slots = ``mv_k / N`` block rows of ``N`` pairs eac
 input format: slot ``j`` of pass ``p`` is entry ``j % N`` of row ``p * mv_k / N + j // N`` with
 weight ``v * m`` (``m = 1`` without multipliers) and its 4-bit column (``j % 16`` when dense).
 
-Throughput: one word per cycle while a block's values stream, one beat per cycle out; each
-block costs one extra cycle to drain its last beat and select the next block (plus one more for
-2-bit weights, whose words carry two beats). A matrix is described by one command beat; a code
+Throughput: one word per cycle, one beat per cycle out. A block's first header word is taken
+in the cycle that selects the block, once the block before has put out its last beat, so a
+block with a header costs one cycle per word; a block without one (dense, no multipliers)
+costs one extra cycle to select it (plus one more for 2-bit weights, whose words carry two
+beats). A matrix is described by one command beat; a code
 byte above 3, a weight width other than 2/4/8 or multipliers on 8-bit weights set the sticky
 ``format_error`` output (cleared by the next command) and the block is read as ``code & 3``.
 """
@@ -233,7 +235,25 @@ class Dequantiser(wiring.Component):
                             blk_last.eq(k == cfg.k_blocks - 1), k.eq(k + 1), ep.eq(0),
                             idx_cnt.eq(0), vwords.eq(start_n_words),
                         ]
-                        with m.If(cfg.gscale):
+                        # The block's first header word (its multipliers, else its first
+                        # index word) is taken in this cycle too: the emitter is done with
+                        # the last block's header once ``drained``, and the switch then
+                        # costs no cycle of its own (17 for a 4-bit block with multipliers,
+                        # one per word).
+                        has_header = cfg.gscale | (start_code != 3)
+                        m.d.comb += self.words.ready.eq(has_header)
+                        with m.If(has_header & self.words.valid):
+                            with m.If(cfg.gscale):
+                                m.d.sync += mult.eq(word)
+                                with m.If(start_code != 3):
+                                    m.next = "INDEX"
+                                with m.Else():
+                                    m.next = "VALUES"
+                            with m.Else():
+                                m.d.sync += [idx_store.word_select(0, 64).eq(word),
+                                             idx_cnt.eq(1)]
+                                m.next = "INDEX"
+                        with m.Elif(cfg.gscale):
                             m.next = "MULT"
                         with m.Elif(start_code != 3):
                             m.next = "INDEX"

@@ -6,7 +6,7 @@ the RTL unit benches recorded in docs/hw_datapath.md (``tiny``, no stalls):
 
 * **Matrix engine** (MM, MV). Strip ``s`` of an instruction runs on chain ``s mod chains``, each
   chain behind its own dequantiser. A chain spends, per strip, one cycle per 8-byte word of the
-  strip's code table, then per 16x16 block ``block_switch + header words + max(value words,
+  strip's code table, then per 16x16 block ``max(block_switch, header words) + max(value words,
   chain passes)``: header words are the group-multiplier word and the 4-bit indices (N words
   for N < 16), value words ``N * bits / 4``, passes ``16 N / mv_k``. The slowest chain sets the
   time; MM repeats the weights once per pair of token rows; the output stage writes one
@@ -47,7 +47,8 @@ class UnitTiming:
     Attributes:
         chains: DSP chains per core (None: ``mv_rows``, the matrix engine's default).
         dequant_word_bytes: WBUF bytes a dequantiser reads per cycle.
-        block_switch: Dequantiser cycles between blocks.
+        block_switch: Dequantiser cycles to select a block; a block with header words takes
+            its first one in the same cycle (hw/dequant.py).
         chain_latency_extra: Chain pipeline beyond ``mv_k`` (a strip's result leaves
             ``mv_k + 8`` edges after its last pass: ``hw.dsp_chain.DSPChain.latency``, which a
             test keeps in step).
@@ -174,13 +175,17 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
     table = _ceil(kb, word) if ins.sparse else 0
     chains = t.chains or cfg.mv_rows
 
+    # The dequantiser takes a block's first header word in the cycle that selects the block,
+    # so only a block without a header pays the switch on its own.
+    lead = max(t.block_switch, header)
+
     def strip_time(size: int) -> int:
         passes = max(16 * n_keep // cfg.mv_k, 1) * size
         if size == 1:
-            return table + kb * (t.block_switch + header + max(values, passes))
+            return table + kb * (lead + max(values, passes))
         # A chain holding each pass for several pairs hides the dequantiser's block switch
         # (the engine bench: no bubble between blocks once the passes outlast the words).
-        return table + kb * max(t.block_switch + header + values, passes)
+        return table + kb * max(lead + values, passes)
 
     per_chain = sum(_ceil(strips, chains) * strip_time(size) for size in sizes)
     chain_time = per_chain + (reads - 1) * t.mm_pair_switch
