@@ -17,7 +17,8 @@ pairs, as the full-size presets do with 4) and writes ``perf_validation_g<N>.jso
 ``--wbuf-read-ports 2`` builds it with a second WBUF read port (as the full-size presets) and
 writes ``perf_validation_r2.json`` (both: ``perf_validation_g<N>_r2.json``); ``--ld-lanes 2``
 builds it with two LD lanes and a banked WBUF (with two read ports as well, as the full-size
-presets: ``perf_validation_r2_l2.json``).
+presets: ``perf_validation_r2_l2.json``); ``--wide-heads`` builds a synthetic model of
+head-dim 32 instead, whose K/V caches are split over two channels (``..._wide.json``).
     python bench/perf_validation.py --build DIR --rtl-from bench/results/perf_validation.json
 
 ``--rtl-from`` takes the RTL cycles of an earlier run and only predicts again: the way to check
@@ -113,8 +114,21 @@ def _variant_suffix(pair_group: int, read_ports: int, lanes: int = 1) -> str:
         (f"_r{read_ports}" if read_ports != 1 else "") + (f"_l{lanes}" if lanes != 1 else "")
 
 
+def _wide_heads_ir():
+    """A synthetic LLaMA-style model with head-dim 32 (the bundled export's is 16): its K/V
+    caches are split over two channels, one per LD lane (docs/compiler.md); the same shape
+    as tests/compiler/test_lower.py's WIDE_HEADS."""
+    from flightllm.compiler.ir import ModelConfig
+    from flightllm.compiler.presets import build_ir
+    return build_ir(ModelConfig(
+        name="wide-heads", arch="llama", vocab_size=256, hidden_size=64, num_layers=2,
+        num_heads=2, num_kv_heads=2, head_dim=32, intermediate_size=96, norm="rms",
+        norm_eps=1e-5, activation="silu", gated_mlp=True, position="rope", rope_theta=1e4),
+        "synthetic", seed=3)
+
+
 def _build(path: Path | None, tmp: Path, pair_group: int = 1, read_ports: int = 1,
-           lanes: int = 1):
+           lanes: int = 1, wide_heads: bool = False):
     from flightllm.host.build import load_build
     if path is not None:
         return load_build(path)
@@ -128,7 +142,8 @@ def _build(path: Path | None, tmp: Path, pair_group: int = 1, read_ports: int = 
     if suffix:
         cfg = cfg.replace(name="tiny" + suffix.replace("_", "-"), mm_pair_group=pair_group,
                           wbuf_read_ports=read_ports, ld_lanes=lanes)
-    compile_model(load_onnx(default_model_path()), cfg, out,
+    ir = _wide_heads_ir() if wide_heads else load_onnx(default_model_path())
+    compile_model(ir, cfg, out,
                   CompileOptions(max_len=64, weight_bits=4, calibration_sequences=1))
     return load_build(out)
 
@@ -164,6 +179,10 @@ def main() -> int:
     ap.add_argument("--ld-lanes", type=int, default=1, choices=(1, 2),
                     help="Build tiny with this many LD lanes (results in "
                          "perf_validation_l2.json, or _r2_l2 with --wbuf-read-ports 2).")
+    ap.add_argument("--wide-heads", action="store_true",
+                    help="Build a synthetic model of head-dim 32 instead of the bundled one "
+                         "(its K/V caches split over two channels; results in "
+                         "perf_validation<suffix>_wide.json).")
     ap.add_argument("--rtl-from", type=Path, default=None,
                     help="Reuse the RTL cycles recorded in this result file.")
     args = ap.parse_args()
@@ -171,13 +190,14 @@ def main() -> int:
         return _rtl_cycles_table(args.rtl_from)
     prompt = [int(t) for t in args.prompt_ids.split(",")]
     RESULTS.mkdir(exist_ok=True)
-    suffix = _variant_suffix(args.pair_group, args.wbuf_read_ports, args.ld_lanes)
+    suffix = _variant_suffix(args.pair_group, args.wbuf_read_ports, args.ld_lanes) + (
+        "_wide" if args.wide_heads else "")
     out_path = RESULTS / f"perf_validation{suffix}.json"
     from flightllm.sim.hbm_model import RTL_TESTBENCH, HBMParams
     from flightllm.sim.perf import PerfModel, SparsityMap
     with tempfile.TemporaryDirectory() as tmp:
         build = _build(args.build, Path(tmp), args.pair_group, args.wbuf_read_ports,
-                       args.ld_lanes)
+                       args.ld_lanes, args.wide_heads)
         recipe = build.manifest["model"]["recipe"]
         sparsity = SparsityMap.from_placements(build.manifest["tensors"], recipe["sparsity"])
         # The RTL runs against the testbench's memories: the check is against the model of

@@ -113,6 +113,19 @@ class HBMImage:
             self._write(channel, offset, data)
         return self._record(name, (channel,), offset, len(data), dtype, shape, data)
 
+    def reserve_span(self, name: str, part_bytes: int, nch: int, *, dtype: str, shape,
+                     first: int | None = None) -> Placement:
+        """Zeroed room of ``part_bytes`` at one offset on ``nch`` consecutive channels (the
+        first round robin among those with ``nch - 1`` after them, unless given): a region one
+        LD of ``nch`` channels reads, part ``c`` from channel ``first + c``."""
+        if not 1 <= nch <= self.channels:
+            raise AssertionError(f"{name}: {nch} channels of {self.channels}")
+        if first is None:
+            first, self._rr = self._rr % (self.channels - nch + 1), (self._rr + nch) % self.channels
+        chans = tuple(range(first, first + nch))
+        offset = self._reserve(chans, part_bytes)
+        return self._record(name, chans, offset, part_bytes, dtype, shape, bytes(part_bytes * nch))
+
     def place_striped(self, name: str, parts: list[bytes], *, dtype: str, shape) -> Placement:
         """Equal-length parts, part c on channel c, all at one offset."""
         chans = tuple(range(len(parts)))

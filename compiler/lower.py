@@ -310,17 +310,20 @@ class _Program:
         self.gather(Buffer.RBUF, P["r"], P["r_stride"], 64 * mat.lo, 64 * (mat.hi - mat.lo))
 
     def cache_store(self, li: int, src: str, cache) -> None:
-        """New rows of K or V into the cache layout [head][hd/16][max_len][16] at POS."""
+        """New rows of K or V into the cache at POS: on each of the cache's channels ``c``,
+        the layout [head][hd/16/nch][max_len][16] of head-dim blocks ``c * hd/16/nch`` on."""
         P, c = self.plan, self.qm.config
         hd, L = c.head_dim, self.qm.max_len
+        part = hd // 16 // len(cache.channels)  # head-dim blocks on each channel
         for g in range(self.kv_lo, self.kv_hi):
             local = g - self.kv_lo  # heads are numbered from zero in this core's cache
-            self.emit(Opcode.ST, buf=Buffer.ABUF, buf_addr=P[src] + g * hd, chan=cache.channels[0],
-                      hbm_addr=cache.offset + local * hd * L, len=16, n1=hd // 16,
-                      hbm_stride1=16 * L, buf_stride1=16, n2=self.rows, hbm_stride2=16,
-                      buf_stride2=c.num_kv_heads * hd,
-                      bindings=[_offset(LengthReg.POS, "hbm_addr", 4)] + (
-                          [_count(LengthReg.SEQ, "n2")] if self.prefill else []))
+            for i, chan in enumerate(cache.channels):
+                self.emit(Opcode.ST, buf=Buffer.ABUF, buf_addr=P[src] + g * hd + 16 * part * i,
+                          chan=chan, hbm_addr=cache.offset + local * part * 16 * L, len=16,
+                          n1=part, hbm_stride1=16 * L, buf_stride1=16, n2=self.rows,
+                          hbm_stride2=16, buf_stride2=c.num_kv_heads * hd,
+                          bindings=[_offset(LengthReg.POS, "hbm_addr", 4)] + (
+                              [_count(LengthReg.SEQ, "n2")] if self.prefill else []))
 
     def kv_spans(self, sparse: AttentionSparsity | None):
         """The K/V tile loads: (first tile block, first position, 16-position blocks, bindings
@@ -344,22 +347,31 @@ class _Program:
         hd, L, io = c.head_dim, self.qm.max_len, self.io
         kb = hd // 16
         kc, vc = io["k_cache"][li], io["v_cache"][li]
+        nch = len(kc.channels)  # the cache's head-dim blocks are split over its channels
+        part = kb // nch
         local = g - self.kv_lo
-        kbase, vbase = kc.offset + local * hd * L, vc.offset + local * hd * L
+        kbase, vbase = kc.offset + local * part * 16 * L, vc.offset + local * part * 16 * L
         sparse = P["sparse"] if self.prefill else None
         # K tile: position strips x head-dim blocks; V^T tile: head-dim strips x position
         # blocks. Dense: positions 0..KV. Sparse: the sink's positions, then the band's from
         # its first position on; both loads count 16-position blocks.
+        # Both loads walk positions in their inner loop: the cache holds a head-dim block's
+        # positions one after another, so each outer step is one contiguous HBM run (one
+        # DRAM row opened) rather than one run per 16 positions. Channel c of the cache
+        # holds head-dim blocks c * part on, which land c * part blocks (K: columns, V:
+        # strips) into the tile; on two channels each LD lane moves half.
         for first, pos0, count, binds in self.kv_spans(sparse):
             self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["ktile"] + 256 * kb * first,
-                      chan=kc.channels[0], hbm_addr=kbase + 16 * pos0, len=256, n1=kb,
-                      hbm_stride1=16 * L, buf_stride1=256, n2=count, hbm_stride2=256,
-                      buf_stride2=256 * kb, bindings=binds("n2"))
+                      chan=kc.channels[0], nch=nch, ch_stride=256 * part,
+                      hbm_addr=kbase + 16 * pos0, len=256, n1=count, hbm_stride1=256,
+                      buf_stride1=256 * kb, n2=part, hbm_stride2=16 * L, buf_stride2=256,
+                      bindings=binds("n1"))
         for first, pos0, count, binds in self.kv_spans(sparse):
             self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["vtile"] + 256 * first,
-                      chan=vc.channels[0], hbm_addr=vbase + 16 * pos0, len=256, n1=count,
-                      hbm_stride1=256, buf_stride1=256, n2=kb, hbm_stride2=16 * L,
-                      buf_stride2=16 * L, transpose=1, bindings=binds("n1"))
+                      chan=vc.channels[0], nch=nch, ch_stride=16 * L * part,
+                      hbm_addr=vbase + 16 * pos0, len=256, n1=count, hbm_stride1=256,
+                      buf_stride1=256, n2=part, hbm_stride2=16 * L, buf_stride2=16 * L,
+                      transpose=1, bindings=binds("n1"))
         W = P["attn_width"]  # columns of the scores and weights rows
         if sparse is None:
             # The causal mask's query position is POS itself.
@@ -569,18 +581,23 @@ class Lowerer:
             io["layer_params"] = [image.place(f"layers.{li}.params", blob, dtype="params",
                                               shape=(len(blob),))
                                   for li, blob in enumerate(blobs[core])]
+            # A cache's head-dim blocks are split over two consecutive channels where the
+            # core has them (one per LD lane: the attention's tile loads move both halves
+            # side by side), part c holding blocks c * kb / 2 on: [head][kb/nch][L][16].
+            kb = hd // 16
+            nch = 2 if cfg.hbm_channels_per_core >= 2 and kb % 2 == 0 else 1
             for li in range(len(qm.layers)):
                 for kind in ("k_cache", "v_cache"):
-                    io[kind].append(image.place(
-                        f"layers.{li}.{kind}", bytes((g_hi - g_lo) * hd * L), dtype="int8",
-                        shape=(g_hi - g_lo, hd // 16, L, 16), reserve_only=True))
+                    io[kind].append(image.reserve_span(
+                        f"layers.{li}.{kind}", (g_hi - g_lo) * hd * L // nch, nch,
+                        dtype="int8", shape=(nch, g_hi - g_lo, kb // nch, L, 16)))
                     if sparse is not None:
                         # A partial last call's band load may read up to a chunk of
                         # (masked) positions past the cache's end: keep them in the image.
                         over = sparse.band_tokens - sparse.back_tokens
-                        image.place(f"layers.{li}.{kind}.guard", bytes(16 * over),
-                                    dtype="int8", shape=(over, 16),
-                                    channel=io[kind][-1].channels[0], reserve_only=True)
+                        image.reserve_span(f"layers.{li}.{kind}.guard", 16 * over, nch,
+                                           dtype="int8", shape=(nch, over, 16),
+                                           first=io[kind][-1].channels[0])
             if table is not None:
                 io["rope"] = image.place("rope_table", table, dtype="int16",
                                          shape=(L, rope_row // 2))

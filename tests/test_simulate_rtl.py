@@ -109,3 +109,27 @@ def test_rtl_engine_with_two_ld_lanes_matches_golden(tmp_path):
         pytest.skip(simulator_unavailable_reason())
     out = _compile_variant(tmp_path, "tiny-l2", ld_lanes=2, wbuf_read_ports=2)
     _assert_rtl_is_golden(out, "2,7,1,8,2,8")
+
+
+def test_rtl_engine_with_caches_split_over_two_lanes_matches_golden(tmp_path):
+    """A synthetic LLaMA-style model with head-dim 32 on tiny with two LD lanes: each K/V
+    cache is split over the core's two channels, so every tile load (V's with the
+    transpose) moves half on each lane and every new row is two stores; tokens and logits
+    are still the golden simulator's."""
+    if simulator_unavailable_reason():
+        pytest.skip(simulator_unavailable_reason())
+    from flightllm.compiler.build import CompileOptions, compile_model
+    from flightllm.compiler.ir import ModelConfig
+    from flightllm.compiler.presets import build_ir
+    from flightllm.contract.config import preset
+    config = ModelConfig(
+        name="wide-heads", arch="llama", vocab_size=256, hidden_size=64, num_layers=2,
+        num_heads=2, num_kv_heads=2, head_dim=32, intermediate_size=96, norm="rms",
+        norm_eps=1e-5, activation="silu", gated_mlp=True, position="rope", rope_theta=1e4)
+    out = tmp_path / "build"
+    compile_model(build_ir(config, "synthetic", seed=3),
+                  preset("tiny").replace(name="tiny-l2", ld_lanes=2, wbuf_read_ports=2), out,
+                  CompileOptions(max_len=32, chunk=8, calibration_sequences=1))
+    caches = json.loads((out / "manifest.json").read_text())["io"]["k_cache"][0]
+    assert all(len(entry["channels"]) == 2 for entry in caches)
+    _assert_rtl_is_golden(out, "3,1,4,1,5,9,2,6,5,3")

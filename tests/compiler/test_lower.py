@@ -7,7 +7,9 @@ import pytest
 
 from flightllm.compiler.build import CompileOptions, compile_model
 from flightllm.compiler.frontend import load_onnx
-from flightllm.compiler.qmodel import KVState, qforward
+from flightllm.compiler.ir import ModelConfig
+from flightllm.compiler.presets import build_ir
+from flightllm.compiler.qmodel import AttentionSparsity, KVState, qforward
 from flightllm.contract.config import preset
 from flightllm.host.build import load_build
 from flightllm.host.session import GoldenDevice, Session
@@ -43,11 +45,14 @@ def test_prefill_then_eight_decode_steps_bit_exact(compiled):
     for core, caches in enumerate(build.io["k_cache"]):
         g_lo, g_hi = build.io["kv_heads"][core]
         for li, entry in enumerate(caches):
-            heads, kb, L, _ = entry["shape"]
-            raw = np.frombuffer(session.driver.read_channel(core, entry["channels"][0],
-                                                            entry["offset"],
-                                                            heads * kb * L * 16), np.int8)
-            keys = raw.reshape(heads, kb, L, 16).transpose(2, 0, 1, 3).reshape(L, heads, kb * 16)
+            # Part c on channel c holds head-dim blocks c * part on: [head][part][L][16].
+            nch, heads, part, L, _ = entry["shape"]
+            assert len(entry["channels"]) == nch
+            raw = np.stack([np.frombuffer(session.driver.read_channel(
+                core, chan, entry["offset"], heads * part * L * 16), np.int8)
+                .reshape(heads, part, L, 16) for chan in entry["channels"]], axis=1)
+            keys = raw.reshape(heads, nch * part, L, 16).transpose(2, 0, 1, 3).reshape(
+                L, heads, nch * part * 16)
             np.testing.assert_array_equal(keys[:n], kv.keys[li][:n, g_lo:g_hi])
 
 
@@ -83,3 +88,54 @@ def test_report_fields(compiled):
     assert report["instruction_bytes_total"] * 10 < report["instruction_bytes_per_length_baseline"]
     assert 0 <= report["padding_waste"] < 0.05
     assert report["avg_weight_bits"] == 8.0
+
+
+# Head-dim 32 (two 16-wide blocks): each K/V cache is split over two channels, one per LD
+# lane, and the tile loads read both halves in one instruction. The bundled exports have
+# head-dim 16 (one block) and keep one channel, so a synthetic model covers the split:
+# dense and block-sparse attention (whose band loads read into the guard past the cache),
+# one core and two (each with its own heads' caches).
+WIDE_HEADS = ModelConfig(
+    name="wide-heads", arch="llama", vocab_size=256, hidden_size=64, num_layers=2,
+    num_heads=2, num_kv_heads=2, head_dim=32, intermediate_size=96, norm="rms",
+    norm_eps=1e-5, activation="silu", gated_mlp=True, position="rope", rope_theta=10000.0)
+WIDE_CASES = [(1, None), (2, None), (1, (1, 1))]
+
+
+@pytest.mark.parametrize("cores, sparsity", WIDE_CASES,
+                         ids=[f"{c}core-{'dense' if s is None else 'sparse'}"
+                              for c, s in WIDE_CASES])
+def test_caches_split_over_two_channels_bit_exact(tmp_path, cores, sparsity):
+    ir = build_ir(WIDE_HEADS, "synthetic", seed=3)
+    opts = CompileOptions(max_len=MAX_LEN, chunk=16, calibration_sequences=2,
+                          attn_sparsity=sparsity)
+    compile_model(ir, preset("tiny").replace(cores=cores), tmp_path / "b", opts)
+    build, qm = load_build(tmp_path / "b"), reference_qmodel(ir, opts)
+    for core, caches in enumerate(build.io["k_cache"] + build.io["v_cache"]):
+        assert all(len(entry["channels"]) == 2 and entry["shape"][0] == 2 for entry in caches)
+    session = Session(build, GoldenDevice(build))
+    prompt = np.random.default_rng(1).integers(0, 256, 37)  # three chunks, the last partial
+    mask = None
+    if sparsity is not None:  # the reference applies the prefill mask the build records
+        m = json.loads((build.path / "manifest.json").read_text())["model"]["attention_sparsity"]
+        mask = AttentionSparsity(m["sink_blocks"], m["band_blocks"], m["block"], m["chunk"])
+    kv = KVState.empty(qm)
+    want = qforward(qm, prompt, 0, kv, attn_mask=mask) * qm.lm_head.s_out
+    np.testing.assert_array_equal(session.prefill(prompt).logits, want)
+    token = int(np.argmax(want[-1]))
+    for step in range(5):
+        want = qforward(qm, [token], len(prompt) + step, kv) * qm.lm_head.s_out
+        np.testing.assert_array_equal(session.decode(token).logits, want)
+        token = int(np.argmax(want[-1]))
+    n = len(prompt) + 5
+    for core, (kcaches, vcaches) in enumerate(zip(build.io["k_cache"], build.io["v_cache"])):
+        g_lo, g_hi = build.io["kv_heads"][core]
+        for li, (kentry, ventry) in enumerate(zip(kcaches, vcaches)):
+            for entry, want in ((kentry, kv.keys[li]), (ventry, kv.values[li])):
+                nch, heads, part, L, _ = entry["shape"]
+                raw = np.stack([np.frombuffer(session.driver.read_channel(
+                    core, chan, entry["offset"], heads * part * L * 16), np.int8)
+                    .reshape(heads, part, L, 16) for chan in entry["channels"]], axis=1)
+                got = raw.reshape(heads, nch * part, L, 16).transpose(2, 0, 1, 3).reshape(
+                    L, heads, nch * part * 16)
+                np.testing.assert_array_equal(got[:n], want[:n, g_lo:g_hi])
