@@ -115,7 +115,12 @@ class _Placer:
         through partial sums) where it does not."""
         w, cfg = lin.weight, self.cfg
         kb = w.padded[1] // 16
+        # A chunk's parts go to channels 0.. and LD lane k moves those with c mod ld_lanes
+        # == k: a multiple of the lanes gives each lane as many (u280: 12 of 13 channels,
+        # 6 + 6 parts, not 7 + 6; the lane with more set the time of every chunk).
         nch = cfg.hbm_channels_per_core
+        if nch > cfg.ld_lanes:
+            nch -= nch % cfg.ld_lanes
         grain = max(cfg.axi_data_bits // 8, cfg.wbuf.width)
         plan = plan_chunks(lambda n: strip_bytes([w.keep] * n, w.bits, w.has_mult, w.sparse),
                            kb, hi - lo, self.slot, cfg.mv_rows, reserve=nch * grain, name=name)

@@ -83,3 +83,23 @@ def test_generation_stays_bit_exact(build):
     session = Session(b, GoldenDevice(b, order="random", seed=3))
     prompt = np.random.default_rng(2).integers(0, ir.config.vocab_size, 19)
     assert_generation_matches(session, reference_qmodel(ir, OPTS), prompt, 3)
+
+
+def test_chunks_give_two_ld_lanes_equal_shares(tmp_path):
+    """Seven channels and two LD lanes (lane k moves channels c with c mod 2 == k): chunks
+    are striped over six, three parts a lane, as the u280's 13 channels become 12; the
+    seventh still holds caches and parameters, and the logits stay bit-exact."""
+    ir = load_onnx(MODEL_DIR / "llama_dynamo_op18.onnx")
+    cfg = CFG.replace(hbm_channels_per_core=7, ld_lanes=2)
+    compile_model(ir, cfg, tmp_path / "b", OPTS)
+    b = load_build(tmp_path / "b")
+    widths = {len(t["channels"]) for chunks in _chunks(b).values() for t in chunks}
+    assert max(widths) == 6, widths
+    for chunks in _chunks(b).values():
+        for t in chunks:
+            lanes = [sum(1 for c in t["channels"] if c % 2 == k) for k in (0, 1)]
+            assert lanes[0] - lanes[1] in (0, 1), t  # odd only when the chunk is short
+    assert any(6 in t["channels"] for t in b.manifest["tensors"] if t["dtype"] != "blocks")
+    session = Session(b, GoldenDevice(b))
+    prompt = np.random.default_rng(4).integers(0, ir.config.vocab_size, 9)
+    assert_generation_matches(session, reference_qmodel(ir, OPTS), prompt, 2)
