@@ -576,6 +576,11 @@ class Lowerer:
                   2 if any(layer.down_lo is not None for layer in qm.layers) else 1)
         chunk = chunk or default_chunk(cfg, qm, self.attn_sparsity, ksplit)
         sparse = attention_sparsity(cfg, qm, self.attn_sparsity, chunk)
+        # A cache's head-dim blocks are split over two consecutive channels where the core
+        # has them (one per LD lane: the attention's tile loads move both halves side by
+        # side), part c holding blocks c * kb / 2 on: [head][kb/kv_nch][L][16].
+        kb = hd // 16
+        kv_nch = 2 if cfg.hbm_channels_per_core >= 2 and kb % 2 == 0 else 1
         ios = []
         for core, placer in enumerate(self.placers):
             image = placer.image
@@ -586,22 +591,17 @@ class Lowerer:
             io["layer_params"] = [image.place(f"layers.{li}.params", blob, dtype="params",
                                               shape=(len(blob),))
                                   for li, blob in enumerate(blobs[core])]
-            # A cache's head-dim blocks are split over two consecutive channels where the
-            # core has them (one per LD lane: the attention's tile loads move both halves
-            # side by side), part c holding blocks c * kb / 2 on: [head][kb/nch][L][16].
-            kb = hd // 16
-            nch = 2 if cfg.hbm_channels_per_core >= 2 and kb % 2 == 0 else 1
             for li in range(len(qm.layers)):
                 for kind in ("k_cache", "v_cache"):
                     io[kind].append(image.reserve_span(
-                        f"layers.{li}.{kind}", (g_hi - g_lo) * hd * L // nch, nch,
-                        dtype="int8", shape=(nch, g_hi - g_lo, kb // nch, L, 16)))
+                        f"layers.{li}.{kind}", (g_hi - g_lo) * hd * L // kv_nch, kv_nch,
+                        dtype="int8", shape=(kv_nch, g_hi - g_lo, kb // kv_nch, L, 16)))
                     if sparse is not None:
                         # A partial last call's band load may read up to a chunk of
                         # (masked) positions past the cache's end: keep them in the image.
                         over = sparse.band_tokens - sparse.back_tokens
-                        image.reserve_span(f"layers.{li}.{kind}.guard", 16 * over, nch,
-                                           dtype="int8", shape=(nch, over, 16),
+                        image.reserve_span(f"layers.{li}.{kind}.guard", 16 * over, kv_nch,
+                                           dtype="int8", shape=(kv_nch, over, 16),
                                            first=io[kind][-1].channels[0])
             if table is not None:
                 io["rope"] = image.place("rope_table", table, dtype="int16",

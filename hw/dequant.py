@@ -17,9 +17,9 @@ Throughput: one word per cycle, one beat per cycle out. A block's first header w
 in the cycle that selects the block, once the block before has put out its last beat, so a
 block with a header costs one cycle per word; a block without one (dense, no multipliers)
 costs one extra cycle to select it (plus one more for 2-bit weights, whose words carry two
-beats). A matrix is described by one command beat; a code
-byte above 3, a weight width other than 2/4/8 or multipliers on 8-bit weights set the sticky
-``format_error`` output (cleared by the next command) and the block is read as ``code & 3``.
+beats). A matrix is described by one command beat; a code byte above 3, a weight width other
+than 2/4/8 or multipliers on 8-bit weights set the sticky ``format_error`` output (cleared by
+the next command) and the block is read as ``code & 3``.
 """
 
 from amaranth import *
@@ -197,6 +197,14 @@ class Dequantiser(wiring.Component):
                         with m.Default():
                             m.d.comb += start_n_words.eq(n * 8 // 4)
 
+        def take_multipliers(code):
+            # The block's multiplier word; its index words follow unless it is dense.
+            m.d.sync += mult.eq(word)
+            with m.If(code != 3):
+                m.next = "INDEX"
+            with m.Else():
+                m.next = "VALUES"
+
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -244,11 +252,7 @@ class Dequantiser(wiring.Component):
                         m.d.comb += self.words.ready.eq(has_header)
                         with m.If(has_header & self.words.valid):
                             with m.If(cfg.gscale):
-                                m.d.sync += mult.eq(word)
-                                with m.If(start_code != 3):
-                                    m.next = "INDEX"
-                                with m.Else():
-                                    m.next = "VALUES"
+                                take_multipliers(start_code)
                             with m.Else():
                                 m.d.sync += [idx_store.word_select(0, 64).eq(word),
                                              idx_cnt.eq(1)]
@@ -262,11 +266,7 @@ class Dequantiser(wiring.Component):
             with m.State("MULT"):
                 m.d.comb += self.words.ready.eq(1)
                 with m.If(self.words.valid):
-                    m.d.sync += mult.eq(word)
-                    with m.If(blk_code != 3):
-                        m.next = "INDEX"
-                    with m.Else():
-                        m.next = "VALUES"
+                    take_multipliers(blk_code)
             with m.State("INDEX"):
                 m.d.comb += self.words.ready.eq(1)
                 with m.If(self.words.valid):

@@ -20,14 +20,15 @@ def reference_qmodel(ir, opts):
     return build_qmodel(ir, calibrate(ir, calib), recipe, max_len=opts.max_len)
 
 
-def assert_generation_matches(session, qm, prompt, decode_steps: int):
+def assert_generation_matches(session, qm, prompt, decode_steps: int, *, attn_mask=None):
     """Prefill ``prompt`` and greedy-decode ``decode_steps`` tokens on ``session``, each
-    step's logits equal to the reference ``qm``'s; returns the reference's KV cache."""
+    step's logits equal to the reference ``qm``'s; returns the reference's KV cache.
+    ``attn_mask``: the block-sparse prefill mask the build applies (decode stays dense)."""
     import numpy as np
 
     from flightllm.compiler.qmodel import KVState, qforward
     kv = KVState.empty(qm)
-    want = qforward(qm, prompt, 0, kv) * qm.lm_head.s_out
+    want = qforward(qm, prompt, 0, kv, attn_mask=attn_mask) * qm.lm_head.s_out
     np.testing.assert_array_equal(session.prefill(prompt).logits, want)
     token = int(np.argmax(want[-1]))
     for step in range(decode_steps):

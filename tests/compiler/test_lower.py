@@ -45,15 +45,20 @@ def test_prefill_then_eight_decode_steps_bit_exact(compiled):
     for core, caches in enumerate(build.io["k_cache"]):
         g_lo, g_hi = build.io["kv_heads"][core]
         for li, entry in enumerate(caches):
-            # Part c on channel c holds head-dim blocks c * part on: [head][part][L][16].
-            nch, heads, part, L, _ = entry["shape"]
-            assert len(entry["channels"]) == nch
-            raw = np.stack([np.frombuffer(session.driver.read_channel(
-                core, chan, entry["offset"], heads * part * L * 16), np.int8)
-                .reshape(heads, part, L, 16) for chan in entry["channels"]], axis=1)
-            keys = raw.reshape(heads, nch * part, L, 16).transpose(2, 0, 1, 3).reshape(
-                L, heads, nch * part * 16)
-            np.testing.assert_array_equal(keys[:n], kv.keys[li][:n, g_lo:g_hi])
+            np.testing.assert_array_equal(_read_cache(session, core, entry)[:n],
+                                          kv.keys[li][:n, g_lo:g_hi])
+
+
+def _read_cache(session, core: int, entry: dict) -> np.ndarray:
+    """One layer's K or V cache of ``core`` from HBM as ``[max_len, heads, head_dim]``: part
+    c on channel c holds head-dim blocks c * part on, as [head][part][max_len][16]."""
+    nch, heads, part, L, _ = entry["shape"]
+    assert len(entry["channels"]) == nch
+    raw = np.stack([np.frombuffer(session.driver.read_channel(
+        core, chan, entry["offset"], heads * part * L * 16), np.int8)
+        .reshape(heads, part, L, 16) for chan in entry["channels"]], axis=1)
+    return raw.reshape(heads, nch * part, L, 16).transpose(2, 0, 1, 3).reshape(
+        L, heads, nch * part * 16)
 
 
 @pytest.mark.parametrize("length", [1, 7, 16, 17])
@@ -119,23 +124,11 @@ def test_caches_split_over_two_channels_bit_exact(tmp_path, cores, sparsity):
     if sparsity is not None:  # the reference applies the prefill mask the build records
         m = json.loads((build.path / "manifest.json").read_text())["model"]["attention_sparsity"]
         mask = AttentionSparsity(m["sink_blocks"], m["band_blocks"], m["block"], m["chunk"])
-    kv = KVState.empty(qm)
-    want = qforward(qm, prompt, 0, kv, attn_mask=mask) * qm.lm_head.s_out
-    np.testing.assert_array_equal(session.prefill(prompt).logits, want)
-    token = int(np.argmax(want[-1]))
-    for step in range(5):
-        want = qforward(qm, [token], len(prompt) + step, kv) * qm.lm_head.s_out
-        np.testing.assert_array_equal(session.decode(token).logits, want)
-        token = int(np.argmax(want[-1]))
+    kv = assert_generation_matches(session, qm, prompt, 5, attn_mask=mask)
     n = len(prompt) + 5
     for core, (kcaches, vcaches) in enumerate(zip(build.io["k_cache"], build.io["v_cache"])):
         g_lo, g_hi = build.io["kv_heads"][core]
         for li, (kentry, ventry) in enumerate(zip(kcaches, vcaches)):
             for entry, want in ((kentry, kv.keys[li]), (ventry, kv.values[li])):
-                nch, heads, part, L, _ = entry["shape"]
-                raw = np.stack([np.frombuffer(session.driver.read_channel(
-                    core, chan, entry["offset"], heads * part * L * 16), np.int8)
-                    .reshape(heads, part, L, 16) for chan in entry["channels"]], axis=1)
-                got = raw.reshape(heads, nch * part, L, 16).transpose(2, 0, 1, 3).reshape(
-                    L, heads, nch * part * 16)
-                np.testing.assert_array_equal(got[:n], want[:n, g_lo:g_hi])
+                np.testing.assert_array_equal(_read_cache(session, core, entry)[:n],
+                                              want[:n, g_lo:g_hi])
