@@ -115,16 +115,11 @@ def _variant_suffix(pair_group: int, read_ports: int, lanes: int = 1) -> str:
 
 
 def _wide_heads_ir():
-    """A synthetic LLaMA-style model with head-dim 32 (the bundled export's is 16): its K/V
-    caches are split over two channels, one per LD lane (docs/compiler.md); the same shape
-    as tests/compiler/test_lower.py's WIDE_HEADS."""
-    from flightllm.compiler.ir import ModelConfig
-    from flightllm.compiler.presets import build_ir
-    return build_ir(ModelConfig(
-        name="wide-heads", arch="llama", vocab_size=256, hidden_size=64, num_layers=2,
-        num_heads=2, num_kv_heads=2, head_dim=32, intermediate_size=96, norm="rms",
-        norm_eps=1e-5, activation="silu", gated_mlp=True, position="rope", rope_theta=1e4),
-        "synthetic", seed=3)
+    """The synthetic head-dim-32 LLaMA (``compiler.presets.WIDE_HEADS``): its K/V caches are
+    split over two channels, one per LD lane, and decode packs its two heads' P.V into one
+    MM (docs/compiler.md)."""
+    from flightllm.compiler.presets import WIDE_HEADS, build_ir
+    return build_ir(WIDE_HEADS, "synthetic", seed=3)
 
 
 def _build(path: Path | None, tmp: Path, pair_group: int = 1, read_ports: int = 1,

@@ -26,12 +26,12 @@ from typing import NamedTuple
 
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import (
-    Binding, BindKind, Buffer, Instruction, LengthReg, MiscFunc, Opcode, OutMode, SysOp,
-    WeightBits,
+    Buffer, Instruction, LengthReg, MiscFunc, Opcode, OutMode, SysOp, WeightBits,
 )
 from flightllm.contract.params import pack_norm_params, pack_requant_records, pack_rope_rows
 from flightllm.contract.weights import WORD_BYTES, strip_bytes
 
+from .attention import AttentionEmitter, bind_count, bind_offset, decode_pack
 from .chunking import plan_chunks, stripe
 from .layout import CompileError, HBMImage, align
 from .ir import ModelConfig
@@ -92,14 +92,6 @@ def _split(total: int, parts: int, index: int) -> tuple[int, int]:
     return total * index // parts, total * (index + 1) // parts
 
 
-def _count(reg: LengthReg, field: str, shift: int = 0, *, base: int = 0) -> Binding:
-    return Binding(BindKind.COUNT, reg, field, shift=shift, base=base)
-
-
-def _offset(reg: LengthReg, field: str, shift: int, *, base: int = 0) -> Binding:
-    return Binding(BindKind.OFFSET, reg, field, shift=shift, base=base)
-
-
 class _Placer:
     """Builds the shared HBM image: weights, parameter blobs, caches, RoPE table, I/O."""
 
@@ -141,7 +133,7 @@ class _Placer:
         return _Matrix(lin, chunks, lo, hi)
 
 
-class _Program:
+class _Program(AttentionEmitter):
     """Emits one program (prefill with ``rows`` token rows, or decode with one)."""
 
     def __init__(self, qm: QModel, cfg: AcceleratorConfig, rows: int, prefill: bool, plan,
@@ -177,8 +169,8 @@ class _Program:
                                  f"w_stride={fields.get('w_stride')}")
         self.out.append(Instruction(op, **fields))
 
-    def row_bind(self, field: str) -> list[Binding]:
-        return [_count(LengthReg.SEQ, field)] if self.prefill else []
+    def row_bind(self, field: str) -> list:
+        return [bind_count(LengthReg.SEQ, field)] if self.prefill else []
 
     def matmul(self, mat: _Matrix, x_addr: int, x_stride: int, out_addr: int, out_stride: int,
                p_addr: int, extra: tuple[tuple[int, int], ...] = (), *,
@@ -246,7 +238,7 @@ class _Program:
             self.emit(Opcode.LD, buf=Buffer.PBUF, buf_addr=P["rope"], chan=rope.channels[0],
                       hbm_addr=rope.offset, len=P["rope_row"], n1=self.rows,
                       hbm_stride1=P["rope_row"], buf_stride1=P["rope_row"], n2=1,
-                      bindings=[_offset(LengthReg.POS, "hbm_addr", P["rope_shift"])]
+                      bindings=[bind_offset(LengthReg.POS, "hbm_addr", P["rope_shift"])]
                       + self.row_bind("n1"))
         for li, layer in enumerate(qm.layers):
             self.layer(li, layer)
@@ -299,8 +291,7 @@ class _Program:
         self.matmul(mats[f"{li}.v"], P["h"], P["h_stride"], P["v8"], kvh * hd, pbase + offs["v"])
         self.cache_store(li, "k8", self.io["k_cache"][li])
         self.cache_store(li, "v8", self.io["v_cache"][li])
-        for g in range(self.kv_lo, self.kv_hi):
-            self.attention(li, layer, g)
+        self.attention_layer(li, layer)
         self.gather(Buffer.ABUF, P["ctx"], H * hd, self.kv_lo * G * hd,
                     (self.kv_hi - self.kv_lo) * G * hd)
         self.residual_matmul(mats[f"{li}.o"], P["ctx"], H * hd, pbase + offs["o"])
@@ -327,96 +318,8 @@ class _Program:
                           chan=chan, hbm_addr=cache.offset + local * part * 16 * L, len=16,
                           n1=part, hbm_stride1=16 * L, buf_stride1=16, n2=self.rows,
                           hbm_stride2=16, buf_stride2=c.num_kv_heads * hd,
-                          bindings=[_offset(LengthReg.POS, "hbm_addr", 4)] + (
-                              [_count(LengthReg.SEQ, "n2")] if self.prefill else []))
-
-    def kv_spans(self, sparse: AttentionSparsity | None):
-        """The K/V tile loads: (first tile block, first position, 16-position blocks, bindings
-        of the count field) per load."""
-        L = self.qm.max_len
-        if sparse is None:
-            return [(0, 0, L // 16, lambda f: [_count(LengthReg.KV, f, 4)])]
-        sink, back = sparse.sink_tokens, sparse.back_tokens
-        spans = []
-        if sink:
-            spans.append((0, 0, sink // 16, lambda f: [_count(LengthReg.KV, f, 4)]))
-        # The band starts at max(POS - back, sink): an OFFSET clamped by its base. Its count
-        # is capped by the positions that exist past the sink (KV - sink).
-        spans.append((sink // 16, sink, sparse.band_tokens // 16,
-                      lambda f: [_offset(LengthReg.POS, "hbm_addr", 4, base=sink + back),
-                                 _count(LengthReg.KV, f, 4, base=sink)]))
-        return spans
-
-    def attention(self, li: int, layer, g: int) -> None:
-        P, c = self.plan, self.qm.config
-        hd, L, io = c.head_dim, self.qm.max_len, self.io
-        kb = hd // 16
-        kc, vc = io["k_cache"][li], io["v_cache"][li]
-        nch = len(kc.channels)  # the cache's head-dim blocks are split over its channels
-        part = kb // nch
-        local = g - self.kv_lo
-        kbase, vbase = kc.offset + local * part * 16 * L, vc.offset + local * part * 16 * L
-        sparse = P["sparse"] if self.prefill else None
-        # K tile: position strips x head-dim blocks; V^T tile: head-dim strips x position
-        # blocks. Dense: positions 0..KV. Sparse: the sink's positions, then the band's from
-        # its first position on; both loads count 16-position blocks.
-        # Both loads walk positions in their inner loop: the cache holds a head-dim block's
-        # positions one after another, so each outer step is one contiguous HBM run (one
-        # DRAM row opened) rather than one run per 16 positions. Channel c of the cache
-        # holds head-dim blocks c * part on, which land c * part blocks (K: columns, V:
-        # strips) into the tile; on two channels each LD lane moves half.
-        for first, pos0, count, binds in self.kv_spans(sparse):
-            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["ktile"] + 256 * kb * first,
-                      chan=kc.channels[0], nch=nch, ch_stride=256 * part,
-                      hbm_addr=kbase + 16 * pos0, len=256, n1=count, hbm_stride1=256,
-                      buf_stride1=256 * kb, n2=part, hbm_stride2=16 * L, buf_stride2=256,
-                      bindings=binds("n1"))
-        for first, pos0, count, binds in self.kv_spans(sparse):
-            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["vtile"] + 256 * first,
-                      chan=vc.channels[0], nch=nch, ch_stride=16 * L * part,
-                      hbm_addr=vbase + 16 * pos0, len=256, n1=count, hbm_stride1=256,
-                      buf_stride1=256, n2=part, hbm_stride2=16 * L, buf_stride2=16 * L,
-                      transpose=1, bindings=binds("n1"))
-        W = P["attn_width"]  # columns of the scores and weights rows
-        if sparse is None:
-            # The causal mask's query position is POS itself.
-            aux, aux_bind = 0, _offset(LengthReg.POS, "aux", 0)
-        else:
-            # The tile's column of position POS: POS while the band still reaches back to
-            # the sink (the tile is then positions 0..KV in order), then the band's fixed
-            # lead: min(POS, sink + back).
-            aux = sparse.sink_tokens + sparse.back_tokens
-            aux_bind = _count(LengthReg.POS, "aux")
-        for head in range(g * c.group_size, (g + 1) * c.group_size):
-            q_addr = P["q8"] + head * hd
-            score = dict(w_addr=P["ktile"], wbits=WeightBits.INT8, n_strips=W // 16,
-                         k_blocks=kb, x_addr=q_addr, out_mode=OutMode.ACC32,
-                         out_addr=P["scores"])
-            kv_rows = [_count(LengthReg.KV, "n_strips", 4)]
-            pv = dict(w_addr=P["vtile"], w_stride=16 * L, wbits=WeightBits.INT8, n_strips=kb,
-                      k_blocks=W // 16, x_addr=P["probs"], out_mode=OutMode.ACC32,
-                      out_addr=P["pv"])
-            kv_cols = [_count(LengthReg.KV, "k_blocks", 4)]
-            if self.prefill:
-                self.emit(Opcode.MM, m_rows=self.rows, x_stride=c.num_heads * hd,
-                          out_stride=4 * W, bindings=kv_rows + self.row_bind("m_rows"), **score)
-            else:
-                self.emit(Opcode.MV, bindings=kv_rows, **score)
-            self.misc(MiscFunc.SOFTMAX, a_buf=Buffer.RBUF, a_addr=P["scores"], a_stride=4 * W,
-                      d_buf=Buffer.ABUF, d_addr=P["probs"], d_stride=W, b_buf=Buffer.RBUF,
-                      b_addr=P["recip"], b_stride=4, n=W, m1=layer.softmax[0],
-                      s1=layer.softmax[1], causal=1, defer=1, aux=aux,
-                      bindings=[_count(LengthReg.KV, "n"), aux_bind])
-            if self.prefill:
-                self.emit(Opcode.MM, m_rows=self.rows, x_stride=W, out_stride=4 * hd,
-                          bindings=kv_cols + self.row_bind("m_rows"), **pv)
-            else:
-                self.emit(Opcode.MV, bindings=kv_cols, **pv)
-            s1, m2, s2 = layer.ctx
-            self.misc(MiscFunc.MUL, rowscalar=1, a_buf=Buffer.RBUF, a_addr=P["pv"],
-                      a_stride=4 * hd, b_buf=Buffer.RBUF, b_addr=P["recip"], b_stride=4,
-                      d_buf=Buffer.ABUF, d_addr=P["ctx"] + head * hd,
-                      d_stride=c.num_heads * hd, n=hd, s1=s1, m2=m2, s2=s2)
+                          bindings=[bind_offset(LengthReg.POS, "hbm_addr", 4)] + (
+                              [bind_count(LengthReg.SEQ, "n2")] if self.prefill else []))
 
     def mlp(self, li: int, layer, pbase: int, mats) -> None:
         P, c = self.plan, self.qm.config
@@ -514,7 +417,10 @@ class Lowerer:
         self.model, self.cfg, self.max_len = model, cfg, max_len
         self.attn_sparsity = attn_sparsity
         self.ktile = self.vtile = max_len * model.head_dim
-        self.slot = (cfg.wbuf.bytes - 2 * self.ktile) // 2 // 256 * 256
+        # Decode's P.V runs pv_pack KV heads at once, from as many V tiles side by side.
+        self.pv_pack = decode_pack(model, cfg, max_len)
+        tiles = self.ktile + self.pv_pack * self.vtile
+        self.slot = (cfg.wbuf.bytes - tiles) // 2 // 256 * 256
         if self.slot <= 0:
             raise CompileError(f"WBUF ({cfg.wbuf.bytes} bytes) cannot hold the K and V tiles "
                                f"of max_len {max_len} (2 x {self.ktile} bytes)")
@@ -621,9 +527,9 @@ class Lowerer:
             blob = max(len(b) for b in [*finals, *(x for core in blobs for x in core)])
             sp = sparse if phase == "prefill" else None
             plan = onchip_plan(cfg, qm, rows, self.slot, self.ktile, self.vtile, rope_row,
-                           vocab_pad, align(blob, 8), attn_width=sp and sp.width,
-                           ksplit=ksplit)
-            plan.update(mats=self.mats, io=ios, param_offsets=offsets, final_norm=0, sparse=sp,
+                               vocab_pad, align(blob, 8), attn_width=sp and sp.width,
+                               ksplit=ksplit, pv_pack=self.pv_pack)
+            plan.update(mats=self.mats, pv_pack=self.pv_pack, io=ios, param_offsets=offsets, final_norm=0, sparse=sp,
                         final_head=head_offs, in_row=4 * c.hidden_size, rope_row=rope_row,
                         rope_shift=rope_row.bit_length() - 1)
             regs = {LengthReg.SEQ: rows, LengthReg.KV: L, LengthReg.POS: L - 1}
@@ -638,7 +544,8 @@ class Lowerer:
             placer.image.finish()
         return Lowered(progs["prefill"], progs["decode"], chunk,
                        [p.image for p in self.placers], ios, sparse,
-                       (plan["ktile"], plan["vtile"] + self.vtile), progs.get("dense"))
+                       (plan["ktile"], plan["vtile"] + self.pv_pack * self.vtile),
+                       progs.get("dense"))
 
 
 def _matrix_names(qm: QModel) -> list[str]:

@@ -56,10 +56,13 @@ def default_chunk(cfg: AcceleratorConfig, qm: QModel, blocks: tuple[int, int] | 
 
 
 def onchip_plan(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob, *,
-            attn_width: int | None = None, ksplit: tuple[int, int] = (0, 1)) -> dict:
+                attn_width: int | None = None, ksplit: tuple[int, int] = (0, 1),
+                pv_pack: int = 1) -> dict:
     """Addresses of every on-chip region for ``rows`` token rows; ``attn_width``: the key
     positions one call's attention spans (``max_len`` unless block-sparse); ``ksplit``: the
-    output columns of the largest K-split chunk and the passes that need partial sums."""
+    output columns of the largest K-split chunk and the passes that need partial sums;
+    ``pv_pack``: the KV heads whose P.V one decode MM computes (compiler/attention.py): as
+    many V tiles, and attention rows for each of their query heads."""
     c = qm.config
     L, hd, H, kvh, d, f = (qm.max_len, c.head_dim, c.num_heads, c.num_kv_heads, c.hidden_size,
                            c.intermediate_size)
@@ -73,7 +76,9 @@ def onchip_plan(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob, *,
     plan["q8"] = a.take(rows * H * hd, "queries")
     plan["k8"] = a.take(rows * kvh * hd, "new keys")
     plan["v8"] = a.take(rows * kvh * hd, "new values")
-    plan["probs"] = a.take(rows * W, "attention weights")
+    # Decode's attention rows are query heads of one pack, prefill's are tokens.
+    arows = rows if rows > 1 else pv_pack * c.group_size
+    plan["probs"] = a.take(arows * W, "attention weights")
     plan["ctx"] = a.take(rows * H * hd, "attention context")
     plan["m"] = a.take(rows * f, "MLP hidden rows")
     plan["m_lo"] = a.take(rows * f, "MLP hidden rows, low digits") if c.gated_mlp else None
@@ -81,9 +86,9 @@ def onchip_plan(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob, *,
     top = r.mark()  # attention and MLP temporaries share what follows
     plan["q32"] = r.take(rows * 4 * H * hd, "INT32 queries")
     plan["k32"] = r.take(rows * 4 * kvh * hd, "INT32 keys")
-    plan["scores"] = r.take(rows * 4 * W, "attention scores")
-    plan["pv"] = r.take(rows * 4 * hd, "P.V accumulators")
-    plan["recip"] = r.take(rows * 4, "softmax reciprocals")
+    plan["scores"] = r.take(arows * 4 * W, "attention scores")
+    plan["pv"] = r.take(arows * 4 * hd * (pv_pack if rows == 1 else 1), "P.V accumulators")
+    plan["recip"] = r.take(arows * 4, "softmax reciprocals")
     ends = [r.mark()]
     r.reset(top)
     # A core computes at most ceil(strips / cores) strips of the MLP and of the LM head.
@@ -106,7 +111,7 @@ def onchip_plan(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob, *,
                       for _ in range(passes)]
     plan["wslot"] = (w.take(slot, "weight slot 0"), w.take(slot, "weight slot 1"))
     plan["ktile"] = w.take(ktile, "key tile")
-    plan["vtile"] = w.take(vtile, "value tile")
+    plan["vtile"] = w.take(pv_pack * vtile, "value tiles")
     plan["pslot"] = (p.take(blob, "layer parameters (even)"),
                      p.take(blob, "layer parameters (odd)"))
     plan["rope"] = p.take(rows * rope_row, "RoPE rows")

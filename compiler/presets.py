@@ -19,7 +19,7 @@ import numpy as np
 
 from .ir import IRError, ModelConfig, TensorSpec, TransformerIR
 
-__all__ = ["PRESETS", "SyntheticWeights", "build_ir", "config_from_hf", "load_hf_config",
+__all__ = ["PRESETS", "SyntheticWeights", "WIDE_HEADS", "build_ir", "config_from_hf", "load_hf_config",
            "preset"]
 
 PRESETS: dict[str, ModelConfig] = {
@@ -47,6 +47,17 @@ PRESETS: dict[str, ModelConfig] = {
             max_positions=1024, tied_embeddings=True, attention_bias=True, mlp_bias=True),
     )
 }
+
+
+#: A synthetic two-layer LLaMA with head_dim 32 (two 16-wide blocks; the bundled export's is
+#: 16) and two KV heads without grouping: the shape on which the ``tiny`` configuration splits
+#: each K/V cache over two channels and packs two heads' P.V into one decode MM. Tests and
+#: ``bench/perf_validation.py --wide-heads`` build it with ``build_ir(WIDE_HEADS,
+#: "synthetic", seed=3)``; not a preset (no user compiles it by name).
+WIDE_HEADS = ModelConfig(
+    name="wide-heads", arch="llama", vocab_size=256, hidden_size=64, num_layers=2,
+    num_heads=2, num_kv_heads=2, head_dim=32, intermediate_size=96, norm="rms",
+    norm_eps=1e-5, activation="silu", gated_mlp=True, position="rope", rope_theta=10000.0)
 
 
 def preset(name: str) -> ModelConfig:

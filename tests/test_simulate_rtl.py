@@ -119,15 +119,10 @@ def test_rtl_engine_with_caches_split_over_two_lanes_matches_golden(tmp_path):
     if simulator_unavailable_reason():
         pytest.skip(simulator_unavailable_reason())
     from flightllm.compiler.build import CompileOptions, compile_model
-    from flightllm.compiler.ir import ModelConfig
-    from flightllm.compiler.presets import build_ir
+    from flightllm.compiler.presets import WIDE_HEADS, build_ir
     from flightllm.contract.config import preset
-    config = ModelConfig(
-        name="wide-heads", arch="llama", vocab_size=256, hidden_size=64, num_layers=2,
-        num_heads=2, num_kv_heads=2, head_dim=32, intermediate_size=96, norm="rms",
-        norm_eps=1e-5, activation="silu", gated_mlp=True, position="rope", rope_theta=1e4)
     out = tmp_path / "build"
-    compile_model(build_ir(config, "synthetic", seed=3),
+    compile_model(build_ir(WIDE_HEADS, "synthetic", seed=3),
                   preset("tiny").replace(name="tiny-l2", ld_lanes=2, wbuf_read_ports=2), out,
                   CompileOptions(max_len=32, chunk=8, calibration_sequences=1))
     caches = json.loads((out / "manifest.json").read_text())["io"]["k_cache"][0]

@@ -7,8 +7,7 @@ import pytest
 
 from flightllm.compiler.build import CompileOptions, compile_model
 from flightllm.compiler.frontend import load_onnx
-from flightllm.compiler.ir import ModelConfig
-from flightllm.compiler.presets import build_ir
+from flightllm.compiler.presets import WIDE_HEADS, build_ir
 from flightllm.compiler.qmodel import AttentionSparsity, KVState, qforward
 from flightllm.contract.config import preset
 from flightllm.host.build import load_build
@@ -100,10 +99,6 @@ def test_report_fields(compiled):
 # head-dim 16 (one block) and keep one channel, so a synthetic model covers the split:
 # dense and block-sparse attention (whose band loads read into the guard past the cache),
 # one core and two (each with its own heads' caches).
-WIDE_HEADS = ModelConfig(
-    name="wide-heads", arch="llama", vocab_size=256, hidden_size=64, num_layers=2,
-    num_heads=2, num_kv_heads=2, head_dim=32, intermediate_size=96, norm="rms",
-    norm_eps=1e-5, activation="silu", gated_mlp=True, position="rope", rope_theta=10000.0)
 WIDE_CASES = [(1, None), (2, None), (1, (1, 1))]
 
 

@@ -1,0 +1,230 @@
+"""The attention of one layer as instructions: K/V tile loads, scores, softmax, P.V, context.
+
+Prefill runs each KV head's query heads one after another, their token rows in the matrix
+engine's lanes. Decode has one token, and the products of one head leave most of the engine
+idle: P.V has ``head_dim / 16`` output strips (8 for LLaMA2-7B) for ``mv_rows`` chains (16 on
+the u280 preset), and an MV uses one of a DSP's two packed MACs. So decode runs several heads
+as the token rows of one MM (:func:`decode_pack`):
+
+* the query heads of a KV head share its K and V tiles: their scores are one MM over the K
+  tile (a row per head) and their P.V one MM over the V tile, both in the lanes an MV leaves
+  idle (grouped-query attention: no waste at all);
+* the P.V of ``n`` KV heads is one MM over their ``n`` V tiles side by side in WBUF: strips
+  ``j * head_dim / 16`` on are KV head j's, and each head's probabilities are a row. Every row
+  meets every tile, so a row's products with another head's strips are computed and
+  discarded: they cost nothing while the rows fit one weight pass (``2 * mm_pair_group``) and
+  the strips fit the chains, and they keep the chains busy that one head leaves idle.
+
+The K tile stays single (a second one would shrink the weight slots further), so KV head
+``j + 1``'s keys load after KV head j's scores; the loads of the pack's other V tiles and of
+the next pack's first keys overlap the matrix engine.
+"""
+
+from __future__ import annotations
+
+from flightllm.contract.config import AcceleratorConfig
+from flightllm.contract.isa import (
+    Binding, BindKind, Buffer, LengthReg, MiscFunc, Opcode, OutMode, WeightBits,
+)
+
+from .ir import ModelConfig
+from .qmodel import AttentionSparsity
+
+__all__ = ["AttentionEmitter", "bind_count", "bind_offset", "decode_pack"]
+
+
+def decode_pack(model: ModelConfig, cfg: AcceleratorConfig, max_len: int) -> int:
+    """KV heads whose P.V one decode MM computes (``n`` V tiles in WBUF; 1: one at a time).
+
+    The pack grows while its strips fit the chains, its rows (every query head of the pack)
+    fit one weight pass, a core has that many KV heads, and the K tile with the ``n`` V tiles
+    take at most half of WBUF (the weight slots keep the rest: at LLaMA2-7B's head_dim 128
+    and max_len 2048 on the u280 preset, 640 of 768 KiB a slot).
+    """
+    kb, group = model.head_dim // 16, model.group_size
+    tile = max_len * model.head_dim
+    heads = -(-model.num_kv_heads // cfg.cores)  # KV heads of the busiest core
+    n = 1
+    while ((n + 1) * kb <= cfg.mv_rows and (n + 1) * group <= 2 * cfg.mm_pair_group
+           and n + 1 <= heads and (n + 2) * tile <= cfg.wbuf.bytes // 2):
+        n += 1
+    return n
+
+
+def bind_count(reg: LengthReg, field: str, shift: int = 0, *, base: int = 0) -> Binding:
+    """``field`` capped at ``ceil((reg - base) / 2**shift)`` at run time."""
+    return Binding(BindKind.COUNT, reg, field, shift=shift, base=base)
+
+
+def bind_offset(reg: LengthReg, field: str, shift: int, *, base: int = 0) -> Binding:
+    """``field`` moved by ``(reg - base) << shift`` at run time."""
+    return Binding(BindKind.OFFSET, reg, field, shift=shift, base=base)
+
+
+class AttentionEmitter:
+    """The attention part of :class:`~flightllm.compiler.lower._Program` (it provides
+    ``plan``, ``qm``, ``io``, ``prefill``, ``rows``, ``kv_lo``, ``emit``, ``misc`` and
+    ``row_bind``)."""
+
+    def attention_layer(self, li: int, layer) -> None:
+        """Every KV head of this core: one at a time in prefill, in packs in decode."""
+        groups = list(range(self.kv_lo, self.kv_hi))
+        n = 1 if self.prefill else self.plan["pv_pack"]
+        for i in range(0, len(groups), n):
+            pack = groups[i:i + n]
+            if self.prefill or len(pack) * self.qm.config.group_size == 1:
+                for g in pack:
+                    self.attention(li, layer, g)
+            else:
+                self.attention_pack(li, layer, pack)
+
+    def kv_spans(self, sparse: AttentionSparsity | None):
+        """The K/V tile loads: (first tile block, first position, 16-position blocks, bindings
+        of the count field) per load."""
+        L = self.qm.max_len
+        if sparse is None:
+            return [(0, 0, L // 16, lambda f: [bind_count(LengthReg.KV, f, 4)])]
+        sink, back = sparse.sink_tokens, sparse.back_tokens
+        spans = []
+        if sink:
+            spans.append((0, 0, sink // 16, lambda f: [bind_count(LengthReg.KV, f, 4)]))
+        # The band starts at max(POS - back, sink): an OFFSET clamped by its base. Its count
+        # is capped by the positions that exist past the sink (KV - sink).
+        spans.append((sink // 16, sink, sparse.band_tokens // 16,
+                      lambda f: [bind_offset(LengthReg.POS, "hbm_addr", 4, base=sink + back),
+                                 bind_count(LengthReg.KV, f, 4, base=sink)]))
+        return spans
+
+    def load_tiles(self, li: int, g: int, sparse, *, keys: bool = True, values: bool = True,
+                   vtile: int | None = None) -> None:
+        """KV head ``g``'s K tile (position strips x head-dim blocks) and V^T tile (head-dim
+        strips x position blocks, at ``vtile``). Dense: positions 0..KV. Sparse: the sink's
+        positions, then the band's from its first position on; both loads count 16-position
+        blocks."""
+        P, c = self.plan, self.qm.config
+        hd, L, io = c.head_dim, self.qm.max_len, self.io
+        kb = hd // 16
+        kc, vc = io["k_cache"][li], io["v_cache"][li]
+        nch = len(kc.channels)  # the cache's head-dim blocks are split over its channels
+        part = kb // nch
+        local = g - self.kv_lo
+        kbase, vbase = kc.offset + local * part * 16 * L, vc.offset + local * part * 16 * L
+        vtile = P["vtile"] if vtile is None else vtile
+        # Both loads walk positions in their inner loop: the cache holds a head-dim block's
+        # positions one after another, so each outer step is one contiguous HBM run (one
+        # DRAM row opened) rather than one run per 16 positions. Channel c of the cache
+        # holds head-dim blocks c * part on, which land c * part blocks (K: columns, V:
+        # strips) into the tile; on two channels each LD lane moves half.
+        for first, pos0, count, binds in self.kv_spans(sparse) if keys else ():
+            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["ktile"] + 256 * kb * first,
+                      chan=kc.channels[0], nch=nch, ch_stride=256 * part,
+                      hbm_addr=kbase + 16 * pos0, len=256, n1=count, hbm_stride1=256,
+                      buf_stride1=256 * kb, n2=part, hbm_stride2=16 * L, buf_stride2=256,
+                      bindings=binds("n1"))
+        if values and sparse is None:
+            # A V slice's positions are contiguous on both sides, so the dense load moves
+            # runs of `run` 16-position blocks (a segment costs the LD ~3 cycles beyond its
+            # beats: 256-byte segments ran at 4/7 of the lane's rate). The last run may read
+            # up to run - 1 blocks past KV, inside the cache; nothing reads them.
+            run = next(r for r in (8, 4, 2, 1) if (L // 16) % r == 0)
+            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=vtile, chan=vc.channels[0],
+                      nch=nch, ch_stride=16 * L * part, hbm_addr=vbase, len=256 * run,
+                      n1=L // 16 // run, hbm_stride1=256 * run, buf_stride1=256 * run,
+                      n2=part, hbm_stride2=16 * L, buf_stride2=16 * L, transpose=1,
+                      bindings=[bind_count(LengthReg.KV, "n1", 4 + run.bit_length() - 1)])
+            values = False
+        for first, pos0, count, binds in self.kv_spans(sparse) if values else ():
+            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=vtile + 256 * first,
+                      chan=vc.channels[0], nch=nch, ch_stride=16 * L * part,
+                      hbm_addr=vbase + 16 * pos0, len=256, n1=count, hbm_stride1=256,
+                      buf_stride1=256, n2=part, hbm_stride2=16 * L, buf_stride2=16 * L,
+                      transpose=1, bindings=binds("n1"))
+
+    def attention(self, li: int, layer, g: int) -> None:
+        """KV head ``g``'s query heads one after another (prefill: token rows in the lanes)."""
+        P, c = self.plan, self.qm.config
+        hd, L = c.head_dim, self.qm.max_len
+        kb = hd // 16
+        sparse = P["sparse"] if self.prefill else None
+        self.load_tiles(li, g, sparse)
+        W = P["attn_width"]  # columns of the scores and weights rows
+        if sparse is None:
+            # The causal mask's query position is POS itself.
+            aux, aux_bind = 0, bind_offset(LengthReg.POS, "aux", 0)
+        else:
+            # The tile's column of position POS: POS while the band still reaches back to
+            # the sink (the tile is then positions 0..KV in order), then the band's fixed
+            # lead: min(POS, sink + back).
+            aux = sparse.sink_tokens + sparse.back_tokens
+            aux_bind = bind_count(LengthReg.POS, "aux")
+        for head in range(g * c.group_size, (g + 1) * c.group_size):
+            q_addr = P["q8"] + head * hd
+            score = dict(w_addr=P["ktile"], wbits=WeightBits.INT8, n_strips=W // 16,
+                         k_blocks=kb, x_addr=q_addr, out_mode=OutMode.ACC32,
+                         out_addr=P["scores"])
+            kv_rows = [bind_count(LengthReg.KV, "n_strips", 4)]
+            pv = dict(w_addr=P["vtile"], w_stride=16 * L, wbits=WeightBits.INT8, n_strips=kb,
+                      k_blocks=W // 16, x_addr=P["probs"], out_mode=OutMode.ACC32,
+                      out_addr=P["pv"])
+            kv_cols = [bind_count(LengthReg.KV, "k_blocks", 4)]
+            if self.prefill:
+                self.emit(Opcode.MM, m_rows=self.rows, x_stride=c.num_heads * hd,
+                          out_stride=4 * W, bindings=kv_rows + self.row_bind("m_rows"), **score)
+            else:
+                self.emit(Opcode.MV, bindings=kv_rows, **score)
+            self.misc(MiscFunc.SOFTMAX, a_buf=Buffer.RBUF, a_addr=P["scores"], a_stride=4 * W,
+                      d_buf=Buffer.ABUF, d_addr=P["probs"], d_stride=W, b_buf=Buffer.RBUF,
+                      b_addr=P["recip"], b_stride=4, n=W, m1=layer.softmax[0],
+                      s1=layer.softmax[1], causal=1, defer=1, aux=aux,
+                      bindings=[bind_count(LengthReg.KV, "n"), aux_bind])
+            if self.prefill:
+                self.emit(Opcode.MM, m_rows=self.rows, x_stride=W, out_stride=4 * hd,
+                          bindings=kv_cols + self.row_bind("m_rows"), **pv)
+            else:
+                self.emit(Opcode.MV, bindings=kv_cols, **pv)
+            s1, m2, s2 = layer.ctx
+            self.misc(MiscFunc.MUL, rowscalar=1, a_buf=Buffer.RBUF, a_addr=P["pv"],
+                      a_stride=4 * hd, b_buf=Buffer.RBUF, b_addr=P["recip"], b_stride=4,
+                      d_buf=Buffer.ABUF, d_addr=P["ctx"] + head * hd,
+                      d_stride=c.num_heads * hd, n=hd, s1=s1, m2=m2, s2=s2)
+
+    def attention_pack(self, li: int, layer, pack: list[int]) -> None:
+        """Decode: the KV heads ``pack`` together (module docstring). Row ``r`` of the
+        scores, probabilities and P.V regions is the pack's query head ``r``; KV head j's
+        heads are rows ``j * group_size`` on and read P.V columns ``j * head_dim`` on."""
+        P, c = self.plan, self.qm.config
+        hd, L, G = c.head_dim, self.qm.max_len, c.group_size
+        kb, W, n = hd // 16, P["attn_width"], len(pack)
+        rows, pv_row = n * G, 4 * n * hd  # the pack's query heads; P.V bytes a row
+        tile = L * hd
+        kv_rows = [bind_count(LengthReg.KV, "n_strips", 4)]
+        causal = bind_offset(LengthReg.POS, "aux", 0)  # the query position is POS
+        for j, g in enumerate(pack):
+            self.load_tiles(li, g, None, vtile=P["vtile"] + j * tile)
+            head0 = g * G
+            score = dict(w_addr=P["ktile"], wbits=WeightBits.INT8, n_strips=W // 16,
+                         k_blocks=kb, x_addr=P["q8"] + head0 * hd, out_mode=OutMode.ACC32,
+                         out_addr=P["scores"] + j * G * 4 * W)
+            if G == 1:
+                self.emit(Opcode.MV, bindings=kv_rows, **score)
+            else:  # the group's query heads are consecutive in the query row
+                self.emit(Opcode.MM, m_rows=G, x_stride=hd, out_stride=4 * W,
+                          bindings=kv_rows, **score)
+            self.emit(Opcode.MISC, func=MiscFunc.SOFTMAX, m=G, a_buf=Buffer.RBUF,
+                      a_addr=P["scores"] + j * G * 4 * W, a_stride=4 * W, d_buf=Buffer.ABUF,
+                      d_addr=P["probs"] + j * G * W, d_stride=W, b_buf=Buffer.RBUF,
+                      b_addr=P["recip"] + 4 * j * G, b_stride=4, n=W, m1=layer.softmax[0],
+                      s1=layer.softmax[1], causal=1, defer=1, aux=0,
+                      bindings=[bind_count(LengthReg.KV, "n"), causal])
+        # Strips j * kb on are V tile j (w_stride steps over a strip of positions).
+        self.emit(Opcode.MM, m_rows=rows, x_stride=W, out_stride=pv_row, w_addr=P["vtile"],
+                  w_stride=16 * L, wbits=WeightBits.INT8, n_strips=n * kb, k_blocks=W // 16,
+                  x_addr=P["probs"], out_mode=OutMode.ACC32, out_addr=P["pv"],
+                  bindings=[bind_count(LengthReg.KV, "k_blocks", 4)])
+        s1, m2, s2 = layer.ctx
+        for j, g in enumerate(pack):
+            self.emit(Opcode.MISC, func=MiscFunc.MUL, m=G, rowscalar=1, a_buf=Buffer.RBUF,
+                      a_addr=P["pv"] + j * G * pv_row + 4 * j * hd, a_stride=pv_row,
+                      b_buf=Buffer.RBUF, b_addr=P["recip"] + 4 * j * G, b_stride=4,
+                      d_buf=Buffer.ABUF, d_addr=P["ctx"] + g * G * hd, d_stride=hd, n=hd,
+                      s1=s1, m2=m2, s2=s2)
