@@ -190,7 +190,12 @@ class RowReader(wiring.Component):
 
 class TileTranspose(wiring.Component):
     """Transposes each 256-byte (16x16) tile of a chunk stream when ``enable``; else passes
-    chunks through. Transposed segments are whole tiles, so tiles start at segment byte 0."""
+    chunks through. Transposed segments are whole tiles, so tiles start at segment byte 0.
+
+    Two tile registers, used in turn: the next tile comes in while the last one goes out, so
+    a transposed stream runs at one chunk per cycle after the first tile's fill. (One
+    register took a tile in, then sent it out: half the rate, whatever the segments' length;
+    the V tile loads of decode attention are such streams.)"""
 
     def __init__(self, beat_bytes: int):
         self.B = beat_bytes
@@ -202,32 +207,52 @@ class TileTranspose(wiring.Component):
         m = Module()
         B = self.B
         per_tile = 256 // B
-        tile = Signal(2048)
-        idx = Signal(range(per_tile + 1))
-        base = Signal(25)
-        last = Signal()
-        draining = Signal()
-        transposed = Cat(*(tile[8 * ((q % 16) * 16 + q // 16):][:8] for q in range(256)))
+        tiles = [Signal(2048, name=f"tile{k}") for k in range(2)]
+        bases = [Signal(25, name=f"base{k}") for k in range(2)]
+        full = Signal(2)   # tile k holds a whole tile not yet sent
+        last = Signal(2)   # ... which ends its segment
+        wsel, rsel = Signal(), Signal()
+        widx, ridx = Signal(range(per_tile + 1)), Signal(range(per_tile + 1))
+
+        def word(value, idx):
+            if per_tile == 1:
+                return value
+            return value.word_select(idx[:(per_tile - 1).bit_length()], 8 * B)
+
+        def transposed(tile):
+            return Cat(*(tile[8 * ((q % 16) * 16 + q // 16):][:8] for q in range(256)))
+
         with m.If(~self.enable):
             m.d.comb += [self.o.valid.eq(self.i.valid), self.o.p.eq(self.i.p),
                          self.i.ready.eq(self.o.ready), self.idle.eq(1)]
-        with m.Elif(~draining):
-            m.d.comb += [self.i.ready.eq(1), self.idle.eq(idx == 0)]
-            with m.If(self.i.valid):
-                m.d.sync += [tile.word_select(idx[:max(1, (per_tile - 1).bit_length())]
-                                              if per_tile > 1 else 0, 8 * B).eq(self.i.p.data),
-                             idx.eq(idx + 1)]
-                with m.If(idx == 0):
-                    m.d.sync += base.eq(self.i.p.addr)
-                with m.If(idx == per_tile - 1):
-                    m.d.sync += [draining.eq(1), idx.eq(0), last.eq(self.i.p.last)]
         with m.Else():
-            sel = idx[:max(1, (per_tile - 1).bit_length())] if per_tile > 1 else 0
-            m.d.comb += [self.o.valid.eq(1), self.o.p.data.eq(transposed.word_select(sel, 8 * B)),
-                         self.o.p.be.eq((1 << B) - 1), self.o.p.addr.eq(base + idx * B),
-                         self.o.p.last.eq(last & (idx == per_tile - 1))]
-            with m.If(self.o.ready):
-                m.d.sync += idx.eq(idx + 1)
-                with m.If(idx == per_tile - 1):
-                    m.d.sync += [draining.eq(0), idx.eq(0)]
+            m.d.comb += [self.idle.eq((full == 0) & (widx == 0)),
+                         self.i.ready.eq(~full.bit_select(wsel, 1))]
+            with m.If(self.i.valid & self.i.ready):
+                m.d.sync += widx.eq(widx + 1)
+                for k in range(2):
+                    with m.If(wsel == k):
+                        if per_tile > 1:
+                            m.d.sync += word(tiles[k], widx).eq(self.i.p.data)
+                        else:
+                            m.d.sync += tiles[k].eq(self.i.p.data)
+                        with m.If(widx == 0):
+                            m.d.sync += bases[k].eq(self.i.p.addr)
+                        with m.If(widx == per_tile - 1):
+                            m.d.sync += [full[k].eq(1), last[k].eq(self.i.p.last)]
+                with m.If(widx == per_tile - 1):
+                    m.d.sync += [widx.eq(0), wsel.eq(~wsel)]
+            out = [word(transposed(t), ridx) for t in tiles]
+            m.d.comb += [self.o.valid.eq(full.bit_select(rsel, 1)),
+                         self.o.p.data.eq(Mux(rsel, out[1], out[0])),
+                         self.o.p.be.eq((1 << B) - 1),
+                         self.o.p.addr.eq(Mux(rsel, bases[1], bases[0]) + ridx * B),
+                         self.o.p.last.eq(last.bit_select(rsel, 1) & (ridx == per_tile - 1))]
+            with m.If(self.o.valid & self.o.ready):
+                m.d.sync += ridx.eq(ridx + 1)
+                with m.If(ridx == per_tile - 1):
+                    m.d.sync += [ridx.eq(0), rsel.eq(~rsel)]
+                    for k in range(2):
+                        with m.If(rsel == k):
+                            m.d.sync += full[k].eq(0)
         return m

@@ -266,14 +266,16 @@ def buffer_port_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) 
 def datapath_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
     """Cycles of an LD/ST's data path: every channel's segments one after another, one AXI
     beat per cycle (an unaligned segment takes one beat more), plus ``segment_overhead`` per
-    segment (bindings resolved)."""
+    segment (bindings resolved). A transposing LD also sends its last 16x16 tile out after
+    its last beat (the transposer holds one tile while it takes the next: hw/rowio.py)."""
     if ins.len <= 0 or ins.n1 <= 0 or ins.n2 <= 0:
         return 0
     beat = cfg.axi_data_bits // 8
     nch = max(ins.nch, 1) if ins.op == Opcode.LD else 1
     # Each lane takes its share of the channels; the lanes run side by side.
     segments = ins.n1 * ins.n2 * _ceil(nch, ld_lanes(cfg, t))
-    return segments * (_ceil(ins.len, beat) + t.segment_overhead)
+    drain = _ceil(256, beat) if ins.op == Opcode.LD and ins.transpose else 0
+    return segments * (_ceil(ins.len, beat) + t.segment_overhead) + drain
 
 
 def sys_cycles(received_bytes: int, t: UnitTiming) -> int:
