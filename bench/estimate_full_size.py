@@ -65,7 +65,7 @@ def bounds(out: dict, config, hbm) -> dict:
 #: The road to the goals: each step adds one change to the ones before it, in the order the
 #: binding unit asks for them. Config changes are lowered again (the compiler sizes its weight
 #: chunks by the chains and the WBUF); timing changes are what-ifs of the model
-#: (``UnitTiming.ld_lanes``, ``dequant_word_bytes``, ``segment_overhead``), not hardware that
+#: (``UnitTiming.ld_lanes``, ``dequant_word_bytes``, ``segment_overhead``/``segment_issue``), not hardware that
 #: exists. (MM's weights read once per four token pairs was a what-if here until the presets
 #: got ``mm_pair_group = 4``.)
 ROADMAP = (
@@ -76,7 +76,7 @@ ROADMAP = (
     ("32 chains per core, WBUF 4 MiB", {"mv_rows": 32, "wbuf_mib": 4}, {}),
     ("64 chains per core, WBUF 8 MiB", {"mv_rows": 64, "wbuf_mib": 8}, {}),
     ("every pseudo-channel of the board", {"hbm_channels_per_core": "all"}, {}),
-    ("no per-segment LD/ST overhead", {}, {"segment_overhead": 0}),
+    ("no per-segment LD/ST overhead", {}, {"segment_overhead": 0, "segment_issue": 1}),
 )
 
 

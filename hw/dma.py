@@ -148,13 +148,9 @@ class _LoadLane(TransferEngine):
         caddr = Signal(25)
         buf = Signal(2)
         prev = Signal(8 * B)
-        with m.If(~active & segs.r_rdy):
-            m.d.comb += segs.r_en.eq(1)
-            s_new = desc.addr[:max(1, (B - 1).bit_length())] if B > 1 else 0
-            m.d.sync += [active.eq(1), have_prev.eq(0), s.eq(s_new), rchan.eq(desc.chan),
-                         nbeats.eq((s_new + desc.len + B - 1) // B),
-                         nchunks.eq((desc.len + B - 1) // B), left.eq(desc.len),
-                         caddr.eq(desc.baddr), buf.eq(desc.buf)]
+        # The segment ends in this cycle (its last chunk goes and no beat is left), so the next
+        # descriptor can load now: segments follow each other without an idle cycle between.
+        ending = Signal()
         beat_valid = Array(a.rvalid for a in self.axi)[rchan]
         beat = Array(a.rdata for a in self.axi)[rchan]
         chunk = stream.Signature(chunk_layout(B)).create()
@@ -187,6 +183,16 @@ class _LoadLane(TransferEngine):
             m.d.sync += [nchunks.eq(nchunks - 1), left.eq(left - B), caddr.eq(caddr + B)]
         with m.If(active & (nchunks == 0) & (nbeats == 0)):
             m.d.sync += active.eq(0)
+        m.d.comb += ending.eq(active & chunk.valid & chunk.ready & (nchunks == 1)
+                              & ((nbeats == 0) | ((nbeats == 1) & take_beat)))
+        # Last, so that a new segment's state wins over the decrements above.
+        with m.If((~active | ending) & segs.r_rdy):
+            m.d.comb += segs.r_en.eq(1)
+            s_new = desc.addr[:max(1, (B - 1).bit_length())] if B > 1 else 0
+            m.d.sync += [active.eq(1), have_prev.eq(0), s.eq(s_new), rchan.eq(desc.chan),
+                         nbeats.eq((s_new + desc.len + B - 1) // B),
+                         nchunks.eq((desc.len + B - 1) // B), left.eq(desc.len),
+                         caddr.eq(desc.baddr), buf.eq(desc.buf)]
         completed = take_beat & rlast
         m.d.sync += outstanding.eq(outstanding + issued - completed)
         m.d.comb += self.progress.eq(issued | take_beat)

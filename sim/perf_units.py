@@ -18,8 +18,9 @@ the RTL unit benches recorded in docs/hw_datapath.md (``tiny``, no stalls):
 * **LD / ST**: issue cycles, then the HBM model (sim/hbm_model.py), but no faster than the
   buffer's one row per cycle, nor than the engine's data path: it handles one segment at a
   time, one AXI beat per cycle, so the channels of a multi-channel LD take turns (their
-  bytes add up at ``axi_data_bits / 8`` per cycle), and each segment costs
-  ``segment_overhead`` more. The engine waits in DRAIN until every burst has returned, so
+  bytes add up at ``axi_data_bits / 8`` per cycle); an ST segment costs
+  ``segment_overhead`` more, an LD segment at least ``segment_issue`` (the address
+  generator's rate). The engine waits in DRAIN until every burst has returned, so
   the memory latency is paid by every transfer (one instruction in flight per queue).
 * **Buffer ports**: each buffer serves one row read and one row write per cycle to all its
   clients (hw/bufport.py): an LD refilling WBUF does not slow the matrix engine's weight
@@ -83,10 +84,14 @@ class UnitTiming:
             engine's IDLE -> CHECK -> SEGMENT -> BURST states, hw/transfer.py).
         transfer_drain: LD/ST cycles from the last beat to the queue seeing ``done``: the row
             writer's last partial row, the DRAIN state, the core's done handshake.
-        segment_overhead: Data-path cycles per segment beyond its beats. The LD/ST data path
-            moves one segment at a time: a cycle to pop the segment's descriptor and one to
-            retire it, plus a row merge at the segment's end (hw/dma.py; the RTL's busy counters
-            give 3 per LD segment and 2.6 per ST segment on the tiny builds).
+        segment_overhead: ST data-path cycles per segment beyond its beats: a cycle to pop
+            the segment's descriptor, one to retire it, a row read at its end (hw/dma.py; the
+            RTL's busy counters give 2.6 per ST segment on the tiny builds). An LD lane loads
+            the next segment's descriptor in the cycle its segment ends, so its segments cost
+            their beats only, but no less than ``segment_issue``.
+        segment_issue: Cycles the address generator takes per segment (check, descriptor,
+            burst: hw/transfer.py): an LD of segments of 1 to 4 beats moves one per 4 cycles
+            on the DMA bench (tests/hw/test_dma.py).
         token_latency: Cycles from a release to the waiting queue seeing the token.
         barrier: A SYS instruction's cross-core handshake (cores sit in different SLRs).
         gather_bytes_per_cycle: Bytes a core receives per cycle during a GATHER.
@@ -126,6 +131,7 @@ class UnitTiming:
     transfer_issue: int = 4
     transfer_drain: int = 2
     segment_overhead: int = 3
+    segment_issue: int = 4
     token_latency: int = 1
     barrier: int = 64
     gather_bytes_per_cycle: int = 64
@@ -265,17 +271,20 @@ def buffer_port_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) 
 
 def datapath_cycles(ins: Instruction, cfg: AcceleratorConfig, t: UnitTiming) -> int:
     """Cycles of an LD/ST's data path: every channel's segments one after another, one AXI
-    beat per cycle (an unaligned segment takes one beat more), plus ``segment_overhead`` per
-    segment (bindings resolved). A transposing LD also sends its last 16x16 tile out after
-    its last beat (the transposer holds one tile while it takes the next: hw/rowio.py)."""
+    beat per cycle: an ST segment ``segment_overhead`` more, an LD segment at least
+    ``segment_issue`` (bindings resolved). A transposing LD also sends its last 16x16 tile
+    out after its last beat (the transposer holds one tile while it takes the next:
+    hw/rowio.py)."""
     if ins.len <= 0 or ins.n1 <= 0 or ins.n2 <= 0:
         return 0
     beat = cfg.axi_data_bits // 8
     nch = max(ins.nch, 1) if ins.op == Opcode.LD else 1
     # Each lane takes its share of the channels; the lanes run side by side.
     segments = ins.n1 * ins.n2 * _ceil(nch, ld_lanes(cfg, t))
-    drain = _ceil(256, beat) if ins.op == Opcode.LD and ins.transpose else 0
-    return segments * (_ceil(ins.len, beat) + t.segment_overhead) + drain
+    if ins.op == Opcode.ST:
+        return segments * (_ceil(ins.len, beat) + t.segment_overhead)
+    drain = _ceil(256, beat) if ins.transpose else 0
+    return segments * max(_ceil(ins.len, beat), t.segment_issue) + drain
 
 
 def sys_cycles(received_bytes: int, t: UnitTiming) -> int:

@@ -151,3 +151,23 @@ def test_transposed_loads_stream_at_the_beat_rate():
         state = _check([ld, back], {"seq": 1, "kv": 1, "pos": 0}, seed=4, stall=0.0, cfg=cfg)
         cycles[transpose] = state["cycles"]
     assert cycles[0] + 256 // 16 <= cycles[1] + 2 <= cycles[0] + 256 // 16 + 6, cycles
+
+
+def test_segments_follow_each_other_without_a_gap():
+    """An LD lane loads the next segment's descriptor in the cycle its segment ends: 2 KiB as
+    32 segments of four 16-byte beats takes what one 2 KiB segment does (two idle cycles a
+    segment before: 228 against 166), and one-beat segments go at the address generator's
+    rate, one per 4 cycles (UnitTiming.segment_issue)."""
+    cfg = CFG.replace(axi_data_bits=128)
+    back = Instruction(Opcode.ST, wait=1 << Opcode.LD, buf=Buffer.WBUF, buf_addr=0x100 + 1984,
+                       hbm_addr=0x6000, len=64, n1=1, n2=1, chan=0)
+    cycles = {}
+    for seg in (2048, 64, 16):
+        ld = Instruction(Opcode.LD, release=1 << Opcode.ST, buf=Buffer.WBUF, buf_addr=0x100,
+                         hbm_addr=0x40, len=seg, n1=2048 // seg, hbm_stride1=seg,
+                         buf_stride1=seg, n2=1)
+        state = _check([ld, back], {"seq": 1, "kv": 1, "pos": 0}, seed=4, stall=0.0, cfg=cfg)
+        cycles[seg] = state["cycles"]
+    assert abs(cycles[64] - cycles[2048]) <= 2, cycles
+    beats = 2048 // 16
+    assert 4 * beats - 8 <= cycles[16] - (cycles[2048] - beats) <= 4 * beats + 8, cycles

@@ -4,7 +4,8 @@ Hand counts use the ``tiny`` configuration (mv_k 16, 4 chains, 4 SFU lanes, 64-b
 200 MHz) with the U280's HBM figures: 8 bytes per cycle per channel (the port, not the DRAM,
 limits), a row gap of round(31.1 ns x 200 MHz) = 6 cycles, latency round(106.7 x 0.2) = 21.
 An LD/ST keeps its engine busy for ISSUE, then the longest of its channels' time, its data
-path (every segment of every channel in turn: one 8-byte beat per cycle + SEG per segment) and
+path (every segment of every channel in turn: one 8-byte beat per cycle, at least SEG_ISSUE a
+segment; an ST segment SEG more) and
 its buffer port, then LAT and DRAIN (the engine waits for every burst before ``done``).
 """
 
@@ -28,7 +29,7 @@ FILL = CFG.mv_k + _T.chain_latency_extra + _T.output_stage + _T.matrix_issue
 #: The default mv() (8 dense strips of 8 blocks on the four chains) on ENGINE: 272 + FILL.
 MV_ENGINE = 272 + FILL
 ISSUE, GAP, LAT = 4, 6, 21
-SEG, DRAIN, MISC_ISSUE = 3, 2, 15
+SEG, SEG_ISSUE, DRAIN, MISC_ISSUE = 3, 4, 2, 15
 
 
 def mv(strips=8, kb=8, **kw) -> Instruction:
@@ -164,13 +165,14 @@ def test_sfu_cycle_model():
 
 def test_a_load_moves_one_beat_per_cycle_whatever_its_channels():
     # hw/dma.py's data path takes one segment at a time: two channels' 4096 bytes pass one
-    # after the other, 2 x (512 beats + SEG), although each channel alone needs 512 + GAP.
+    # after the other, 2 x 512 beats (the next segment's descriptor loads as one ends),
+    # although each channel alone needs 512 + GAP.
     both = Instruction(Opcode.LD, buf=Buffer.ABUF, buf_addr=0, chan=0, nch=2, ch_stride=4096,
                        hbm_addr=0, len=4096, n1=1, n2=1)
-    assert run([[both]]).cycles == ISSUE + 2 * (512 + SEG) + LAT + DRAIN
+    assert run([[both]]).cycles == ISSUE + 2 * 512 + LAT + DRAIN
     # 128-bit beats halve it; the 16-byte ABUF row per cycle (512 rows) does not bind.
     wide = run([[both]], cfg=CFG.replace(axi_data_bits=128))
-    assert wide.cycles == ISSUE + 2 * (256 + SEG) + LAT + DRAIN
+    assert wide.cycles == ISSUE + 2 * 256 + LAT + DRAIN
 
 
 def test_load_lanes_move_channels_side_by_side():
@@ -183,7 +185,7 @@ def test_load_lanes_move_channels_side_by_side():
     assert run([[both]], cfg=cfg.replace(ld_lanes=2)).cycles == ISSUE + 512 + GAP + LAT + DRAIN
     lanes = UnitTiming(**NO_FETCH, ld_lanes=2)
     assert run([[both]], cfg=cfg, timing=lanes).cycles == ISSUE + 512 + GAP + LAT + DRAIN
-    assert run([[both]], cfg=cfg).cycles == ISSUE + 2 * (512 + SEG) + LAT + DRAIN
+    assert run([[both]], cfg=cfg).cycles == ISSUE + 2 * 512 + LAT + DRAIN
     # Each lane writes its own bank of WBUF: with 32-byte beats and 16-byte rows (256 per
     # channel) the one write port binds a single lane at 512 rows, two lanes at 256 rows
     # each. ABUF has one write port, which binds two lanes as it does one.
@@ -197,15 +199,19 @@ def test_load_lanes_move_channels_side_by_side():
 
 def test_load_cycles_and_contiguity():
     r = run([[load(Buffer.ABUF, 0, 4096)]])
-    assert r.cycles == ISSUE + 4096 // 8 + GAP + LAT + DRAIN  # the channel binds (GAP > SEG)
+    assert r.cycles == ISSUE + 4096 // 8 + GAP + LAT + DRAIN  # the channel binds
     assert r.hbm_read_bytes == {0: 4096}
     # The same bytes as 16 separate 256-byte rows open 16 DRAM rows.
     strided = Instruction(Opcode.LD, buf=Buffer.ABUF, buf_addr=0, chan=0, hbm_addr=0, len=256,
                           n1=16, hbm_stride1=1024, buf_stride1=256, n2=1)
     assert run([[strided]]).cycles == ISSUE + 4096 // 8 + 16 * GAP + LAT + DRAIN
-    # Contiguous, one DRAM row, but still 16 segments through the data path.
+    # Contiguous, one DRAM row: 16 segments back to back through the data path take what
+    # one segment of the same bytes does (the channel binds); segments shorter than the
+    # address generator's SEG_ISSUE cycles wait for it.
     contiguous = strided.replace(hbm_stride1=256)
-    assert run([[contiguous]]).cycles == ISSUE + 16 * (256 // 8 + SEG) + LAT + DRAIN
+    assert run([[contiguous]]).cycles == r.cycles
+    short = strided.replace(len=16, n1=64, hbm_stride1=16, buf_stride1=16)
+    assert run([[short]]).cycles == ISSUE + 64 * SEG_ISSUE + LAT + DRAIN
 
 
 def test_one_transfer_in_flight_per_engine():
