@@ -22,10 +22,11 @@ the next pack's first keys overlap the matrix engine.
 
 from __future__ import annotations
 
-from flightllm.contract.config import AcceleratorConfig
+from flightllm.contract.config import BLOCK, AcceleratorConfig
 from flightllm.contract.isa import (
     Binding, BindKind, Buffer, LengthReg, MiscFunc, Opcode, OutMode, WeightBits,
 )
+from flightllm.contract.weights import WORD_BYTES
 
 from .ir import ModelConfig
 from .qmodel import AttentionSparsity
@@ -36,12 +37,21 @@ __all__ = ["AttentionEmitter", "bind_count", "bind_offset", "decode_pack"]
 def decode_pack(model: ModelConfig, cfg: AcceleratorConfig, max_len: int) -> int:
     """KV heads whose P.V one decode MM computes (``n`` V tiles in WBUF; 1: one at a time).
 
-    The pack grows while its strips fit the chains, its rows (every query head of the pack)
-    fit one weight pass, a core has that many KV heads, and the K tile with the ``n`` V tiles
-    take at most half of WBUF (the weight slots keep the rest: at LLaMA2-7B's head_dim 128
-    and max_len 2048 on the u280 preset, 640 of 768 KiB a slot).
+    A pack of several saves the P.V of all but one of them, and pays for it with the K
+    tile: the next KV head's keys load only after this one's scores. Per key position that
+    is a 16x16 INT8 block's dequantiser words / 16 cycles saved against ``head_dim`` bytes
+    over the LD's lanes, so packs are built only where the first is larger (the u280 and
+    VHK158 presets: 2 against 1 cycle at head_dim 128; not ``tiny``, whose 8-byte beats
+    take 4). The pack then grows while its strips fit the chains, its rows (every query
+    head of the pack) fit one weight pass, a core has that many KV heads, and the K tile
+    with the ``n`` V tiles take at most half of WBUF (the weight slots keep the rest: at
+    LLaMA2-7B's head_dim 128 and max_len 2048 on the u280 preset, 640 of 768 KiB a slot).
     """
     kb, group = model.head_dim // 16, model.group_size
+    saved = 256 // WORD_BYTES / BLOCK                              # cycles a position
+    stall = model.head_dim / (cfg.ld_lanes * cfg.axi_data_bits // 8)
+    if saved <= stall:
+        return 1
     tile = max_len * model.head_dim
     heads = -(-model.num_kv_heads // cfg.cores)  # KV heads of the busiest core
     n = 1
@@ -121,18 +131,6 @@ class AttentionEmitter:
                       hbm_addr=kbase + 16 * pos0, len=256, n1=count, hbm_stride1=256,
                       buf_stride1=256 * kb, n2=part, hbm_stride2=16 * L, buf_stride2=256,
                       bindings=binds("n1"))
-        if values and sparse is None:
-            # A V slice's positions are contiguous on both sides, so the dense load moves
-            # runs of `run` 16-position blocks (a segment costs the LD ~3 cycles beyond its
-            # beats: 256-byte segments ran at 4/7 of the lane's rate). The last run may read
-            # up to run - 1 blocks past KV, inside the cache; nothing reads them.
-            run = next(r for r in (8, 4, 2, 1) if (L // 16) % r == 0)
-            self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=vtile, chan=vc.channels[0],
-                      nch=nch, ch_stride=16 * L * part, hbm_addr=vbase, len=256 * run,
-                      n1=L // 16 // run, hbm_stride1=256 * run, buf_stride1=256 * run,
-                      n2=part, hbm_stride2=16 * L, buf_stride2=16 * L, transpose=1,
-                      bindings=[bind_count(LengthReg.KV, "n1", 4 + run.bit_length() - 1)])
-            values = False
         for first, pos0, count, binds in self.kv_spans(sparse) if values else ():
             self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=vtile + 256 * first,
                       chan=vc.channels[0], nch=nch, ch_stride=16 * L * part,

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from flightllm.cli import main
+from flightllm.contract.isa import Opcode
 from flightllm.default_model import default_model_path
 from flightllm.hw.sim_runner import simulator_unavailable_reason
 
@@ -112,19 +113,25 @@ def test_rtl_engine_with_two_ld_lanes_matches_golden(tmp_path):
 
 
 def test_rtl_engine_with_caches_split_over_two_lanes_matches_golden(tmp_path):
-    """A synthetic LLaMA-style model with head-dim 32 on tiny with two LD lanes: each K/V
-    cache is split over the core's two channels, so every tile load (V's with the
-    transpose) moves half on each lane and every new row is two stores; tokens and logits
-    are still the golden simulator's."""
+    """A synthetic LLaMA-style model with head-dim 32 on tiny with two LD lanes of 16-byte
+    beats: each K/V cache is split over the core's two channels, so every tile load (V's
+    with the transpose) moves half on each lane and every new row is two stores, and decode
+    packs both heads' P.V into one MM of two rows over both V tiles (compiler/attention.py:
+    lanes this fast make the pack pay); tokens and logits are still the golden simulator's."""
     if simulator_unavailable_reason():
         pytest.skip(simulator_unavailable_reason())
     from flightllm.compiler.build import CompileOptions, compile_model
     from flightllm.compiler.presets import WIDE_HEADS, build_ir
     from flightllm.contract.config import preset
+    from flightllm.sim.golden import load_streams
     out = tmp_path / "build"
     compile_model(build_ir(WIDE_HEADS, "synthetic", seed=3),
-                  preset("tiny").replace(name="tiny-l2", ld_lanes=2, wbuf_read_ports=2), out,
+                  preset("tiny").replace(name="tiny-l2", ld_lanes=2, wbuf_read_ports=2,
+                                         axi_data_bits=128), out,
                   CompileOptions(max_len=32, chunk=8, calibration_sequences=1))
     caches = json.loads((out / "manifest.json").read_text())["io"]["k_cache"][0]
     assert all(len(entry["channels"]) == 2 for entry in caches)
+    decode = [s.ins for stream in load_streams((out / "programs" / "decode.bin").read_bytes())
+              for s in stream]
+    assert any(i.op == Opcode.MM and i.m_rows == 2 and i.n_strips == 4 for i in decode)
     _assert_rtl_is_golden(out, "3,1,4,1,5,9,2,6,5,3")
