@@ -64,6 +64,13 @@ class CompileOptions:
     #: Block-sparse prefill attention: (sink, band) in blocks of the configuration's
     #: ``attn_block`` tokens (compiler.qmodel.AttentionSparsity); None is dense.
     attn_sparsity: tuple[int, int] | None = None
+    #: INT8 digits of the gated MLP's hidden (``QuantRecipe.split_hidden``): 2 carries ~15
+    #: bits and runs ``down`` once per digit; 1 runs it once, less accurately.
+    mlp_hidden_digits: int = 2
+
+    def __post_init__(self):
+        if self.mlp_hidden_digits not in (1, 2):
+            raise CompileError(f"mlp_hidden_digits = {self.mlp_hidden_digits!r}: 1 or 2")
 
 
 def _step_frontend(state):
@@ -99,6 +106,7 @@ def _step_quantize(state):
     # soon as it is packed, and its arrays are dropped (a 7B model never sits in memory).
     opts = state["opts"]
     recipe = QuantRecipe(weight_bits=opts.weight_bits, sparsity=dict(opts.sparsity),
+                         split_hidden=opts.mlp_hidden_digits == 2,
                          bits_by_name=state.get("bits_by_name", {}))
     lowerer = Lowerer(state["ir"].config, state["config"], opts.max_len, spool=state["spool"],
                       attn_sparsity=opts.attn_sparsity)

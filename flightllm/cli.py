@@ -105,6 +105,11 @@ def disasm(program: Path, core: int | None, raw: bool):
 @click.option("--attn-sparsity", default=None, metavar="sink=S,band=B",
               help="Block-sparse prefill attention: the first S blocks plus a band of B blocks "
                    "(blocks of the configuration's attn_block tokens); 'dense' or omitted: dense.")
+@click.option("--mlp-hidden-digits", type=click.Choice(["1", "2"]), default="2",
+              show_default=True,
+              help="INT8 digits of a gated MLP's hidden: 2 carries ~15 bits and runs the down "
+                   "projection once per digit (its weights are read once); 1 runs it once: "
+                   "faster decode, less accurate.")
 @click.option("--max-len", type=int, default=128, show_default=True,
               help="Longest sequence (prompt plus generated tokens) the build serves.")
 @click.option("--chunk", type=int, default=None,
@@ -118,8 +123,9 @@ def disasm(program: Path, core: int | None, raw: bool):
 @click.option("--dump-dir", type=click.Path(path_type=Path), default=None,
               help="Write every pipeline step's result and time here.")
 @_user_errors
-def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, attn_sparsity, max_len,
-                chunk, weights, smooth_alpha, calibration_seqs, dump_dir):
+def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, attn_sparsity,
+                mlp_hidden_digits, max_len, chunk, weights, smooth_alpha, calibration_seqs,
+                dump_dir):
     """Compile MODEL (an .onnx file, a config.json, or a preset) into a build directory.
 
     Without MODEL, the small LLaMA export bundled with flightllm is compiled. With --board,
@@ -137,7 +143,8 @@ def compile_cmd(model, board, arch, out, weight_bits, avg_bits, sparsity, attn_s
                           sparsity=parse_sparsity(sparsity),
                           attn_sparsity=parse_attn_sparsity(attn_sparsity),
                           max_len=max_len, chunk=chunk, smooth_alpha=smooth_alpha,
-                          calibration_sequences=calibration_seqs)
+                          calibration_sequences=calibration_seqs,
+                          mlp_hidden_digits=int(mlp_hidden_digits))
     if board is None:
         cfg = load_config(arch or "tiny")
         report = compile_model(load_model(model, weights=weights), cfg, out, opts,

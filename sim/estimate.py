@@ -70,7 +70,8 @@ class Target:
 
 def load_target(source: str, config: AcceleratorConfig, *, weight_bits: int = 4,
                 avg_bits: float | None = None, sparsity: str | None = None,
-                max_len: int = 2048, cache_dir: Path | None | str = "default") -> Target:
+                max_len: int = 2048, cache_dir: Path | None | str = "default",
+                mlp_hidden_digits: int = 2) -> Target:
     """A build directory as it is, or a model lowered from its shapes for ``config`` (cached
     in ``cache_dir``: ``"default"`` is sim/shape_programs.py's DEFAULT_CACHE, None none)."""
     path = Path(source)
@@ -88,7 +89,8 @@ def load_target(source: str, config: AcceleratorConfig, *, weight_bits: int = 4,
     from flightllm.compiler.sources import load_model, parse_sparsity
     from flightllm.sim.shape_programs import DEFAULT_CACHE, bits_for_average, shape_programs
     model = load_model(source, weights="none").config
-    recipe = QuantRecipe(weight_bits=weight_bits, sparsity=parse_sparsity(sparsity))
+    recipe = QuantRecipe(weight_bits=weight_bits, sparsity=parse_sparsity(sparsity),
+                         split_hidden=mlp_hidden_digits == 2)
     if avg_bits is not None:
         try:
             recipe.bits_by_name = bits_for_average(model, avg_bits, recipe.sparsity)
@@ -226,6 +228,10 @@ def _text(out: dict) -> str:
 @click.option("--avg-bits", type=float, default=None,
               help="Mixed widths with at most this stored average (models only; bytes-based).")
 @click.option("--sparsity", default=None, help="N:16 recipe as for compile (models only).")
+@click.option("--mlp-hidden-digits", type=click.Choice(["1", "2"]), default="2",
+              show_default=True,
+              help="INT8 digits of a gated MLP's hidden, as for compile (models only): 2 runs "
+                   "the down projection once per digit.")
 @click.option("--max-len", type=int, default=2048, show_default=True,
               help="Longest sequence the programs serve (models only).")
 @click.option("--input-ids", default=None,
@@ -241,18 +247,20 @@ def _text(out: dict) -> str:
                    "~/.cache/flightllm/shape_programs or $FLIGHTLLM_CACHE).")
 @click.option("--no-cache", is_flag=True, help="Lower again; keep nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def estimate_command(source, board, arch, weight_bits, avg_bits, sparsity, max_len, input_ids,
-                     decode_steps, trace_path, roofline_path, cache_dir, no_cache, as_json):
+def estimate_command(source, board, arch, weight_bits, avg_bits, sparsity, mlp_hidden_digits,
+                     max_len, input_ids, decode_steps, trace_path, roofline_path, cache_dir,
+                     no_cache, as_json):
     """Model SOURCE (a build directory, a preset, a config.json or an .onnx file) on BOARD:
     prefill latency, decode tokens/s, HBM and matrix-engine utilisation."""
     from flightllm.cliutil import user_errors as _user_errors
     cache = None if no_cache else (cache_dir or "default")
-    _user_errors(_run)(source, board, arch, int(weight_bits), avg_bits, sparsity, max_len,
-                       input_ids, decode_steps, trace_path, roofline_path, cache, as_json)
+    _user_errors(_run)(source, board, arch, int(weight_bits), avg_bits, sparsity,
+                       int(mlp_hidden_digits), max_len, input_ids, decode_steps, trace_path,
+                       roofline_path, cache, as_json)
 
 
-def _run(source, board, arch, weight_bits, avg_bits, sparsity, max_len, input_ids,
-         decode_steps, trace_path, roofline_path, cache, as_json):
+def _run(source, board, arch, weight_bits, avg_bits, sparsity, hidden_digits, max_len,
+         input_ids, decode_steps, trace_path, roofline_path, cache, as_json):
     if decode_steps < 0:
         raise click.BadParameter("must be >= 0", param_hint="--decode-steps")
     if max_len < 16:
@@ -263,7 +271,8 @@ def _run(source, board, arch, weight_bits, avg_bits, sparsity, max_len, input_id
         raise click.UsageError("--decode-steps needs --input-ids")
     config, hbm = board_setup(board, arch)
     target = load_target(source, config, weight_bits=weight_bits, avg_bits=avg_bits,
-                         sparsity=sparsity, max_len=max_len, cache_dir=cache)
+                         sparsity=sparsity, max_len=max_len, cache_dir=cache,
+                         mlp_hidden_digits=hidden_digits)
     model = PerfModel(target.config, hbm, sparsity=target.sparsity)
     out = estimate(target, hbm, model)
     if input_ids is not None:

@@ -16,7 +16,8 @@ def reference_qmodel(ir, opts):
     from flightllm.compiler.qmodel import QuantRecipe, build_qmodel
     calib = [default_calibration_tokens(ir.config.vocab_size, opts.calibration_length, i)
              for i in range(opts.calibration_sequences)]
-    recipe = QuantRecipe(weight_bits=opts.weight_bits, sparsity=dict(opts.sparsity))
+    recipe = QuantRecipe(weight_bits=opts.weight_bits, sparsity=dict(opts.sparsity),
+                         split_hidden=opts.mlp_hidden_digits == 2)
     return build_qmodel(ir, calibrate(ir, calib), recipe, max_len=opts.max_len)
 
 

@@ -163,3 +163,38 @@ def test_infeasible_budget_is_a_clean_error(tmp_path):
                                   "--avg-bits", "1.5", "--max-len", "32"])
     assert r.exit_code == 1 and "--avg-bits 1.5" in r.output and "infeasible" in r.output
     assert not (tmp_path / "b").exists()
+
+
+def test_one_digit_mlp_hidden_is_bit_exact_and_runs_down_once(tmp_path):
+    """--mlp-hidden-digits 1: the integer reference without the split hidden gives the
+    build's logits bit for bit, and decode's down MVs are halved; the manifest says so."""
+    from flightllm.contract.isa import Opcode
+    from flightllm.host.session import GoldenDevice, Session
+    from flightllm.sim.golden import load_streams
+
+    from .conftest import assert_generation_matches, reference_qmodel
+    ir = load_onnx(LLAMA)
+    mvs = {}
+    for digits in (1, 2):
+        opts = CompileOptions(max_len=32, calibration_sequences=1, mlp_hidden_digits=digits)
+        out = tmp_path / f"b{digits}"
+        compile_model(ir, preset("tiny"), out, opts)
+        build = load_build(out)
+        mvs[digits] = sum(s.ins.op == Opcode.MV for stream in
+                          load_streams(build.program("decode")) for s in stream)
+        recipe = json.loads((out / "manifest.json").read_text())["model"]["recipe"]
+        assert recipe["split_hidden"] is (digits == 2)
+        if digits == 1:
+            qm = reference_qmodel(ir, opts)
+            assert all(layer.down_lo is None for layer in qm.layers)
+            assert_generation_matches(Session(build, GoldenDevice(build)), qm, [5, 6, 7], 3)
+    assert mvs[1] < mvs[2]
+
+
+def test_mlp_hidden_digits_are_one_or_two(tmp_path):
+    with pytest.raises(CompileError, match="mlp_hidden_digits"):
+        CompileOptions(mlp_hidden_digits=3)
+    r = CliRunner().invoke(main, ["compile", str(LLAMA), "-o", str(tmp_path / "b"),
+                                  "--mlp-hidden-digits", "3"])
+    assert r.exit_code != 0 and "--mlp-hidden-digits" in r.output
+    assert not (tmp_path / "b").exists()

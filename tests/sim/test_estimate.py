@@ -101,6 +101,19 @@ def test_sparsity_and_width_change_the_estimate():
     assert b["decode_ms"]["128"] < a["decode_ms"]["128"]
 
 
+def test_one_digit_mlp_hidden_runs_down_once():
+    # The ONNX test model is a gated LLaMA: with two digits (the default) decode runs down
+    # once per digit, with one once.
+    two = json.loads(invoke(ONNX, "--board", "u280", "--max-len", "128", "--json").stdout)
+    one = invoke(ONNX, "--board", "u280", "--max-len", "128", "--mlp-hidden-digits", "1",
+                 "--json")
+    assert one.exit_code == 0, one.output
+    one = json.loads(one.stdout)
+    assert one["weight_bytes"] == two["weight_bytes"]
+    assert one["decode_ms"]["128"] < two["decode_ms"]["128"]
+    assert invoke(ONNX, "--board", "u280", "--mlp-hidden-digits", "3").exit_code != 0
+
+
 def test_shape_programs_cache(tmp_path):
     from flightllm.compiler.sources import load_model
     model_cfg = load_model(ONNX, weights="none").config
