@@ -73,8 +73,8 @@ def bind_offset(reg: LengthReg, field: str, shift: int, *, base: int = 0) -> Bin
 
 class AttentionEmitter:
     """The attention part of :class:`~flightllm.compiler.lower._Program` (it provides
-    ``plan``, ``qm``, ``io``, ``prefill``, ``rows``, ``kv_lo``, ``emit``, ``misc`` and
-    ``row_bind``)."""
+    ``plan``, ``qm``, ``io``, ``prefill``, ``rows``, ``kv_lo``, ``kv_hi``, ``emit``, ``misc``
+    and ``row_bind``)."""
 
     def attention_layer(self, li: int, layer) -> None:
         """Every KV head of this core: one at a time in prefill, in packs in decode."""
@@ -105,8 +105,7 @@ class AttentionEmitter:
                                  bind_count(LengthReg.KV, f, 4, base=sink)]))
         return spans
 
-    def load_tiles(self, li: int, g: int, sparse, *, keys: bool = True, values: bool = True,
-                   vtile: int | None = None) -> None:
+    def load_tiles(self, li: int, g: int, sparse, *, vtile: int | None = None) -> None:
         """KV head ``g``'s K tile (position strips x head-dim blocks) and V^T tile (head-dim
         strips x position blocks, at ``vtile``). Dense: positions 0..KV. Sparse: the sink's
         positions, then the band's from its first position on; both loads count 16-position
@@ -125,13 +124,13 @@ class AttentionEmitter:
         # DRAM row opened) rather than one run per 16 positions. Channel c of the cache
         # holds head-dim blocks c * part on, which land c * part blocks (K: columns, V:
         # strips) into the tile; on two channels each LD lane moves half.
-        for first, pos0, count, binds in self.kv_spans(sparse) if keys else ():
+        for first, pos0, count, binds in self.kv_spans(sparse):
             self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=P["ktile"] + 256 * kb * first,
                       chan=kc.channels[0], nch=nch, ch_stride=256 * part,
                       hbm_addr=kbase + 16 * pos0, len=256, n1=count, hbm_stride1=256,
                       buf_stride1=256 * kb, n2=part, hbm_stride2=16 * L, buf_stride2=256,
                       bindings=binds("n1"))
-        for first, pos0, count, binds in self.kv_spans(sparse) if values else ():
+        for first, pos0, count, binds in self.kv_spans(sparse):
             self.emit(Opcode.LD, buf=Buffer.WBUF, buf_addr=vtile + 256 * first,
                       chan=vc.channels[0], nch=nch, ch_stride=16 * L * part,
                       hbm_addr=vbase + 16 * pos0, len=256, n1=count, hbm_stride1=256,
