@@ -48,7 +48,7 @@ def decode_pack(model: ModelConfig, cfg: AcceleratorConfig, max_len: int) -> int
     LLaMA2-7B's head_dim 128 and max_len 2048 on the u280 preset, 640 of 768 KiB a slot).
     """
     kb, group = model.head_dim // 16, model.group_size
-    saved = 256 // WORD_BYTES / BLOCK                              # cycles a position
+    saved = BLOCK / WORD_BYTES  # a 16x16 INT8 block's words over its 16 positions
     stall = model.head_dim / (cfg.ld_lanes * cfg.axi_data_bits // 8)
     if saved <= stall:
         return 1
@@ -79,14 +79,21 @@ class AttentionEmitter:
     def attention_layer(self, li: int, layer) -> None:
         """Every KV head of this core: one at a time in prefill, in packs in decode."""
         groups = list(range(self.kv_lo, self.kv_hi))
-        n = 1 if self.prefill else self.plan["pv_pack"]
+        if self.prefill:
+            for g in groups:
+                self.prefill_attention(li, layer, g)
+            return
+        n = self.plan["pv_pack"]
         for i in range(0, len(groups), n):
-            pack = groups[i:i + n]
-            if self.prefill or len(pack) * self.qm.config.group_size == 1:
-                for g in pack:
-                    self.attention(li, layer, g)
-            else:
-                self.attention_pack(li, layer, pack)
+            self.decode_attention(li, layer, groups[i:i + n])
+
+    def product(self, rows: int, x_stride: int, out_stride: int, **fields) -> None:
+        """A decode product over ``rows`` activation rows: an MV for one, else an MM."""
+        if rows == 1:
+            self.emit(Opcode.MV, **fields)
+        else:
+            self.emit(Opcode.MM, m_rows=rows, x_stride=x_stride, out_stride=out_stride,
+                      **fields)
 
     def kv_spans(self, sparse: AttentionSparsity | None):
         """The K/V tile loads: (first tile block, first position, 16-position blocks, bindings
@@ -137,12 +144,13 @@ class AttentionEmitter:
                       buf_stride1=256, n2=part, hbm_stride2=16 * L, buf_stride2=16 * L,
                       transpose=1, bindings=binds("n1"))
 
-    def attention(self, li: int, layer, g: int) -> None:
-        """KV head ``g``'s query heads one after another (prefill: token rows in the lanes)."""
+    def prefill_attention(self, li: int, layer, g: int) -> None:
+        """KV head ``g``'s query heads one after another, the call's token rows in the
+        lanes."""
         P, c = self.plan, self.qm.config
         hd, L = c.head_dim, self.qm.max_len
         kb = hd // 16
-        sparse = P["sparse"] if self.prefill else None
+        sparse = P["sparse"]
         self.load_tiles(li, g, sparse)
         W = P["attn_width"]  # columns of the scores and weights rows
         if sparse is None:
@@ -155,58 +163,46 @@ class AttentionEmitter:
             aux = sparse.sink_tokens + sparse.back_tokens
             aux_bind = bind_count(LengthReg.POS, "aux")
         for head in range(g * c.group_size, (g + 1) * c.group_size):
-            q_addr = P["q8"] + head * hd
-            score = dict(w_addr=P["ktile"], wbits=WeightBits.INT8, n_strips=W // 16,
-                         k_blocks=kb, x_addr=q_addr, out_mode=OutMode.ACC32,
-                         out_addr=P["scores"])
-            kv_rows = [bind_count(LengthReg.KV, "n_strips", 4)]
-            pv = dict(w_addr=P["vtile"], w_stride=16 * L, wbits=WeightBits.INT8, n_strips=kb,
-                      k_blocks=W // 16, x_addr=P["probs"], out_mode=OutMode.ACC32,
-                      out_addr=P["pv"])
-            kv_cols = [bind_count(LengthReg.KV, "k_blocks", 4)]
-            if self.prefill:
-                self.emit(Opcode.MM, m_rows=self.rows, x_stride=c.num_heads * hd,
-                          out_stride=4 * W, bindings=kv_rows + self.row_bind("m_rows"), **score)
-            else:
-                self.emit(Opcode.MV, bindings=kv_rows, **score)
+            self.emit(Opcode.MM, m_rows=self.rows, x_stride=c.num_heads * hd, out_stride=4 * W,
+                      w_addr=P["ktile"], wbits=WeightBits.INT8, n_strips=W // 16, k_blocks=kb,
+                      x_addr=P["q8"] + head * hd, out_mode=OutMode.ACC32, out_addr=P["scores"],
+                      bindings=[bind_count(LengthReg.KV, "n_strips", 4)]
+                      + self.row_bind("m_rows"))
             self.misc(MiscFunc.SOFTMAX, a_buf=Buffer.RBUF, a_addr=P["scores"], a_stride=4 * W,
                       d_buf=Buffer.ABUF, d_addr=P["probs"], d_stride=W, b_buf=Buffer.RBUF,
                       b_addr=P["recip"], b_stride=4, n=W, m1=layer.softmax[0],
                       s1=layer.softmax[1], causal=1, defer=1, aux=aux,
                       bindings=[bind_count(LengthReg.KV, "n"), aux_bind])
-            if self.prefill:
-                self.emit(Opcode.MM, m_rows=self.rows, x_stride=W, out_stride=4 * hd,
-                          bindings=kv_cols + self.row_bind("m_rows"), **pv)
-            else:
-                self.emit(Opcode.MV, bindings=kv_cols, **pv)
+            self.emit(Opcode.MM, m_rows=self.rows, x_stride=W, out_stride=4 * hd,
+                      w_addr=P["vtile"], w_stride=16 * L, wbits=WeightBits.INT8, n_strips=kb,
+                      k_blocks=W // 16, x_addr=P["probs"], out_mode=OutMode.ACC32,
+                      out_addr=P["pv"],
+                      bindings=[bind_count(LengthReg.KV, "k_blocks", 4)]
+                      + self.row_bind("m_rows"))
             s1, m2, s2 = layer.ctx
             self.misc(MiscFunc.MUL, rowscalar=1, a_buf=Buffer.RBUF, a_addr=P["pv"],
                       a_stride=4 * hd, b_buf=Buffer.RBUF, b_addr=P["recip"], b_stride=4,
                       d_buf=Buffer.ABUF, d_addr=P["ctx"] + head * hd,
                       d_stride=c.num_heads * hd, n=hd, s1=s1, m2=m2, s2=s2)
 
-    def attention_pack(self, li: int, layer, pack: list[int]) -> None:
-        """Decode: the KV heads ``pack`` together (module docstring). Row ``r`` of the
-        scores, probabilities and P.V regions is the pack's query head ``r``; KV head j's
-        heads are rows ``j * group_size`` on and read P.V columns ``j * head_dim`` on."""
+    def decode_attention(self, li: int, layer, pack: list[int]) -> None:
+        """The KV heads ``pack`` together (module docstring). Row ``r`` of the scores,
+        probabilities and P.V regions is the pack's query head ``r``; KV head j's heads are
+        rows ``j * group_size`` on and read P.V columns ``j * head_dim`` on. One head alone
+        is one row: its products are MVs."""
         P, c = self.plan, self.qm.config
         hd, L, G = c.head_dim, self.qm.max_len, c.group_size
         kb, W, n = hd // 16, P["attn_width"], len(pack)
         rows, pv_row = n * G, 4 * n * hd  # the pack's query heads; P.V bytes a row
         tile = L * hd
-        kv_rows = [bind_count(LengthReg.KV, "n_strips", 4)]
         causal = bind_offset(LengthReg.POS, "aux", 0)  # the query position is POS
         for j, g in enumerate(pack):
             self.load_tiles(li, g, None, vtile=P["vtile"] + j * tile)
-            head0 = g * G
-            score = dict(w_addr=P["ktile"], wbits=WeightBits.INT8, n_strips=W // 16,
-                         k_blocks=kb, x_addr=P["q8"] + head0 * hd, out_mode=OutMode.ACC32,
-                         out_addr=P["scores"] + j * G * 4 * W)
-            if G == 1:
-                self.emit(Opcode.MV, bindings=kv_rows, **score)
-            else:  # the group's query heads are consecutive in the query row
-                self.emit(Opcode.MM, m_rows=G, x_stride=hd, out_stride=4 * W,
-                          bindings=kv_rows, **score)
+            # The group's query heads are consecutive in the query row.
+            self.product(G, hd, 4 * W, w_addr=P["ktile"], wbits=WeightBits.INT8,
+                         n_strips=W // 16, k_blocks=kb, x_addr=P["q8"] + g * G * hd,
+                         out_mode=OutMode.ACC32, out_addr=P["scores"] + j * G * 4 * W,
+                         bindings=[bind_count(LengthReg.KV, "n_strips", 4)])
             self.emit(Opcode.MISC, func=MiscFunc.SOFTMAX, m=G, a_buf=Buffer.RBUF,
                       a_addr=P["scores"] + j * G * 4 * W, a_stride=4 * W, d_buf=Buffer.ABUF,
                       d_addr=P["probs"] + j * G * W, d_stride=W, b_buf=Buffer.RBUF,
@@ -214,10 +210,10 @@ class AttentionEmitter:
                       s1=layer.softmax[1], causal=1, defer=1, aux=0,
                       bindings=[bind_count(LengthReg.KV, "n"), causal])
         # Strips j * kb on are V tile j (w_stride steps over a strip of positions).
-        self.emit(Opcode.MM, m_rows=rows, x_stride=W, out_stride=pv_row, w_addr=P["vtile"],
-                  w_stride=16 * L, wbits=WeightBits.INT8, n_strips=n * kb, k_blocks=W // 16,
-                  x_addr=P["probs"], out_mode=OutMode.ACC32, out_addr=P["pv"],
-                  bindings=[bind_count(LengthReg.KV, "k_blocks", 4)])
+        self.product(rows, W, pv_row, w_addr=P["vtile"], w_stride=16 * L,
+                     wbits=WeightBits.INT8, n_strips=n * kb, k_blocks=W // 16,
+                     x_addr=P["probs"], out_mode=OutMode.ACC32, out_addr=P["pv"],
+                     bindings=[bind_count(LengthReg.KV, "k_blocks", 4)])
         s1, m2, s2 = layer.ctx
         for j, g in enumerate(pack):
             self.emit(Opcode.MISC, func=MiscFunc.MUL, m=G, rowscalar=1, a_buf=Buffer.RBUF,
