@@ -529,7 +529,7 @@ class Lowerer:
             plan = onchip_plan(cfg, qm, rows, self.slot, self.ktile, self.vtile, rope_row,
                                vocab_pad, align(blob, 8), attn_width=sp and sp.width,
                                ksplit=ksplit, pv_pack=self.pv_pack)
-            plan.update(mats=self.mats, pv_pack=self.pv_pack, io=ios, param_offsets=offsets, final_norm=0, sparse=sp,
+            plan.update(mats=self.mats, io=ios, param_offsets=offsets, final_norm=0, sparse=sp,
                         final_head=head_offs, in_row=4 * c.hidden_size, rope_row=rope_row,
                         rope_shift=rope_row.bit_length() - 1)
             regs = {LengthReg.SEQ: rows, LengthReg.KV: L, LengthReg.POS: L - 1}

@@ -71,7 +71,7 @@ def onchip_plan(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob, *,
     r = Arena("RBUF", cfg.rbuf.bytes)
     w = Arena("WBUF", cfg.wbuf.bytes, 256)
     p = Arena("PBUF", cfg.pbuf.bytes, 8)
-    plan = {"r_stride": 4 * d, "h_stride": d, "attn_width": W}
+    plan = {"r_stride": 4 * d, "h_stride": d, "attn_width": W, "pv_pack": pv_pack}
     plan["h"] = a.take(rows * d, "normed rows")
     plan["q8"] = a.take(rows * H * hd, "queries")
     plan["k8"] = a.take(rows * kvh * hd, "new keys")

@@ -19,8 +19,8 @@ import numpy as np
 
 from .ir import IRError, ModelConfig, TensorSpec, TransformerIR
 
-__all__ = ["PRESETS", "SyntheticWeights", "WIDE_HEADS", "build_ir", "config_from_hf", "load_hf_config",
-           "preset"]
+__all__ = ["PRESETS", "SyntheticWeights", "WIDE_HEADS", "build_ir", "config_from_hf",
+           "load_hf_config", "preset"]
 
 PRESETS: dict[str, ModelConfig] = {
     config.name: config for config in (

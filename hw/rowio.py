@@ -232,10 +232,7 @@ class TileTranspose(wiring.Component):
                 m.d.sync += widx.eq(widx + 1)
                 for k in range(2):
                     with m.If(wsel == k):
-                        if per_tile > 1:
-                            m.d.sync += word(tiles[k], widx).eq(self.i.p.data)
-                        else:
-                            m.d.sync += tiles[k].eq(self.i.p.data)
+                        m.d.sync += word(tiles[k], widx).eq(self.i.p.data)
                         with m.If(widx == 0):
                             m.d.sync += bases[k].eq(self.i.p.addr)
                         with m.If(widx == per_tile - 1):
