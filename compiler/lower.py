@@ -176,7 +176,8 @@ class _Program(AttentionEmitter):
                p_addr: int, extra: tuple[tuple[int, int], ...] = (), *,
                local: bool = False) -> None:
         """Stream ``mat`` chunk by chunk through the engine; each chunk, once in WBUF, also
-        serves the ``extra`` (x_addr, p_addr) passes (the low digit of a split input).
+        serves the ``extra`` (x_addr, p_addr) passes (the low digit of a split input; in
+        decode the two digits are one MM's two rows instead, :meth:`_digit_pair`).
         ``local``: the output region holds only this core's strips, from its first.
         A K-split chunk leaves raw partial sums in RBUF (one region per pass) for the next
         K range to add to; the last range adds them and requantises as a whole chunk would."""
@@ -197,6 +198,9 @@ class _Program(AttentionEmitter):
             if last:
                 fields.update(out_mode=mode, residual=int(lin.residual), relu=int(lin.relu),
                               out_addr=out_addr + 16 * (first - (mat.lo if local else 0)) * esize)
+            if extra and not self.prefill:
+                self._digit_pair(fields, (x_addr, p_addr), extra, k0, n, kb, first - mat.lo)
+                continue
             for pass_, (x, p) in enumerate(((x_addr, p_addr), *extra)):
                 fields.update(x_addr=x + 16 * k0, p_addr=p + 128 * (first - mat.lo))
                 stride = out_stride
@@ -213,6 +217,26 @@ class _Program(AttentionEmitter):
                               out_stride=stride, bindings=self.row_bind("m_rows"), **fields)
                 else:
                     self.emit(Opcode.MV, **fields)
+
+    def _digit_pair(self, fields: dict, hi: tuple[int, int], extra, k0: int, n: int, kb: int,
+                    strip: int) -> None:
+        """Decode's two digits of one vector as the two rows of one MM: both lanes of the
+        chains in one weight pass, and ``sum_rows`` adds each digit, requantised with its own
+        records, into the residual (the two MVs it replaces left lane 1 idle, twice)."""
+        ((x_lo, p_lo),) = extra
+        (x_hi, p_hi), plan = hi, self.plan
+        if x_lo <= x_hi or p_lo < p_hi:
+            raise AssertionError("the low digit and its records must follow the high ones")
+        fields.update(x_addr=x_hi + 16 * k0, x_stride=x_lo - x_hi, p_addr=p_hi + 128 * strip)
+        if n < kb:  # K-split: the two rows' partial sums in the two passes' regions
+            acc = plan["ksplit"]
+            fields.update(psum=int(k0 > 0), psum_addr=acc[0], psum_stride=acc[1] - acc[0])
+            if k0 + n < kb:
+                fields.update(out_mode=OutMode.ACC32, out_addr=acc[0],
+                              out_stride=acc[1] - acc[0])
+        if k0 + n == kb:
+            fields.update(sum_rows=1, p_stride=p_lo - p_hi)
+        self.emit(Opcode.MM, m_rows=2, **fields)
 
     def misc(self, func: MiscFunc, **fields) -> None:
         binds = list(fields.pop("bindings", ())) + self.row_bind("m")

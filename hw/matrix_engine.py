@@ -25,27 +25,35 @@
   ``residual``, ``sat32(y + residual)``; in ACC32 mode ``sat32(acc + psum)``. This is
   :func:`flightllm.contract.numerics.requantize` and ``sim/execute.py``'s ``exec_matrix`` bit
   for bit. The accumulators wrap modulo 2**32 (the compiler keeps K sums within INT32).
+* **Summed rows.** An MM with ``sum_rows`` (``m_rows = 2``, Q32, per-channel records: one
+  vector's two INT8 digits in the chains' two lanes, one weight pass) requantises each
+  token with its own records and adds the two into one result row,
+  ``sat32(sat32(residual + y0) + y1)`` (``residual`` 0 without the flag): token 0's value
+  waits in a register of the last stage until token 1's arrives (not necessarily on the next
+  cycle), and only the sum leaves the engine, still one row per cycle.
 
 Streams (``lib.stream``, all valid/ready; bytes are little-endian in every payload, so each
 payload is the buffer bytes it came from):
 
 * ``cmd`` (:data:`COMMAND_LAYOUT`): the instruction's arithmetic fields (addresses are the
   readers' and writers' business). ``mv`` selects MV; MM with ``m_rows = 0`` or any instruction
-  with ``n_strips = 0`` produces nothing. ``k_blocks`` must be 1..``max_k_blocks``.
+  with ``n_strips = 0`` produces nothing. ``k_blocks`` must be 1..``max_k_blocks``;
+  ``sum_rows`` must come with ``m_rows = 2``, Q32 and no ``p_uniform`` (the unit checks).
 * ``words[c]`` (64 bits): chain ``c``'s weight bytes: for every group of pairs, the strips
   ``c, c + chains, ...`` of the packed matrix (each from its first byte), 8 bytes per beat.
 * ``acts`` (:func:`~flightllm.hw.dsp_chain.act_beat_layout` of one pair): per pair, per K block, 16 INT8
   of row ``2p`` (lane 0) and of row ``2p + 1`` (lane 1, ignored when the pair has one row).
 * ``params`` (:data:`PARAMS_LAYOUT`, 16 requantisation records): Q8/Q32 only; one beat per
   (group, strip) with the strip's 16 records, or with ``p_uniform`` one beat per instruction
-  whose record 0 serves every channel.
-* ``psum`` and ``residual`` (:data:`ROW_LAYOUT`, 16 INT32): one beat per result row when the
-  instruction has ``psum`` (partial sums), or ``residual`` in Q32 mode (the INT32 values at the
-  result's address); ``residual`` and ``relu`` are ignored in modes where the ISA does not allow
-  them.
+  whose record 0 serves every channel; with ``sum_rows`` two beats per strip, token 0's
+  records then token 1's.
+* ``psum`` and ``residual`` (:data:`ROW_LAYOUT`, 16 INT32): one beat per token row and strip
+  when the instruction has ``psum`` (partial sums), or ``residual`` in Q32 mode (the INT32
+  values at the result's address; with ``sum_rows`` one beat per strip, the result row's);
+  ``residual`` and ``relu`` are ignored in modes where the ISA does not allow them.
 * ``results`` (:data:`RESULT_LAYOUT`): one beat per (token row, strip), in order group, strip,
   pair, token: 16 INT32 (Q8 values lie in INT8), the row and strip indices for the writer, ``last``
-  on the instruction's final beat.
+  on the instruction's final beat; with ``sum_rows`` one beat per strip, row 0.
 
 The engine takes the next command once the current one's last result has entered the output
 pipeline. ``format_error`` is the dequantisers' sticky flag (a bad code byte or weight width).
@@ -76,7 +84,7 @@ __all__ = [
 
 #: Instruction fields the engine needs, with the contract's widths (MM's; MV has no m_rows).
 _FIELDS = ("wbits", "sparse", "gscale", "n_strips", "k_blocks", "m_rows", "out_mode",
-           "p_uniform", "psum", "residual", "relu")
+           "p_uniform", "psum", "residual", "relu", "sum_rows")
 
 
 def _command_layout() -> data.StructLayout:
@@ -123,6 +131,8 @@ CHAIN_RESULTS = 2
 _CTL = data.StructLayout({
     "valid": unsigned(1), "mode": unsigned(2), "relu": unsigned(1), "residual": unsigned(1),
     "row": unsigned(16), "strip": unsigned(16), "last": unsigned(1),
+    # sum_rows: row 0's value is kept (hold) for row 1's to be added to (chain).
+    "hold": unsigned(1), "chain": unsigned(1),
 })
 
 
@@ -344,7 +354,10 @@ class MatrixEngine(wiring.Component):
         urec = Signal(RECORD_LAYOUT)
         urec_ok = Signal()
         need_params = ~acc32 & ~(cfg.p_uniform & urec_ok)
-        need_residual = cfg.residual & q32
+        # sum_rows: both tokens of the one pair, each with its own records; the residual is
+        # the result row's, added to token 0.
+        sum_rows = cfg.sum_rows & ~cfg.mv
+        need_residual = cfg.residual & q32 & ~(sum_rows & col_tok)
 
         out_valid = Signal()
         advance = ~out_valid | self.results.ready
@@ -352,7 +365,8 @@ class MatrixEngine(wiring.Component):
                 & (self.psum.valid | ~cfg.psum) & (self.residual.valid | ~need_residual))
         m.d.comb += [
             # A strip's records serve every pair of the group.
-            self.params.ready.eq(fire & need_params & ((last_tok & last_g) | cfg.p_uniform)),
+            self.params.ready.eq(fire & need_params
+                                 & ((last_tok & last_g) | cfg.p_uniform | sum_rows)),
             self.psum.ready.eq(fire & cfg.psum),
             self.residual.ready.eq(fire & need_residual),
         ]
@@ -390,13 +404,14 @@ class MatrixEngine(wiring.Component):
                              deq_left[i].eq(Mux(empty | (count == 0), 0, n_groups))]
 
         self._output_stage(m, cfg, res, col_tok, col_p, col_strip, last_beat, urec, urec_ok,
-                           need_residual, fire, advance, out_valid)
+                           need_residual, sum_rows, fire, advance, out_valid)
         return m
 
     def _output_stage(self, m, cfg, res, col_tok, col_pair, col_strip, last_beat, urec, urec_ok,
-                      need_residual, fire, advance, out_valid):
+                      need_residual, sum_rows, fire, advance, out_valid):
         """Stages A (select, + psum) -> B (+ bias, * mult) -> C (shift) -> D (round, relu,
-        saturate, residual). Every stage moves when the output register can."""
+        saturate, residual or, for sum_rows's token 1, token 0's value). Every stage moves
+        when the output register can."""
         ctl = [Signal(_CTL, name=f"ctl_{s}") for s in "abcd"]
         with m.If(advance):
             m.d.sync += ctl[0].valid.eq(fire)
@@ -404,10 +419,18 @@ class MatrixEngine(wiring.Component):
         with m.If(advance & fire):
             m.d.sync += [
                 ctl[0].mode.eq(cfg.out_mode), ctl[0].relu.eq(cfg.relu),
-                ctl[0].residual.eq(need_residual), ctl[0].row.eq(Cat(col_tok, col_pair)),
+                ctl[0].residual.eq(need_residual),
+                # sum_rows's one result row is row 0.
+                ctl[0].row.eq(Cat(col_tok & ~sum_rows, col_pair)),
                 ctl[0].strip.eq(col_strip), ctl[0].last.eq(last_beat),
+                ctl[0].hold.eq(sum_rows & ~col_tok), ctl[0].chain.eq(sum_rows & col_tok),
             ]
-        m.d.comb += out_valid.eq(ctl[3].valid)
+        # A held row never leaves: the pipeline moves on over it.
+        m.d.comb += out_valid.eq(ctl[3].valid & ~ctl[3].hold)
+        # Token 0's value (residual added) until token 1 reaches stage D; there may be
+        # bubbles between them, so y cannot serve.
+        carry = Signal(ROW_LAYOUT)
+        keep = advance & ctl[2].valid & ctl[2].hold
 
         y = Signal(ROW_LAYOUT)
         for j in range(BLOCK):
@@ -455,13 +478,17 @@ class MatrixEngine(wiring.Component):
             m.d.comb += sat.eq(Mux(ctl[2].mode == OutMode.Q8, _clamp(clipped, INT8_MIN, INT8_MAX),
                                    _clamp(clipped, INT32_MIN, INT32_MAX)))
             total = Signal(signed(33), name=f"total{j}")
-            m.d.comb += total.eq(sat + c_res)
+            m.d.comb += total.eq(sat + Mux(ctl[2].chain, carry[j], c_res))
+            d_y = Signal(signed(32), name=f"d_y{j}")
+            m.d.comb += d_y.eq(Mux(ctl[2].residual | ctl[2].chain,
+                                   _clamp(total, INT32_MIN, INT32_MAX), sat))
             with m.If(advance):
-                m.d.sync += y[j].eq(Mux(ctl[2].residual, _clamp(total, INT32_MIN, INT32_MAX),
-                                        sat))
+                m.d.sync += y[j].eq(d_y)
+            with m.If(keep):
+                m.d.sync += carry[j].eq(d_y)
 
         m.d.comb += [
-            self.results.valid.eq(ctl[3].valid),
+            self.results.valid.eq(out_valid),
             self.results.payload.y.eq(y),
             self.results.payload.row.eq(ctl[3].row),
             self.results.payload.strip.eq(ctl[3].strip),

@@ -6,11 +6,13 @@ offer one in the same cycle the unit alternates). Per instruction:
 
 1. **Check** the fields as ``sim/execute.py``'s ``exec_matrix`` does: an empty instruction
    (``n_strips = 0``, or MM with ``m_rows = 0``) finishes at once; a bad weight width, out mode,
-   flag combination or ``k_blocks`` outside 1..``max_k_blocks`` is ``DECODE``; an operand that
-   runs past its buffer (activations, results, partial sums, records, dense weights) or a
-   misaligned RBUF/record address or weight address (``w_addr``, ``w_stride`` not multiples of
-   8) is ``ADDRESS``. Either error finishes the instruction without
-   touching the engine or the buffers.
+   flag combination (``sum_rows`` without ``m_rows = 2``, Q32 and per-channel records among
+   them) or ``k_blocks`` outside 1..``max_k_blocks`` is ``DECODE``; an operand that runs past
+   its buffer (activations, results, partial sums, records of both rows with ``sum_rows``,
+   dense weights) or a misaligned RBUF/record address or weight address (``p_stride`` not a
+   multiple of 8 with ``sum_rows``; ``w_addr``, ``w_stride`` not multiples of 8) is
+   ``ADDRESS``. Either error finishes the instruction without touching the engine or the
+   buffers.
 2. **Stream** the operands, every stream with its own :class:`~flightllm.hw.row_stream.
    ByteReader`, so that any byte alignment runs at one row per cycle (the weight readers
    take 8-byte-aligned segments only, which makes them a word select):
@@ -23,14 +25,19 @@ offer one in the same cycle the unit alternates). Per instruction:
    * ABUF, activations: even token rows on one reader, odd rows on another; the engine's beat
      joins both (lane 1 is left undefined when a pair has one row).
    * PBUF, records: 128 bytes per (group, strip), or one 8-byte record with ``p_uniform``;
-     a record with ``shift > 62`` is ``DECODE``.
+     with ``sum_rows`` two per strip, row 0's at ``p_addr + 128 * strip`` and row 1's
+     ``p_stride`` further on; a record with ``shift > 62`` is ``DECODE``.
    * RBUF, partial sums and the residual (Q32): 64 bytes per result row, in the engine's
-     (group, strip, pair, token) order.
+     (group, strip, pair, token) order; with ``sum_rows`` the residual once per strip, row
+     0's.
 
    Readers prefetch as far as their FIFOs allow, so the next strip's and row's bytes arrive
    while the engine works.
 3. **Write** each result row (16 INT8 to ABUF for Q8, 16 INT32 to RBUF otherwise) at
-   ``out_addr + row * out_stride + strip * 16 * element_bytes``. A sparse strip found past
+   ``out_addr + row * out_stride + strip * 16 * element_bytes``. With ``sum_rows`` (MM only:
+   the two rows are one vector's two INT8 digits, as decode's split MLP hidden) the engine
+   adds the rows' requantised results into one, ``sat32(sat32(residual + y0) + y1)``, written
+   at row 0's address only; row 1's result row is left as it was. A sparse strip found past
    WBUF's end (``ADDRESS``), a code byte above 3 or the engine's format error (``DECODE``)
    found while streaming suppresses the remaining writes; the instruction still completes.
 
@@ -66,6 +73,9 @@ _MM = OPCODES[Opcode.MM]
 _WORD_BITS = WORD_BYTES.bit_length() - 1
 #: The instruction as the unit keeps it: every MM field (MV's are a subset) and ``mv``.
 _INS = data.StructLayout({"mv": 1, **{f.name: unsigned(f.width) for f in _MM.fields}})
+#: MM's fields that MV lacks (rows, strides, ``sum_rows``): zero while an MV runs.
+_MM_ONLY = tuple(f.name for f in _MM.fields
+                 if f.name not in {g.name for g in OPCODES[Opcode.MV].fields})
 _STRIP_RECORDS = BLOCK * REQUANT_RECORD_BYTES          # 128 PBUF bytes per strip
 
 
@@ -97,13 +107,15 @@ class _Walk:
         self.last = Signal(name=f"{name}_last")
         self._stride = None
 
-    def setup(self, base, stride, step):
+    def setup(self, base, stride, step, one_row=Const(0, 1)):
+        """``one_row``: the instruction's token pairs count as one row each (``sum_rows``'s
+        result and residual: row 0 only)."""
         m, u = self.m, self.u
         self._stride, self._step = stride, step
         m.d.comb += self.addr.eq(self.row0 + Mux(self.tok, stride, 0) + self.offset)
         G = u.pair_group
         pair = Cat(self.g, self.group)
-        two = ~u.ins.mv & ((Cat(Const(1, 1), pair)) < u.ins.m_rows)
+        two = ~u.ins.mv & ~one_row & ((Cat(Const(1, 1), pair)) < u.ins.m_rows)
         last_tok = ~two | self.tok
         last_g = ((self.g == G - 1) | (pair == u.pairs - 1)) if G > 1 else Const(1, 1)
         last_strip = self.strip == u.ins.n_strips - 1
@@ -260,13 +272,18 @@ class MatrixUnit(wiring.Component):
         decode_bad = ((ins.wbits == 3) | (ins.gscale & (ins.wbits == 2)) | (mode == 3)
                       | ((mode == OutMode.ACC32) & (ins.residual | ins.relu))
                       | ((mode == OutMode.Q8) & ins.residual)
+                      | (ins.sum_rows & ((rows != 2) | (mode != OutMode.Q32) | ins.p_uniform))
                       | (ins.k_blocks == 0) | (ins.k_blocks > self.max_k_blocks))
         rbuf_out = mode != OutMode.Q8
         multi = rows > 1
-        misaligned = ((rbuf_out & ((ins.out_addr[:2] != 0) | (multi & (ins.out_stride[:2] != 0))))
+        # sum_rows writes (and reads the residual of) row 0 only: out_stride goes unused.
+        multi_out = multi & ~ins.sum_rows
+        misaligned = ((rbuf_out & ((ins.out_addr[:2] != 0)
+                                   | (multi_out & (ins.out_stride[:2] != 0))))
                       | (ins.psum & ((ins.psum_addr[:2] != 0)
                                      | (multi & (ins.psum_stride[:2] != 0))))
                       | ((mode != OutMode.ACC32) & (ins.p_addr[:3] != 0))
+                      | (ins.sum_rows & (ins.p_stride[:3] != 0))
                       # The weight readers realign whole words (contract/weights.py).
                       | (ins.w_addr[:_WORD_BITS] != 0) | (ins.w_stride[:_WORD_BITS] != 0))
         out_bytes = Mux(rbuf_out, cfg.rbuf.bytes, cfg.abuf.bytes)
@@ -286,7 +303,7 @@ class MatrixUnit(wiring.Component):
                     m.d.sync += ins.mv.eq(1)
                     for f in OPCODES[Opcode.MV].fields:
                         m.d.sync += getattr(ins, f.name).eq(getattr(self.mv.payload, f.name))
-                    for name in ("m_rows", "x_stride", "out_stride", "psum_stride"):
+                    for name in _MM_ONLY:
                         m.d.sync += getattr(ins, name).eq(0)
                     m.d.sync += prefer_mv.eq(0)
                     m.next = "PREP"
@@ -303,9 +320,12 @@ class MatrixUnit(wiring.Component):
                 m.d.sync += [
                     strip_dense.eq(ins.k_blocks * block_dense),
                     x_end.eq(ins.x_addr + last_row * ins.x_stride + (ins.k_blocks << 4)),
-                    out_end.eq(ins.out_addr + last_row * ins.out_stride + n_out * es),
+                    out_end.eq(ins.out_addr + Mux(ins.sum_rows, 0, last_row) * ins.out_stride
+                               + n_out * es),
                     psum_end.eq(ins.psum_addr + last_row * ins.psum_stride + (n_out << 2)),
-                    p_end.eq(ins.p_addr + Mux(ins.p_uniform, 1, n_out) * REQUANT_RECORD_BYTES),
+                    # sum_rows: row 1's records (p_stride on) end last.
+                    p_end.eq(ins.p_addr + Mux(ins.sum_rows, ins.p_stride, 0)
+                             + Mux(ins.p_uniform, 1, n_out) * REQUANT_RECORD_BYTES),
                     failed.eq(0),
                 ]
                 m.next = "PREP2"
@@ -478,18 +498,26 @@ class MatrixUnit(wiring.Component):
         left = Signal(ADDR_BITS)         # segments to ask for
         addr = Signal(ADDR_BITS)
         strip = Signal(16)
+        # sum_rows: each strip's records of row 0, then of row 1 (p_stride on), one segment
+        # each, as the engine takes one beat per result token.
+        row1 = Signal()
         with m.If(start):
             m.d.sync += [left.eq(Mux(requant, Mux(ins.p_uniform, 1,
-                                                  self.groups * ins.n_strips), 0)),
-                         addr.eq(ins.p_addr), strip.eq(0)]
+                                                  (self.groups * ins.n_strips) << ins.sum_rows),
+                                     0)),
+                         addr.eq(ins.p_addr), strip.eq(0), row1.eq(0)]
         m.d.comb += [rd.cmd.valid.eq(left != 0),
-                     rd.cmd.payload.addr.eq(addr),
+                     rd.cmd.payload.addr.eq(addr + Mux(row1, ins.p_stride, 0)),
                      rd.cmd.payload.nbytes.eq(Mux(ins.p_uniform, REQUANT_RECORD_BYTES,
                                                   _STRIP_RECORDS))]
         with m.If(rd.cmd.valid & rd.cmd.ready):
-            m.d.sync += [left.eq(left - 1), addr.eq(addr + _STRIP_RECORDS), strip.eq(strip + 1)]
-            with m.If(strip == ins.n_strips - 1):
-                m.d.sync += [addr.eq(ins.p_addr), strip.eq(0)]
+            m.d.sync += left.eq(left - 1)
+            with m.If(ins.sum_rows & ~row1):
+                m.d.sync += row1.eq(1)
+            with m.Else():
+                m.d.sync += [row1.eq(0), addr.eq(addr + _STRIP_RECORDS), strip.eq(strip + 1)]
+                with m.If(strip == ins.n_strips - 1):
+                    m.d.sync += [addr.eq(ins.p_addr), strip.eq(0)]
         # Chunks collect into one 16-record beat.
         n_chunks = _STRIP_RECORDS // chunk
         beat = Signal(8 * _STRIP_RECORDS)
@@ -517,12 +545,13 @@ class MatrixUnit(wiring.Component):
     # ------------------------------------------------------------------ psum, residual
     def _row_streams(self, m, ins, start, psum_rd, res_rd):
         eng = self.engine
-        for name, rd, base, stride, on, port in (
-                ("psum", psum_rd, ins.psum_addr, ins.psum_stride, ins.psum, eng.psum),
+        # Partial sums come per row; sum_rows's residual once per strip, row 0's.
+        for name, rd, base, stride, on, port, one_row in (
+                ("psum", psum_rd, ins.psum_addr, ins.psum_stride, ins.psum, eng.psum, Const(0, 1)),
                 ("res", res_rd, ins.out_addr, ins.out_stride,
-                 ins.residual & (ins.out_mode == OutMode.Q32), eng.residual)):
+                 ins.residual & (ins.out_mode == OutMode.Q32), eng.residual, ins.sum_rows)):
             walk = _Walk(m, name, self)
-            walk.setup(base, stride, 4 * BLOCK)
+            walk.setup(base, stride, 4 * BLOCK, one_row)
             m.d.comb += [rd.cmd.valid.eq(walk.more & on & self.running & ~start),
                          rd.cmd.payload.addr.eq(walk.addr),
                          rd.cmd.payload.nbytes.eq(4 * BLOCK)]
@@ -536,7 +565,8 @@ class MatrixUnit(wiring.Component):
         eng = self.engine
         walk = _Walk(m, "out", self)
         q8 = ins.out_mode == OutMode.Q8
-        walk.setup(ins.out_addr, ins.out_stride, Mux(q8, BLOCK, 4 * BLOCK))
+        # sum_rows: one result beat per strip (the engine keeps row 0's), at row 0's address.
+        walk.setup(ins.out_addr, ins.out_stride, Mux(q8, BLOCK, 4 * BLOCK), ins.sum_rows)
         y = eng.results.payload.y
         got_last = Signal()
         with m.If(start):

@@ -289,6 +289,9 @@ def exec_matrix(ins: Instruction, core: CoreBuffers, counters: Counters, where: 
         acc = acc + core.read_rows(Buffer.RBUF, ins.psum_addr, 0 if mv else ins.psum_stride,
                                    rows, n_out, f"{where} psum_addr")
     mode = OutMode(ins.out_mode)
+    sum_rows = not mv and ins.sum_rows
+    if sum_rows:
+        _check_sum_rows(ins, rows, mode, where)
     if mode == OutMode.ACC32:
         if ins.residual or ins.relu:
             raise ProgramError(f"{where}: 'residual' and 'relu' need a requantising out_mode")
@@ -297,23 +300,49 @@ def exec_matrix(ins: Instruction, core: CoreBuffers, counters: Counters, where: 
     nrec = 1 if ins.p_uniform else n_out
     if ins.p_addr % REQUANT_RECORD_BYTES:
         raise ProgramError(f"{where}: field 'p_addr' = {ins.p_addr:#x} is not 8-byte aligned")
-    rec = unpack_requant_records(core.read_bytes(Buffer.PBUF, ins.p_addr,
-                                                 nrec * REQUANT_RECORD_BYTES, f"{where} p_addr"))
-    if (rec["shift"] > 62).any():
-        raise ProgramError(f"{where}: a requantisation record at p_addr={ins.p_addr:#x} has "
-                           f"shift {int(rec['shift'].max())} > 62")
-    y = acc + rec["bias"].astype(np.int64)
-    y = nm.requantize(y, rec["mult"].astype(np.int64), rec["shift"].astype(np.int64),
+    # sum_rows: row r's records at p_addr + r * p_stride; otherwise one set serves every row.
+    rec_rows = [_records(core, ins.p_addr + r * (ins.p_stride if sum_rows else 0), nrec, where)
+                for r in range(rows if sum_rows else 1)]
+    fields = [np.stack([rec[name] for rec in rec_rows]).astype(np.int64)
+              for name in ("bias", "mult", "shift")]
+    y = nm.requantize(acc + fields[0], fields[1], fields[2],
                       out_bits=8 if mode == OutMode.Q8 else 32, relu=bool(ins.relu))
     if mode == OutMode.Q8:
         if ins.residual:
             raise ProgramError(f"{where}: 'residual' adds into RBUF; it needs out_mode Q32")
         core.write_rows(Buffer.ABUF, ins.out_addr, out_stride, y, f"{where} out_addr")
         return
-    if ins.residual:
+    if sum_rows:  # the residual (or zero) plus row 0, then plus row 1, each saturated
+        res = (core.read_rows(Buffer.RBUF, ins.out_addr, 0, 1, n_out, f"{where} out_addr")
+               if ins.residual else 0)
+        y = nm.sat32(nm.sat32(res + y[:1]) + y[1:])
+    elif ins.residual:
         y = nm.sat32(y + core.read_rows(Buffer.RBUF, ins.out_addr, out_stride, rows, n_out,
                                         f"{where} out_addr"))
     core.write_rows(Buffer.RBUF, ins.out_addr, out_stride, y, f"{where} out_addr")
+
+
+def _records(core: CoreBuffers, addr: int, nrec: int, where: str) -> np.ndarray:
+    """``nrec`` requantisation records from PBUF at ``addr``, their shifts checked."""
+    if addr % REQUANT_RECORD_BYTES:
+        raise ProgramError(f"{where}: records at PBUF {addr:#x} (p_addr + row * p_stride) are "
+                           "not 8-byte aligned")
+    rec = unpack_requant_records(core.read_bytes(Buffer.PBUF, addr, nrec * REQUANT_RECORD_BYTES,
+                                                 f"{where} p_addr"))
+    if (rec["shift"] > 62).any():
+        raise ProgramError(f"{where}: a requantisation record at {addr:#x} has "
+                           f"shift {int(rec['shift'].max())} > 62")
+    return rec
+
+
+def _check_sum_rows(ins: Instruction, rows: int, mode: OutMode, where: str) -> None:
+    """``sum_rows`` adds exactly two rows, requantised to INT32, with records per row."""
+    if rows != 2:
+        raise ProgramError(f"{where}: 'sum_rows' needs m_rows = 2, not {rows}")
+    if mode != OutMode.Q32:
+        raise ProgramError(f"{where}: 'sum_rows' needs out_mode Q32, not {mode.name}")
+    if ins.p_uniform:
+        raise ProgramError(f"{where}: 'sum_rows' takes a record set per row; p_uniform is set")
 
 
 # --------------------------------------------------------------------------- MISC

@@ -109,11 +109,16 @@ def _matrix(ins: Instruction) -> list[Access]:
     if ins.psum:
         out += _acc("RBUF", _rows(ins.psum_addr, 0 if mv else ins.psum_stride, rows, 4 * n_out))
     mode = OutMode(ins.out_mode)
+    sum_rows = not mv and ins.sum_rows
     if mode != OutMode.ACC32:
         nrec = 1 if ins.p_uniform else n_out
-        out += _acc("PBUF", (ins.p_addr, ins.p_addr + nrec * REQUANT_RECORD_BYTES))
+        for start in (ins.p_addr, ins.p_addr + ins.p_stride) if sum_rows else (ins.p_addr,):
+            # sum_rows: a record set per row
+            out += _acc("PBUF", (start, start + nrec * REQUANT_RECORD_BYTES))
     esize = 1 if mode == OutMode.Q8 else 4
-    span = _rows(ins.out_addr, 0 if mv else ins.out_stride, rows, esize * n_out)
+    # sum_rows writes (and reads the residual of) the first row only.
+    span = _rows(ins.out_addr, 0 if mv else ins.out_stride, 1 if sum_rows else rows,
+                 esize * n_out)
     space = "ABUF" if mode == OutMode.Q8 else "RBUF"
     if ins.residual:
         out += _acc(space, span)

@@ -209,7 +209,8 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
     # out meanwhile (tiny MV: 8 rows of 16 bytes against 1; u280: 2 of 64, ~1 % of a
     # full-size MV; an MM's rows hide it). Measured on the matrix unit bench.
     if ins.out_mode != OutMode.ACC32 and not ins.p_uniform:
-        exposed = (_ceil(16 * REQUANT_RECORD_BYTES, cfg.pbuf.width)
+        sets = 2 if ins.op == Opcode.MM and ins.sum_rows else 1  # a record set per digit row
+        exposed = (_ceil(sets * 16 * REQUANT_RECORD_BYTES, cfg.pbuf.width)
                    - _ceil(rows, t.output_rows_per_cycle))
         fill += (min(strips, chains) - 1) * max(exposed, 0)
     block_bytes = word * (header + values)

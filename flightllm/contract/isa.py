@@ -214,6 +214,11 @@ _MM_ROWS = (
     F("x_stride", _ADDR, "ABUF bytes between token rows"),
     F("out_stride", _ADDR, "bytes between result rows"),
     F("psum_stride", _ADDR, "RBUF bytes between partial-sum rows"),
+    F("sum_rows", 1, "m_rows = 2, Q32: the rows are one vector's two digits (decode's split "
+      "MLP hidden); row 1 is requantised with the records at p_addr + p_stride and both "
+      "rows are added into the one result row at out_addr: sat32(sat32(res + y0) + y1)"),
+    F("p_stride", _ADDR, "sum_rows: PBUF bytes from row 0's records to row 1's, a multiple "
+      "of 8"),
 )
 
 _MISC = (
@@ -324,7 +329,8 @@ OPCODES: Mapping[Opcode, OpSpec] = MappingProxyType({
     Opcode.ST: OpSpec(Opcode.ST, "Store from an on-chip buffer to HBM, with the loops of LD.",
                       _TRANSFER),
     Opcode.MM: OpSpec(Opcode.MM, "Matrix-matrix product Y[m_rows x 16*n_strips] = X[m_rows x "
-                      "16*k_blocks] . W^T, W in the block format; prefill.",
+                      "16*k_blocks] . W^T, W in the block format; prefill, and decode's "
+                      "packed attention heads and digit pairs (sum_rows).",
                       _MATRIX_COMMON + _MM_ROWS),
     Opcode.MV: OpSpec(Opcode.MV, "Matrix-vector product y[16*n_strips] = W . x; decode.",
                       _MATRIX_COMMON),

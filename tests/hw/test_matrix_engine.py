@@ -3,6 +3,7 @@
 Verilator benches (random MM/MV instructions against the golden simulator's exec_matrix,
 checker self-test, cycles per MV instruction)."""
 
+import copy
 import sys
 from pathlib import Path
 
@@ -11,14 +12,17 @@ import pytest
 from amaranth import Module
 from amaranth.lib import data
 
-from flightllm.contract.config import preset
-from flightllm.contract.isa import OPCODES, Opcode, OutMode
-from flightllm.contract.params import pack_requant_records
-from flightllm.hw.matrix_engine import COMMAND_LAYOUT, PARAMS_LAYOUT, MatrixEngine
+from flightllm.contract.config import BLOCK, preset
+from flightllm.contract.isa import OPCODES, Buffer, Opcode, OutMode
+from flightllm.contract.numerics import INT32_MAX, INT32_MIN
+from flightllm.contract.params import REQUANT_RECORD_BYTES, pack_requant_records
+from flightllm.hw.matrix_engine import COMMAND_LAYOUT, PARAMS_LAYOUT, RESULT_LAYOUT, MatrixEngine
+from flightllm.sim.execute import Counters, exec_matrix
 
 sys.path.insert(0, str(Path(__file__).parent / "cocotb"))
-from tb_matrix_model import RowChecker, random_case  # noqa: E402
-from tb_model import pack_fields  # noqa: E402
+import tb_matrix_model  # noqa: E402
+from tb_matrix_model import EngineCase, RowChecker, _le, random_case  # noqa: E402
+from tb_model import pack_fields, unpack_fields  # noqa: E402
 
 MODULE = "tb_matrix_engine"
 #: The RTL benches' build: tiny's four chains, K up to 16 blocks.
@@ -173,6 +177,127 @@ def test_group_cycles_match_the_performance_model(pair_group, m_rows, stream_ben
     wide = cfg.replace(wbuf=BufferSpec(1024, 64))
     model = matrix_cost(case.ins, 16, wide, t).cycles - t.matrix_issue
     assert abs(model - rtl) <= 0.03 * rtl, (model, rtl)
+
+
+def _sum_rows_case(rng, cfg, chains, monkeypatch, **kw) -> EngineCase:
+    """A random 2-row Q32 MM (random_case's, ``kw`` its arguments) made a ``sum_rows`` one:
+    row 1's records (row 0's in another channel order) ``p_stride`` after row 0's, result-row
+    residuals within 2**21 of the INT32 limits; streams and expected rows (one per strip,
+    row 0) from exec_matrix on the bytes random_case staged."""
+    staged = []
+    real = tb_matrix_model.exec_matrix
+
+    def capture(ins, core, *args):
+        staged.append(copy.deepcopy(core))
+        real(ins, core, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tb_matrix_model, "exec_matrix", capture)
+        case = random_case(rng, cfg, chains, mv=False, mode=OutMode.Q32, p_uniform=False,
+                           m_rows=2, **kw)
+    core, ins = staged[0], case.ins
+    n_out = BLOCK * ins.n_strips
+    nbytes = n_out * REQUANT_RECORD_BYTES
+    recs = core.read_bytes(Buffer.PBUF, ins.p_addr, nbytes, "tb").reshape(n_out, -1)
+    p_stride = nbytes + 8 * int(rng.integers(0, 4))
+    p_addr = 8 * int(rng.integers(0, (len(core.mem[Buffer.PBUF]) - p_stride - nbytes) // 8))
+    core.write_bytes(Buffer.PBUF, p_addr, recs.reshape(-1), "tb")
+    core.write_bytes(Buffer.PBUF, p_addr + p_stride, recs[rng.permutation(n_out)].reshape(-1),
+                     "tb")
+    near = INT32_MAX - rng.integers(0, 1 << 21, n_out)
+    res = np.where(rng.random(n_out) < 0.5, near, INT32_MIN + INT32_MAX - near)
+    core.write_rows(Buffer.RBUF, ins.out_addr, 0, res[None], "tb")
+    ins = ins.replace(sum_rows=1, p_addr=p_addr, p_stride=p_stride)
+    after = copy.deepcopy(core)
+    exec_matrix(ins, after, Counters(), "tb")
+    rec_bytes = BLOCK * REQUANT_RECORD_BYTES
+    params, residual, expected = [], [], []
+    for s in range(ins.n_strips):
+        for at in (p_addr + s * rec_bytes, p_addr + p_stride + s * rec_bytes):
+            params.append(_le(core.mem[Buffer.PBUF][at:at + rec_bytes]))
+        at = ins.out_addr + 4 * BLOCK * s
+        if ins.residual:
+            residual.append(_le(core.mem[Buffer.RBUF][at:at + 4 * BLOCK]))
+        y = after.read_rows(Buffer.RBUF, at, 0, 1, BLOCK, "tb")[0]
+        expected.append({"y": y.tolist(), "row": 0, "strip": s,
+                         "last": int(s == ins.n_strips - 1)})
+    return EngineCase(ins, dict(case.command, sum_rows=1), case.words, case.acts, params,
+                      case.psum, residual, expected, label="sum_rows " + case.label)
+
+
+def _bumpy_feed(bench, port, beats, rng) -> None:
+    """Feed ``port`` like StreamBench.feed, but idle for a random 0..3 cycles before each
+    beat (bubbles between a sum's two tokens)."""
+    gaps = rng.integers(0, 4, len(beats)).tolist()
+
+    async def feed(ctx):
+        for beat, gap in zip(beats, gaps):
+            ctx.set(port.valid, 0)
+            for _ in range(gap):
+                await ctx.tick()
+            ctx.set(port.payload.as_value(), beat)
+            ctx.set(port.valid, 1)
+            while not (await ctx.tick().sample(port.ready))[-1]:
+                pass
+        ctx.set(port.valid, 0)
+
+    bench.sim.add_testbench(feed, background=True)
+
+
+def test_sum_rows_adds_two_requantised_rows(stream_bench, monkeypatch):
+    """sum_rows: each token of the pair requantised with its own record beat, the sums
+    sat32(sat32(res + y0) + y1) (residual near the INT32 limits, with and without psum and
+    relu, or no residual) as one result row per strip, tagged row 0, ``last`` on the final
+    one; between plain instructions, with bubbles in the record and residual streams and a
+    results consumer that is not always ready."""
+    cfg = preset("tiny")
+    rng = np.random.default_rng(12)
+    common = dict(psum=False, residual=False, relu=False, strided=False, p_uniform=False)
+    plain = dict(common, bits=8, gscale=False, kind=2, n_strips=2, k_blocks=2)
+    cases = [
+        _sum_rows_case(rng, cfg, 2, monkeypatch, bits=4, gscale=False, kind="mixed",
+                       psum=False, residual=True, relu=False, n_strips=5, k_blocks=3,
+                       strided=False),
+        random_case(rng, cfg, 2, **dict(plain, mv=False, mode=OutMode.Q32, residual=True,
+                                        m_rows=2)),
+        _sum_rows_case(rng, cfg, 2, monkeypatch, bits=4, gscale=True, kind=4, psum=True,
+                       residual=False, relu=True, n_strips=3, k_blocks=4, strided=True),
+        random_case(rng, cfg, 2, **dict(plain, mv=True, mode=OutMode.Q8, m_rows=1)),
+        _sum_rows_case(rng, cfg, 2, monkeypatch, bits=4, gscale=False, kind="dense",
+                       psum=True, residual=True, relu=True, n_strips=2, k_blocks=1,
+                       strided=False),
+    ]
+    dut = MatrixEngine(cfg, chains=2, max_k_blocks=8)
+    bench = stream_bench(dut)
+    bench.feed(dut.cmd, [pack_fields(COMMAND_LAYOUT, c.command) for c in cases])
+    for c in range(2):
+        bench.feed(dut.words[c], [w for case in cases for w in case.words[c]])
+    bench.feed(dut.acts, [b for case in cases for b in case.acts])
+    for name in ("params", "psum", "residual"):
+        _bumpy_feed(bench, getattr(dut, name), [b for case in cases for b in getattr(case, name)],
+                    rng)
+    want = [row for case in cases for row in case.expected]
+    stalls = rng.random(4 * len(want) + 2000) < 0.3
+    got = []
+
+    async def drain(ctx):
+        for stall in stalls:
+            if len(got) == len(want):
+                return
+            ctx.set(dut.results.ready, int(not stall))
+            _, _, valid, ready, payload = await ctx.tick().sample(
+                dut.results.valid, dut.results.ready, dut.results.payload.as_value())
+            if valid and ready:
+                got.append(unpack_fields(RESULT_LAYOUT, payload))
+
+    bench.sim.add_testbench(drain)
+    bench.run()
+    checker = RowChecker("sum_rows")
+    for row in want:
+        checker.expect(row)
+    for row in got:
+        checker.check(row)
+    assert len(got) == len(want) and checker.errors == 0
 
 
 # --------------------------------------------------------------------------- cocotb

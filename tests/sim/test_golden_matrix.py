@@ -178,3 +178,62 @@ def test_weights_off_the_word_grid_are_refused(field, value):
         sim.run([[Instruction(Opcode.MV, **fields)]])
     fields[field] = value - 4      # the same instruction on the grid runs
     sim.run([[Instruction(Opcode.MV, **fields)]])
+
+
+def _digit_pair(seed):
+    """A 4-bit matrix, a vector as two INT8 digits (hi, lo) and two record sets, staged."""
+    rng = np.random.default_rng(seed)
+    q = random_sparse(rng, 2, 3, 4, np.full((2, 3), 16))
+    hi, lo = rng.integers(-128, 128, size=(2, 48))
+    recs = [pack_requant_records(rng.integers(-5000, 5000, 32), rng.integers(1, 600, 32),
+                                 rng.integers(8, 16, 32) + 7 * d) for d in range(2)]
+    # Residuals near INT32's ends, so that the two saturations matter.
+    resid = rng.choice([-2**31 + 5, 2**31 - 9, 0], size=32) + rng.integers(-3, 3, size=32)
+    sim = GoldenSimulator(preset("tiny"))
+    stage(sim, sim.cores[0], [(Buffer.WBUF, 64, pack_matrix(q, 4)), (Buffer.ABUF, 0, i8(hi)),
+                              (Buffer.ABUF, 0x100, i8(lo)), (Buffer.PBUF, 0, recs[0]),
+                              (Buffer.PBUF, 0x400, recs[1]), (Buffer.RBUF, 0x1000, i32(resid))])
+    common = dict(w_addr=64, wbits=WeightBits.INT4, n_strips=2, k_blocks=3,
+                  out_mode=OutMode.Q32, out_addr=0x1000, residual=1)
+    return sim, common, (q, hi, lo, recs, resid)
+
+
+def test_sum_rows_adds_both_digits_as_two_passes_would():
+    """One MM over the two digits with sum_rows writes what the two MVs of the same weights
+    (high digit, then low digit, each into the residual) write, and what scalar arithmetic
+    gives; row 1 (the low digit) leaves its own result row untouched."""
+    sim, common, (q, hi, lo, recs, resid) = _digit_pair(11)
+    sim.run([[Instruction(Opcode.MM, x_addr=0, p_addr=0, m_rows=2, x_stride=0x100,
+                          out_stride=0x80, sum_rows=1, p_stride=0x400, **common)]])
+    got = read_i32(sim.cores[0], 0x1000, (32,))
+    assert not read_i32(sim.cores[0], 0x1080, (32,)).any(), "wrote row 1's result row"
+    ref_sim, _, _ = _digit_pair(11)
+    ref_sim.run([[Instruction(Opcode.MV, x_addr=0, p_addr=0, **common),
+                  Instruction(Opcode.MV, x_addr=0x100, p_addr=0x400, **common)]])
+    np.testing.assert_array_equal(got, read_i32(ref_sim.cores[0], 0x1000, (32,)))
+    from flightllm.contract.params import unpack_requant_records
+    r = [unpack_requant_records(np.frombuffer(b, np.uint8)) for b in recs]
+    for n in range(32):
+        y = int(resid[n])
+        for d, x in enumerate((hi, lo)):
+            v = requant(int(q[n] @ x) + int(r[d]["bias"][n]), int(r[d]["mult"][n]),
+                        int(r[d]["shift"][n]), 32, False)
+            y = max(min(y + v, 2**31 - 1), -2**31)
+        assert got[n] == y, n
+    assert (np.abs(got) > 2**30).any(), "no residual near saturation: the test lost its edge"
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(m_rows=3), "needs m_rows = 2, not 3"),
+    (dict(out_mode=OutMode.Q8, residual=0), "needs out_mode Q32, not Q8"),
+    (dict(p_uniform=1), "p_uniform is set"),
+    (dict(p_stride=0x404), "records at PBUF 0x404 .* not 8-byte aligned"),
+])
+def test_sum_rows_refuses_what_it_cannot_sum(change, message):
+    from flightllm.sim.machine import ProgramError
+    sim, common, _ = _digit_pair(12)
+    fields = dict(x_addr=0, p_addr=0, m_rows=2, x_stride=0x100, out_stride=0x80, sum_rows=1,
+                  p_stride=0x400, **common)
+    fields.update(change)
+    with pytest.raises(ProgramError, match=message):
+        sim.run([[Instruction(Opcode.MM, **fields)]])

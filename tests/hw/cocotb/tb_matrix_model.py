@@ -65,10 +65,42 @@ def _records(rng, n: int, scale: float, out_bits: int) -> bytes:
     return pack_requant_records(bias, mult, shift)
 
 
+def stage_records(rng, core: CoreBuffers, mode: OutMode, *, p_uniform: bool, n_out: int,
+                  scale: float, sum_rows: bool = False) -> tuple[int, int]:
+    """Write an instruction's requantisation records (Q8/Q32; none for ACC32) at a random
+    record-aligned PBUF address; return ``(p_addr, p_stride)``.
+
+    ``sum_rows``: a second per-channel set (row 1's, drawn independently) after the first
+    (``p_stride >= 0``: the field is unsigned), never overlapping it, either right behind it
+    or at a random record-aligned place further on. Without it ``p_stride`` is 0 and the
+    random draws are the ones this function always made."""
+    if mode == OutMode.ACC32:
+        return 0, 0
+    out_bits = 8 if mode == OutMode.Q8 else 32
+    blob = _records(rng, 1 if p_uniform else n_out, scale, out_bits)
+    pbuf = len(core.mem[Buffer.PBUF])
+    if not sum_rows:
+        p_addr = REQUANT_RECORD_BYTES * int(rng.integers(
+            0, (pbuf - len(blob)) // REQUANT_RECORD_BYTES))
+        core.write_bytes(Buffer.PBUF, p_addr, np.frombuffer(blob, np.uint8), "tb")
+        return p_addr, 0
+    assert mode == OutMode.Q32 and not p_uniform, "sum_rows: Q32, per-channel records"
+    blob1 = _records(rng, n_out, scale, out_bits)
+    nbytes = len(blob)
+    p_addr = REQUANT_RECORD_BYTES * int(rng.integers(
+        0, (pbuf - 2 * nbytes) // REQUANT_RECORD_BYTES + 1))
+    room = (pbuf - nbytes - (p_addr + nbytes)) // REQUANT_RECORD_BYTES     # >= 0
+    gap = 0 if rng.random() < 0.3 else int(rng.integers(0, room + 1))
+    p_stride = nbytes + REQUANT_RECORD_BYTES * gap
+    core.write_bytes(Buffer.PBUF, p_addr, np.frombuffer(blob, np.uint8), "tb")
+    core.write_bytes(Buffer.PBUF, p_addr + p_stride, np.frombuffer(blob1, np.uint8), "tb")
+    return p_addr, p_stride
+
+
 def random_case(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, *, mv: bool,
                 bits: int, gscale: bool, kind, mode: OutMode, psum: bool, residual: bool,
                 relu: bool, p_uniform: bool, n_strips: int, k_blocks: int, m_rows: int,
-                strided: bool, pair_group: int = 1) -> EngineCase:
+                strided: bool, pair_group: int = 1, sum_rows: bool = False) -> EngineCase:
     """Stage one random instruction, run the golden simulator on it, and derive the streams.
 
     Args:
@@ -78,7 +110,14 @@ def random_case(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, *
         pair_group: the engine's ``mm_pair_group``: the weights stream once per group of
             that many token pairs, a strip's records once per group, and results come in
             (group, strip, pair, token) order.
+        sum_rows: an MM of two rows (Q32, per-channel records) summed into one: row 1's
+            records ``p_stride`` after row 0's; the engine takes two record beats per strip,
+            the residual of row 0 only, partial sums of both rows, and gives one result beat
+            per strip (row 0).
     """
+    if sum_rows:
+        assert not mv and m_rows == 2 and mode == OutMode.Q32 and not p_uniform, \
+            "sum_rows: a 2-row Q32 MM with per-channel records"
     core = CoreBuffers(cfg)
     for buf in Buffer:                          # junk everywhere the instruction must not read
         core.mem[buf][:] = rng.integers(0, 256, len(core.mem[buf]), dtype=np.uint8)
@@ -129,13 +168,8 @@ def random_case(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, *
         for i in range(rows):
             core.write_rows(Buffer.RBUF, psum_addr + i * psum_stride, 0, values[i:i + 1], "tb")
         scale += 0 if big else lim
-    p_addr = 0
-    if mode != OutMode.ACC32:
-        nrec = 1 if p_uniform else n_out
-        blob = _records(rng, nrec, scale, 8 if mode == OutMode.Q8 else 32)
-        p_addr = REQUANT_RECORD_BYTES * int(rng.integers(
-            0, (len(core.mem[Buffer.PBUF]) - len(blob)) // REQUANT_RECORD_BYTES))
-        core.write_bytes(Buffer.PBUF, p_addr, np.frombuffer(blob, np.uint8), "tb")
+    p_addr, p_stride = stage_records(rng, core, mode, p_uniform=p_uniform, n_out=n_out,
+                                     scale=scale, sum_rows=sum_rows)
 
     fields = dict(w_addr=w_addr, w_stride=w_stride, wbits=WBITS_CODE[bits], sparse=int(
         matrix.sparse), gscale=int(gscale), n_strips=n_strips, k_blocks=k_blocks, x_addr=x_addr,
@@ -144,6 +178,8 @@ def random_case(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, *
     if not mv:
         fields.update(m_rows=m_rows, x_stride=x_stride, out_stride=out_stride,
                       psum_stride=psum_stride)
+    if sum_rows:
+        fields.update(sum_rows=1, p_stride=p_stride)
     ins = Instruction(Opcode.MV if mv else Opcode.MM, **fields)
     after = copy.deepcopy(core)
     exec_matrix(ins, after, Counters(), "tb")
@@ -154,7 +190,7 @@ def random_case(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, *
         x_stride = out_stride = psum_stride = 0
     command = {name: fields.get(name, 0) for name in (
         "wbits", "sparse", "gscale", "n_strips", "k_blocks", "out_mode", "p_uniform", "psum",
-        "residual", "relu")}
+        "residual", "relu", "sum_rows")}
     command.update(mv=int(mv), m_rows=m_rows)        # MV carries a junk m_rows: ignored
     words = [[] for _ in range(chains)]
     for c in range(chains):
@@ -180,8 +216,9 @@ def random_case(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, *
     for group in range(groups):
         for s in range(n_strips):
             if mode != OutMode.ACC32 and not p_uniform:
-                at = p_addr + s * rec_bytes
-                params.append(_le(before[Buffer.PBUF][at:at + rec_bytes]))
+                for base in (p_addr, p_addr + p_stride) if sum_rows else (p_addr,):
+                    at = base + s * rec_bytes
+                    params.append(_le(before[Buffer.PBUF][at:at + rec_bytes]))
             for p, tok in ((p, tok) for p in range(group * pair_group,
                                                    min(pairs, (group + 1) * pair_group))
                            for tok in range(2 if 2 * p + 1 < rows else 1)):
@@ -189,16 +226,19 @@ def random_case(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, *
                 if psum:
                     at = psum_addr + i * psum_stride + 4 * BLOCK * s
                     psums.append(_le(before[Buffer.RBUF][at:at + 4 * BLOCK]))
+                if sum_rows and tok:
+                    continue            # row 1 is added into row 0's one result beat
                 at = out_addr + i * out_stride + es * BLOCK * s
                 if residual and mode == OutMode.Q32:
                     residuals.append(_le(before[Buffer.RBUF][at:at + 4 * BLOCK]))
                 y = after.read_rows(out_buf, at, 0, 1, BLOCK, "tb")[0]
                 expected.append({"y": y.tolist(), "row": i, "strip": s,
                                  "last": int(p == pairs - 1 and s == n_strips - 1
-                                             and 2 * p + tok == rows - 1)})
+                                             and (sum_rows or 2 * p + tok == rows - 1))})
     label = (f"{'MV' if mv else 'MM'} int{bits}{' g' if gscale else ''} {kind} "
              f"{OutMode(mode).name}{' psum' if psum else ''}{' res' if residual else ''}"
-             f"{' relu' if relu else ''}{' uni' if p_uniform else ''} {n_strips}x{k_blocks}"
+             f"{' relu' if relu else ''}{' uni' if p_uniform else ''}{' sum' if sum_rows else ''}"
+             f" {n_strips}x{k_blocks}"
              f"{'' if mv else f' m{m_rows}'}{' strided' if strided else ''}")
     return EngineCase(ins, command, words, acts, params, psums, residuals, expected,
                       blocks=n_strips * k_blocks, label=label)
@@ -229,7 +269,8 @@ def scenario(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, i: i
     """The ``i``-th instruction of the random run. Matrix kind, weight variant and output mode
     cycle with coprime periods (8, 5, 3), so every 120 cases meet every combination;
     operation, flags and sizes are drawn at random: K of 1 to 4 blocks, one case in ten
-    ``max_k_blocks`` (the longest the engine was built for), one in 25 an empty instruction."""
+    ``max_k_blocks`` (the longest the engine was built for), one in 25 an empty instruction;
+    one MM Q32 case with per-channel records in four sums its two rows (``sum_rows``)."""
     bits, gscale = VARIANTS[i % len(VARIANTS)]
     kind = KINDS[i % len(KINDS)]
     mode = MODES[i % len(MODES)]
@@ -238,17 +279,31 @@ def scenario(rng: np.random.Generator, cfg: AcceleratorConfig, chains: int, i: i
         return empty_case(mv)
     requant = mode != OutMode.ACC32
     k_blocks = max_k_blocks if rng.random() < 0.1 else int(rng.integers(1, 5))
-    return random_case(
-        rng, cfg, chains, mv=mv, bits=bits, gscale=gscale, kind=kind, mode=mode,
+    args = dict(
         psum=bool(rng.random() < 0.4), residual=mode == OutMode.Q32 and bool(rng.random() < 0.5),
         relu=requant and bool(rng.random() < 0.4), p_uniform=requant and bool(rng.random() < 0.3),
         n_strips=int(rng.integers(1, 2 * chains + 2)), k_blocks=k_blocks,
         m_rows=int(rng.integers(1, 6)), strided=bool(rng.random() < 0.4))
+    args["sum_rows"] = draw_sum_rows(rng, mv=mv, mode=mode, p_uniform=args["p_uniform"])
+    if args["sum_rows"]:
+        args["m_rows"] = 2
+    return random_case(rng, cfg, chains, mv=mv, bits=bits, gscale=gscale, kind=kind, mode=mode,
+                       **args)
+
+
+def draw_sum_rows(rng: np.random.Generator, *, mv: bool, mode: OutMode, p_uniform: bool,
+                  share: float = 0.25) -> bool:
+    """Whether a random instruction sums its rows: ``share`` of the MM Q32 instructions with
+    per-channel records (a draw only for those, so other cases keep their random draws)."""
+    if mv or mode != OutMode.Q32 or p_uniform:
+        return False
+    return bool(rng.random() < share)
 
 
 def coverage_key(case: EngineCase) -> tuple:
     ins = case.ins
-    return (ins.op.name, ins.wbits, ins.gscale, ins.out_mode)
+    return (ins.op.name, ins.wbits, ins.gscale, ins.out_mode,
+            int(ins.op == Opcode.MM and ins.sum_rows))
 
 
 # --------------------------------------------------------------------------- checker

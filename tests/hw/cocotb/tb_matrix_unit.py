@@ -19,14 +19,13 @@ import numpy as np
 
 from flightllm.contract.config import BLOCK, preset
 from flightllm.contract.isa import Buffer, Instruction, Opcode, OutMode
-from flightllm.contract.params import REQUANT_RECORD_BYTES
 from flightllm.contract.regmap import ErrorCode
 from flightllm.contract.weights import SPARSITY_CODES, block_bytes, code_table_bytes
 from flightllm.hw.dsp_chain import passes_per_block
 from flightllm.sim.execute import Counters, exec_matrix
 from flightllm.sim.machine import CoreBuffers, ProgramError
 from tb_common import seeded_rng, start, write_summary
-from tb_matrix_model import KINDS, MODES, VARIANTS, WBITS_CODE, _records
+from tb_matrix_model import KINDS, MODES, VARIANTS, WBITS_CODE, draw_sum_rows, stage_records
 from tb_model import scenario_matrix
 from tb_unit_host import UnitHost, issue, reset
 from tb_units_common import dirty_rows
@@ -45,9 +44,10 @@ def _max_k() -> int:
 def stage_matrix(rng: np.random.Generator, core: CoreBuffers, *, mv: bool, bits: int,
                  gscale: bool, kind, mode: OutMode, psum: bool, residual: bool, relu: bool,
                  p_uniform: bool, n_strips: int, k_blocks: int, m_rows: int, strided: bool,
-                 in_place: bool = False) -> Instruction:
+                 in_place: bool = False, sum_rows: bool = False) -> Instruction:
     """Write one random instruction's operands into ``core``; return the instruction.
-    Activations may start at any byte; ``in_place``: partial sums read from the result rows."""
+    Activations may start at any byte; ``in_place``: partial sums read from the result rows;
+    ``sum_rows`` (2-row Q32 MM, per-channel records): row 1's records ``p_stride`` on."""
     rows = 1 if mv else m_rows
     n_out, k = BLOCK * n_strips, BLOCK * k_blocks
     matrix = scenario_matrix(rng, kind, bits, gscale, n_strips=n_strips, k_blocks=k_blocks)
@@ -91,12 +91,8 @@ def stage_matrix(rng: np.random.Generator, core: CoreBuffers, *, mv: bool, bits:
         for i in range(rows):
             core.write_rows(Buffer.RBUF, psum_addr + i * psum_stride, 0, values[i:i + 1], "tb")
         scale += 0 if big else lim
-    p_addr = 0
-    if mode != OutMode.ACC32:
-        blob = _records(rng, 1 if p_uniform else n_out, scale, 8 if mode == OutMode.Q8 else 32)
-        p_addr = REQUANT_RECORD_BYTES * int(rng.integers(
-            0, (len(core.mem[Buffer.PBUF]) - len(blob)) // REQUANT_RECORD_BYTES))
-        core.write_bytes(Buffer.PBUF, p_addr, np.frombuffer(blob, np.uint8), "tb")
+    p_addr, p_stride = stage_records(rng, core, mode, p_uniform=p_uniform, n_out=n_out,
+                                     scale=scale, sum_rows=sum_rows)
     fields = dict(w_addr=w_addr, w_stride=w_stride, wbits=WBITS_CODE[bits],
                   sparse=int(matrix.sparse), gscale=int(gscale), n_strips=n_strips,
                   k_blocks=k_blocks, x_addr=x_addr, out_mode=int(mode), out_addr=out_addr,
@@ -105,6 +101,8 @@ def stage_matrix(rng: np.random.Generator, core: CoreBuffers, *, mv: bool, bits:
     if not mv:
         fields.update(m_rows=m_rows, x_stride=x_stride, out_stride=out_stride,
                       psum_stride=psum_stride)
+    if sum_rows:
+        fields.update(sum_rows=1, p_stride=p_stride)
     return Instruction(Opcode.MV if mv else Opcode.MM, **fields)
 
 
@@ -115,7 +113,7 @@ def scenario(rng: np.random.Generator, i: int, max_k: int) -> Instruction | None
     kind = KINDS[i % len(KINDS)]
     mode = MODES[i % len(MODES)]
     requant = mode != OutMode.ACC32
-    return dict(
+    args = dict(
         mv=bool(rng.random() < 0.5), bits=bits, gscale=gscale, kind=kind, mode=mode,
         psum=bool(rng.random() < 0.4), residual=mode == OutMode.Q32 and bool(rng.random() < 0.5),
         relu=requant and bool(rng.random() < 0.4), p_uniform=requant and bool(rng.random() < 0.3),
@@ -123,6 +121,11 @@ def scenario(rng: np.random.Generator, i: int, max_k: int) -> Instruction | None
         k_blocks=max_k if rng.random() < 0.1 else int(rng.integers(1, 5)),
         m_rows=int(rng.integers(1, 6)), strided=bool(rng.random() < 0.4),
         in_place=bool(rng.random() < 0.3))
+    # One MM Q32 instruction with per-channel records in four sums its two rows.
+    args["sum_rows"] = draw_sum_rows(rng, mv=args["mv"], mode=mode, p_uniform=args["p_uniform"])
+    if args["sum_rows"]:
+        args["m_rows"] = 2
+    return args
 
 
 def _empty(mv: bool) -> Instruction:
@@ -194,7 +197,7 @@ async def _random_run(dut, *, corrupt: bool) -> None:
             args = scenario(nrng, i, _max_k())
             ins = stage_matrix(nrng, bench.core, **args)
             features |= {name for name in ("psum", "residual", "relu", "p_uniform", "gscale",
-                                           "in_place", "strided") if args[name]}
+                                           "in_place", "strided", "sum_rows") if args[name]}
             features.add(ins.op.name)
         error = await bench.run(ins, corrupt=corrupt and i == 3)
         assert error is None, f"the generator made a bad instruction: {error}"
