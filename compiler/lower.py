@@ -552,7 +552,7 @@ class Lowerer:
             sp = sparse if phase == "prefill" else None
             plan = onchip_plan(cfg, qm, rows, self.slot, self.ktile, self.vtile, rope_row,
                                vocab_pad, align(blob, 8), attn_width=sp and sp.width,
-                               ksplit=ksplit, pv_pack=self.pv_pack)
+                               ksplit=ksplit, pv_pack=self.pv_pack, decode=phase == "decode")
             plan.update(mats=self.mats, io=ios, param_offsets=offsets, final_norm=0, sparse=sp,
                         final_head=head_offs, in_row=4 * c.hidden_size, rope_row=rope_row,
                         rope_shift=rope_row.bit_length() - 1)

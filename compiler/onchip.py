@@ -57,12 +57,14 @@ def default_chunk(cfg: AcceleratorConfig, qm: QModel, blocks: tuple[int, int] | 
 
 def onchip_plan(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob, *,
                 attn_width: int | None = None, ksplit: tuple[int, int] = (0, 1),
-                pv_pack: int = 1) -> dict:
+                pv_pack: int = 1, decode: bool = False) -> dict:
     """Addresses of every on-chip region for ``rows`` token rows; ``attn_width``: the key
     positions one call's attention spans (``max_len`` unless block-sparse); ``ksplit``: the
     output columns of the largest K-split chunk and the passes that need partial sums;
     ``pv_pack``: the KV heads whose P.V one decode MM computes (compiler/attention.py): as
-    many V tiles, and attention rows for each of their query heads."""
+    many V tiles, and attention rows for each of their query heads. ``decode``: the plan of
+    the decode program (one token row; attention rows are query heads), not of a prefill
+    chunk (attention rows are tokens, even a chunk of one)."""
     c = qm.config
     L, hd, H, kvh, d, f = (qm.max_len, c.head_dim, c.num_heads, c.num_kv_heads, c.hidden_size,
                            c.intermediate_size)
@@ -77,7 +79,7 @@ def onchip_plan(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob, *,
     plan["k8"] = a.take(rows * kvh * hd, "new keys")
     plan["v8"] = a.take(rows * kvh * hd, "new values")
     # Decode's attention rows are query heads of one pack, prefill's are tokens.
-    arows = rows if rows > 1 else pv_pack * c.group_size
+    arows = pv_pack * c.group_size if decode else rows
     plan["probs"] = a.take(arows * W, "attention weights")
     plan["ctx"] = a.take(rows * H * hd, "attention context")
     plan["m"] = a.take(rows * f, "MLP hidden rows")
@@ -87,7 +89,7 @@ def onchip_plan(cfg, qm, rows, slot, ktile, vtile, rope_row, vocab_pad, blob, *,
     plan["q32"] = r.take(rows * 4 * H * hd, "INT32 queries")
     plan["k32"] = r.take(rows * 4 * kvh * hd, "INT32 keys")
     plan["scores"] = r.take(arows * 4 * W, "attention scores")
-    plan["pv"] = r.take(arows * 4 * hd * (pv_pack if rows == 1 else 1), "P.V accumulators")
+    plan["pv"] = r.take(arows * 4 * hd * (pv_pack if decode else 1), "P.V accumulators")
     plan["recip"] = r.take(arows * 4, "softmax reciprocals")
     ends = [r.mark()]
     r.reset(top)

@@ -93,3 +93,21 @@ def test_packed_decode_under_any_queue_order(tmp_path):
         results.append(np.concatenate([session.decode(t).logits for t in (9, 2, 6)]))
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
+
+
+def test_a_one_token_prefill_chunk_plans_token_rows_not_a_pack(tmp_path):
+    """Only decode's plan holds a pack's attention rows (query heads of pv_pack KV heads); a
+    prefill chunk of one token has one attention row, like any chunk its tokens, and its
+    program stays bit-exact."""
+    from flightllm.compiler.onchip import onchip_plan
+    cfg = FAST_LD.replace(mm_pair_group=2)
+    ir = build_ir(GQA, "synthetic", seed=5)
+    build, qm = _compile(tmp_path, ir, cfg, 64, chunk=1)
+    assert build.io["chunk"] == 1
+    width = 64
+    args = (cfg, qm, 1, 0, 0, 0, 0, 16, 0)
+    prefill, decode = onchip_plan(*args, pv_pack=2), onchip_plan(*args, pv_pack=2, decode=True)
+    assert prefill["ctx"] - prefill["probs"] == width                     # one token row
+    assert decode["ctx"] - decode["probs"] == 2 * GQA.group_size * width  # 2 KV heads' queries
+    session = Session(build, GoldenDevice(build))
+    assert_generation_matches(session, qm, [7, 3, 9, 4], 3)
