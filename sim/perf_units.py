@@ -208,11 +208,16 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
     # strip of the round waits for its PBUF read, less the rows the strip before it puts
     # out meanwhile (tiny MV: 8 rows of 16 bytes against 1; u280: 2 of 64, ~1 % of a
     # full-size MV; an MM's rows hide it). Measured on the matrix unit bench.
+    # sum_rows reads a record set per row, and the reader holds one set: row 1's records of a
+    # strip come only after row 0's are taken, so every set but the round's first waits, less
+    # the one result row it meets (matrix unit bench, tiny: the summing MM costs 18 + 7.5
+    # cycles a strip more than the MV, of which this gives 7 + 7 a strip; the rest is its two
+    # activation rows through tiny's one-block ABUF rows; docs/performance.md).
     if ins.out_mode != OutMode.ACC32 and not ins.p_uniform:
-        sets = 2 if ins.op == Opcode.MM and ins.sum_rows else 1  # a record set per digit row
-        exposed = (_ceil(sets * 16 * REQUANT_RECORD_BYTES, cfg.pbuf.width)
-                   - _ceil(rows, t.output_rows_per_cycle))
-        fill += (min(strips, chains) - 1) * max(exposed, 0)
+        sets = 2 if ins.op == Opcode.MM and ins.sum_rows else 1
+        exposed = (_ceil(16 * REQUANT_RECORD_BYTES, cfg.pbuf.width)
+                   - _ceil(rows // sets, t.output_rows_per_cycle))
+        fill += (sets * min(strips, chains) - 1) * max(exposed, 0)
     block_bytes = word * (header + values)
     weight_bytes = strips * (word * table + kb * block_bytes)
     # The weights of every read come through the WBUF read ports; chain c reads through
