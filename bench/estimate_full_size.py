@@ -66,8 +66,8 @@ def bounds(out: dict, config, hbm) -> dict:
 #: binding unit asks for them. Config changes are lowered again (the compiler sizes its weight
 #: chunks by the chains and the WBUF); timing changes are what-ifs of the model
 #: (``UnitTiming.ld_lanes``, ``dequant_word_bytes``, ``segment_overhead``/``segment_issue``),
-#: not hardware that exists. (MM's weights read once per four token pairs was a what-if here until the presets
-#: got ``mm_pair_group = 4``.)
+#: not hardware that exists. (MM's weights read once per four token pairs was a what-if here
+#: until the presets got ``mm_pair_group = 4``.)
 ROADMAP = (
     ("as built", {}, {}),
     ("LD: a lane and a buffer bank per channel", {}, {"ld_lanes": 16}),

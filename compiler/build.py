@@ -65,7 +65,8 @@ class CompileOptions:
     #: ``attn_block`` tokens (compiler.qmodel.AttentionSparsity); None is dense.
     attn_sparsity: tuple[int, int] | None = None
     #: INT8 digits of the gated MLP's hidden (``QuantRecipe.split_hidden``): 2 carries ~15
-    #: bits and runs ``down`` once per digit; 1 runs it once, less accurately.
+    #: bits (prefill runs ``down`` once per digit, decode once with MM ``sum_rows``); 1 is
+    #: less accurate.
     mlp_hidden_digits: int = 2
 
     def __post_init__(self):

@@ -107,9 +107,9 @@ def disasm(program: Path, core: int | None, raw: bool):
                    "(blocks of the configuration's attn_block tokens); 'dense' or omitted: dense.")
 @click.option("--mlp-hidden-digits", type=click.Choice(["1", "2"]), default="2",
               show_default=True,
-              help="INT8 digits of a gated MLP's hidden: 2 carries ~15 bits and runs the down "
-                   "projection once per digit (its weights are read once); 1 runs it once: "
-                   "faster decode, less accurate.")
+              help="INT8 digits of a gated MLP's hidden: 2 carries ~15 bits (prefill runs the "
+                   "down projection once per digit, decode once for both, summing them); 1 "
+                   "splits nothing: slightly faster, less accurate.")
 @click.option("--max-len", type=int, default=128, show_default=True,
               help="Longest sequence (prompt plus generated tokens) the build serves.")
 @click.option("--chunk", type=int, default=None,

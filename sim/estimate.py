@@ -231,7 +231,7 @@ def _text(out: dict) -> str:
 @click.option("--mlp-hidden-digits", type=click.Choice(["1", "2"]), default="2",
               show_default=True,
               help="INT8 digits of a gated MLP's hidden, as for compile (models only): 2 runs "
-                   "the down projection once per digit.")
+                   "prefill's down projection once per digit, decode's once for both.")
 @click.option("--max-len", type=int, default=2048, show_default=True,
               help="Longest sequence the programs serve (models only).")
 @click.option("--input-ids", default=None,

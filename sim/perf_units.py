@@ -211,8 +211,8 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
     # sum_rows reads a record set per row, and the reader holds one set: row 1's records of a
     # strip come only after row 0's are taken, so every set but the round's first waits, less
     # the one result row it meets (matrix unit bench, tiny: the summing MM costs 18 + 7.5
-    # cycles a strip more than the MV, of which this gives 7 + 7 a strip; the rest is its two
-    # activation rows through tiny's one-block ABUF rows; docs/performance.md).
+    # cycles a strip more than the MV, of which this gives 7 + 7 a strip; the rest is not
+    # modelled, docs/performance.md).
     if ins.out_mode != OutMode.ACC32 and not ins.p_uniform:
         sets = 2 if ins.op == Opcode.MM and ins.sum_rows else 1
         exposed = (_ceil(16 * REQUANT_RECORD_BYTES, cfg.pbuf.width)
