@@ -17,7 +17,9 @@ pairs, as the full-size presets do with 4) and writes ``perf_validation_g<N>.jso
 ``--wbuf-read-ports 2`` builds it with a second WBUF read port (as the full-size presets) and
 writes ``perf_validation_r2.json`` (both: ``perf_validation_g<N>_r2.json``); ``--ld-lanes 2``
 builds it with two LD lanes and a banked WBUF (with two read ports as well, as the full-size
-presets: ``perf_validation_r2_l2.json``); ``--wide-heads`` builds a synthetic model of
+presets: ``perf_validation_r2_l2.json``; ``--ld-lanes 4 --wbuf-read-ports 4 --chains 8``: four
+lanes on four channels, four read ports, eight chains, ``perf_validation_r4_l4_c8.json``);
+``--wide-heads`` builds a synthetic model of
 head-dim 32 instead, whose K/V caches are split over two channels (``..._wide.json``).
     python bench/perf_validation.py --build DIR --rtl-from bench/results/perf_validation.json
 
@@ -108,10 +110,11 @@ def _rtl_cycles_table(path: Path) -> int:
     return 0 if ok else 1
 
 
-def _variant_suffix(pair_group: int, read_ports: int, lanes: int = 1) -> str:
+def _variant_suffix(pair_group: int, read_ports: int, lanes: int = 1, chains: int = 4) -> str:
     """The result file's and configuration's suffix for a non-default tiny variant."""
     return (f"_g{pair_group}" if pair_group != 1 else "") + \
-        (f"_r{read_ports}" if read_ports != 1 else "") + (f"_l{lanes}" if lanes != 1 else "")
+        (f"_r{read_ports}" if read_ports != 1 else "") + (f"_l{lanes}" if lanes != 1 else "") \
+        + (f"_c{chains}" if chains != 4 else "")
 
 
 def _wide_heads_ir():
@@ -123,7 +126,7 @@ def _wide_heads_ir():
 
 
 def _build(path: Path | None, tmp: Path, pair_group: int = 1, read_ports: int = 1,
-           lanes: int = 1, wide_heads: bool = False):
+           lanes: int = 1, wide_heads: bool = False, chains: int = 4):
     from flightllm.host.build import load_build
     if path is not None:
         return load_build(path)
@@ -133,10 +136,12 @@ def _build(path: Path | None, tmp: Path, pair_group: int = 1, read_ports: int = 
     from flightllm.default_model import default_model_path
     out = tmp / "tiny"
     cfg = preset("tiny")
-    suffix = _variant_suffix(pair_group, read_ports, lanes)
+    suffix = _variant_suffix(pair_group, read_ports, lanes, chains)
     if suffix:
+        # A lane per channel at most: four lanes take four of the core's channels.
         cfg = cfg.replace(name="tiny" + suffix.replace("_", "-"), mm_pair_group=pair_group,
-                          wbuf_read_ports=read_ports, ld_lanes=lanes)
+                          wbuf_read_ports=read_ports, ld_lanes=lanes, mv_rows=chains,
+                          hbm_channels_per_core=max(cfg.hbm_channels_per_core, lanes))
     ir = _wide_heads_ir() if wide_heads else load_onnx(default_model_path())
     compile_model(ir, cfg, out,
                   CompileOptions(max_len=64, weight_bits=4, calibration_sequences=1))
@@ -168,12 +173,16 @@ def main() -> int:
     ap.add_argument("--pair-group", type=int, default=1,
                     help="Build tiny with this mm_pair_group (results in "
                          "perf_validation_g<N>.json).")
-    ap.add_argument("--wbuf-read-ports", type=int, default=1, choices=(1, 2),
+    ap.add_argument("--wbuf-read-ports", type=int, default=1, choices=(1, 2, 4),
                     help="Build tiny with this many WBUF read ports (results in "
-                         "perf_validation_r2.json).")
-    ap.add_argument("--ld-lanes", type=int, default=1, choices=(1, 2),
-                    help="Build tiny with this many LD lanes (results in "
-                         "perf_validation_l2.json, or _r2_l2 with --wbuf-read-ports 2).")
+                         "perf_validation_r<N>.json).")
+    ap.add_argument("--ld-lanes", type=int, default=1, choices=(1, 2, 4),
+                    help="Build tiny with this many LD lanes, and at least as many HBM "
+                         "channels (results in perf_validation_l<N>.json, or _r2_l2 with "
+                         "--wbuf-read-ports 2).")
+    ap.add_argument("--chains", type=int, default=4, choices=(4, 8),
+                    help="Build tiny with this many DSP chains (results in "
+                         "perf_validation..._c8.json).")
     ap.add_argument("--wide-heads", action="store_true",
                     help="Build a synthetic model of head-dim 32 instead of the bundled one "
                          "(its K/V caches split over two channels; results in "
@@ -185,14 +194,15 @@ def main() -> int:
         return _rtl_cycles_table(args.rtl_from)
     prompt = [int(t) for t in args.prompt_ids.split(",")]
     RESULTS.mkdir(exist_ok=True)
-    suffix = _variant_suffix(args.pair_group, args.wbuf_read_ports, args.ld_lanes) + (
+    suffix = _variant_suffix(args.pair_group, args.wbuf_read_ports, args.ld_lanes,
+                             args.chains) + (
         "_wide" if args.wide_heads else "")
     out_path = RESULTS / f"perf_validation{suffix}.json"
     from flightllm.sim.hbm_model import RTL_TESTBENCH, HBMParams
     from flightllm.sim.perf import PerfModel, SparsityMap
     with tempfile.TemporaryDirectory() as tmp:
         build = _build(args.build, Path(tmp), args.pair_group, args.wbuf_read_ports,
-                       args.ld_lanes, args.wide_heads)
+                       args.ld_lanes, args.wide_heads, args.chains)
         recipe = build.manifest["model"]["recipe"]
         sparsity = SparsityMap.from_placements(build.manifest["tensors"], recipe["sparsity"])
         # The RTL runs against the testbench's memories: the check is against the model of

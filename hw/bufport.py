@@ -35,6 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from flightllm.contract.config import AcceleratorConfig, BufferSpec
 from flightllm.contract.isa import Buffer
+from flightllm.hw.dsp_chain import mux_tree
 
 #: The on-chip buffers by their port names, in the ISA's Buffer order.
 BUFFERS = tuple(b.name.lower() for b in Buffer)
@@ -75,11 +76,17 @@ def write_ports(cfg: AcceleratorConfig, name: str) -> int:
     return cfg.ld_lanes if name == "wbuf" else 1
 
 
-def port_names(name: str) -> tuple[str, str]:
-    """A unit's row-client ports on buffer ``name``: ``name``, and ``name_b`` for a second
-    stream of requests that can take a second port in the same cycle (the matrix unit's odd
-    chains reading WBUF, the LD's second lane writing it)."""
-    return name, f"{name}_b"
+#: Most row-client ports one unit has on a buffer (the LD's lanes, the matrix unit's WBUF
+#: weight readers: ``ld_lanes`` and ``wbuf_read_ports`` are at most 4).
+MAX_CLIENT_PORTS = 4
+
+
+def port_names(name: str) -> tuple[str, ...]:
+    """A unit's row-client ports on buffer ``name``: ``name``, then ``name_b``, ``name_c``,
+    ``name_d`` for further streams of requests that can take further ports of the buffer in
+    the same cycle (chains ``c`` of the matrix unit reading WBUF through port ``c mod
+    wbuf_read_ports``, LD lane ``k`` writing a bank of it)."""
+    return (name,) + tuple(f"{name}_{chr(ord('a') + k)}" for k in range(1, MAX_CLIENT_PORTS))
 
 
 def client_ports(units, name: str) -> list:
@@ -141,8 +148,8 @@ class BufferArbiter(wiring.Component):
     Args:
         spec: the buffer's geometry.
         clients: number of client ports.
-        read_ports: the memory's read ports (1, or 2 for a replicated WBUF: a client whose
-            read is refused on the first port may take the second in the same cycle).
+        read_ports: the memory's read ports (1, or 2 or 4 for a replicated WBUF: a client
+            whose read is refused on one port may take the next in the same cycle).
         write_ports: the memory's banks of rows, one write port each (a banked WBUF:
             :class:`~flightllm.hw.buffers.BufferMemory`'s ``write_ports``). Each bank grants
             one write per cycle, round-robin among the clients writing a row of that bank.
@@ -162,8 +169,8 @@ class BufferArbiter(wiring.Component):
         from .buffers import check_write_ports, read_port_signature, write_port_signature
         if not isinstance(clients, int) or clients < 1:
             raise ValueError(f"clients must be a positive integer, not {clients!r}")
-        if read_ports not in (1, 2):
-            raise ValueError(f"read_ports must be 1 or 2, not {read_ports!r}")
+        if read_ports not in (1, 2, 4):
+            raise ValueError(f"read_ports must be 1, 2 or 4, not {read_ports!r}")
         check_write_ports(spec, write_ports)
         self.spec, self.n, self.read_ports = spec, clients, read_ports
         self.write_ports = write_ports
@@ -186,7 +193,8 @@ class BufferArbiter(wiring.Component):
         slot_full = Signal(n)
         slot_data = [Signal(width, name=f"slot{i}") for i in range(n)]
         pending = Signal(n)
-        via = Signal(n)     # the read port of each pending read
+        # The read port of each pending read (a port number per client).
+        via = [Signal(range(self.read_ports), name=f"via{i}") for i in range(n)]
 
         wants_read, wants_write = Signal(n), Signal(n)
         for i, c in enumerate(self.clients):
@@ -238,13 +246,19 @@ class BufferArbiter(wiring.Component):
             m.d.comb += c.req.ready.eq(issued[i] | written[i])
         m.d.comb += self.grant_valid.eq(issued.any() | written.any())
         m.d.sync += pending.eq(issued)
-        if self.read_ports == 2:
-            m.d.sync += via.eq(grants[1])
+        for i in range(n):
+            for k in range(1, self.read_ports):
+                with m.If(grants[k][i]):
+                    m.d.sync += via[i].eq(k)
+            if self.read_ports > 1:
+                with m.If(grants[0][i]):
+                    m.d.sync += via[i].eq(0)
 
         for i, c in enumerate(self.clients):
             taken = c.rsp.valid & c.rsp.ready
+            # A tree of 2:1 multiplexers (an Array index counts, and may map, as a shifter).
             row = self.read[0].data if self.read_ports == 1 else \
-                Mux(via[i], self.read[1].data, self.read[0].data)
+                mux_tree([port.data for port in self.read], via[i])
             m.d.comb += [c.rsp.valid.eq(slot_full[i] | pending[i]),
                          c.rsp.payload.eq(Mux(slot_full[i], slot_data[i], row))]
             with m.If(pending[i] & ~taken):

@@ -178,9 +178,9 @@ class MatrixUnit(wiring.Component):
             "mv": In(stream.Signature(instruction_layout(Opcode.MV))),
             "mm_done": Out(1), "mv_done": Out(1), "busy": Out(1), "error": Out(3),
             **buffer_clients(config),
-            # The odd chains' weight reads, for WBUF's second read port.
-            **({port_names("wbuf")[1]: Out(row_client_signature(config.wbuf))}
-               if config.wbuf_read_ports == 2 else {}),
+            # Chain c's weight reads go through WBUF read port c mod wbuf_read_ports.
+            **{port: Out(row_client_signature(config.wbuf))
+               for port in port_names("wbuf")[1:config.wbuf_read_ports]},
         })
 
     def _make_engine(self):
@@ -224,8 +224,8 @@ class MatrixUnit(wiring.Component):
         else:
             q8_wr = ChunkWriter(cfg.abuf, BLOCK)
             q32_wr = ChunkWriter(cfg.rbuf, 4 * BLOCK)
-        # With two WBUF read ports chain c reads through port c mod 2 (the scanner through
-        # the first), so an instruction of two or more strips draws on both.
+        # With P WBUF read ports chain c reads through port c mod P (the scanner through the
+        # first), so an instruction of P or more strips draws on all of them.
         P = cfg.wbuf_read_ports
         wbuf_readers = [chain_rd[p::P] + ([scan_rd] if p == 0 else []) for p in range(P)]
         muxes = {

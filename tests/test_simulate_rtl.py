@@ -112,6 +112,21 @@ def test_rtl_engine_with_two_ld_lanes_matches_golden(tmp_path):
     _assert_rtl_is_golden(out, "2,7,1,8,2,8")
 
 
+def test_rtl_engine_with_four_ld_lanes_and_read_ports_matches_golden(tmp_path):
+    """tiny with four HBM channels, four LD lanes of row-wide beats, four WBUF read ports
+    and eight chains (two per port, as the full-size presets' 32 chains are eight per port):
+    each lane moves its channel's stripe of a weight chunk into its own bank of WBUF, and
+    the chains read through four copies of it; tokens and logits are still the golden
+    simulator's."""
+    if simulator_unavailable_reason():
+        pytest.skip(simulator_unavailable_reason())
+    out = _compile_variant(tmp_path, "tiny-l4", ld_lanes=4, wbuf_read_ports=4, mv_rows=8,
+                           hbm_channels_per_core=4, axi_data_bits=128)
+    tensors = json.loads((out / "manifest.json").read_text())["tensors"]
+    assert any(len(t["channels"]) == 4 for t in tensors), "no weight striped over 4 lanes"
+    _assert_rtl_is_golden(out, "1,4,1,4,2,1,3,5")
+
+
 def test_rtl_engine_with_caches_split_over_two_lanes_matches_golden(tmp_path):
     """A synthetic LLaMA-style model with head-dim 32 on tiny with two LD lanes of 16-byte
     beats: each K/V cache is split over the core's two channels, so every tile load (V's

