@@ -31,7 +31,7 @@ from pathlib import Path
 
 __all__ = [
     "RESOURCES", "SYNTH_READ_PORTS", "SYNTH_SCRIPT", "mul_dsp_tiles", "memory_primitives",
-    "count_rtlil", "synthesis_unavailable_reason", "synthesise",
+    "count_rtlil", "count_rtlil_tree", "synthesis_unavailable_reason", "synthesise",
 ]
 
 #: The resources every estimate reports, in table order.
@@ -418,14 +418,9 @@ def _mux_tree_luts(mod: _Module) -> float:
     return total
 
 
-def count_rtlil(text: str, *, top: str = "top") -> dict:
-    """Resources of a design's RTLIL (see the module docstring), flattened from ``top``.
-
-    Returns:
-        ``{"dsp", "bram36", "uram", "ff", "lut", "set_aside"}``; ``set_aside`` holds the part
-        of the others taken by the memories :func:`synthesise` leaves out (too many read ports).
-    """
-    modules = _parse_rtlil(text)
+def _own_counts(modules: dict[str, _Module]) -> dict[str, tuple[dict, dict]]:
+    """Each module's own resources (its submodules left out) and the part of them that
+    synthesis sets aside (memories with too many read ports)."""
     own = {}
     for name, mod in modules.items():
         _merge_duplicates(mod)
@@ -453,22 +448,63 @@ def count_rtlil(text: str, *, top: str = "top") -> dict:
                 total[key] += value
                 aside[key] += value if left_out else 0
         own[name] = (total, aside)
+    return own
 
-    def flat(name):
-        total, aside = dict(own[name][0]), dict(own[name][1])
+
+def _flat(modules, own, name) -> tuple[dict, dict]:
+    total, aside = dict(own[name][0]), dict(own[name][1])
+    for ctype, _, _ in modules[name].cells:
+        if ctype in modules:
+            sub_total, sub_aside = _flat(modules, own, ctype)
+            for key in RESOURCES:
+                total[key] += sub_total[key]
+                aside[key] += sub_aside[key]
+    return total, aside
+
+
+def _rounded(d: dict) -> dict:
+    return {k: round(v, 1) if k == "bram36" else round(v) for k, v in d.items()}
+
+
+def count_rtlil(text: str, *, top: str = "top") -> dict:
+    """Resources of a design's RTLIL (see the module docstring), flattened from ``top``.
+
+    Returns:
+        ``{"dsp", "bram36", "uram", "ff", "lut", "set_aside"}``; ``set_aside`` holds the part
+        of the others taken by the memories :func:`synthesise` leaves out (too many read ports).
+    """
+    modules = _parse_rtlil(text)
+    total, aside = _flat(modules, _own_counts(modules), f"\\{top}")
+    return {**_rounded(total), "set_aside": _rounded(aside)}
+
+
+def count_rtlil_tree(text: str, *, top: str = "top", depth: int = 2,
+                     min_lut: int = 0) -> dict:
+    """Where a design's counted resources are: ``top`` and its submodules to ``depth``
+    levels, each ``{"module", "instances", "own", "total", "children"}`` (``total``
+    includes the submodules, ``own`` does not; ``instances`` of one kind under one parent
+    are listed once). Children whose instances together have fewer than ``min_lut`` LUTs
+    are left out; the parent's ``total`` still holds them."""
+    modules = _parse_rtlil(text)
+    own = _own_counts(modules)
+
+    def node(name: str, instances: int, level: int) -> dict:
+        kinds: dict[str, int] = {}
         for ctype, _, _ in modules[name].cells:
             if ctype in modules:
-                sub_total, sub_aside = flat(ctype)
-                for key in RESOURCES:
-                    total[key] += sub_total[key]
-                    aside[key] += sub_aside[key]
-        return total, aside
+                kinds[ctype] = kinds.get(ctype, 0) + 1
+        children = []
+        if level < depth:
+            for ctype, n in kinds.items():
+                if _flat(modules, own, ctype)[0]["lut"] * n >= min_lut:
+                    children.append(node(ctype, n, level + 1))
+            children.sort(key=lambda c: -c["total"]["lut"] * c["instances"])
+        short = name.lstrip("\\").rsplit(".", 1)[-1] if level else top
+        return {"module": short, "instances": instances,
+                "own": _rounded(own[name][0]),
+                "total": _rounded(_flat(modules, own, name)[0]), "children": children}
 
-    def rounded(d):
-        return {k: round(v, 1) if k == "bram36" else round(v) for k, v in d.items()}
-
-    total, aside = flat(f"\\{top}")
-    return {**rounded(total), "set_aside": rounded(aside)}
+    return node(f"\\{top}", 1, 0)
 
 
 # ---------------------------------------------------------------------------------- synthesis

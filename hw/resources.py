@@ -50,7 +50,7 @@ from .resource_count import (
 
 __all__ = [
     "RESOURCES", "Board", "BOARDS", "load_board", "Unit", "UNITS", "CACHE_DIR", "BUNDLED_DIR",
-    "bundle_results", "buffer_resources",
+    "bundle_results", "buffer_resources", "breakdown",
     "estimate", "datapath_totals", "format_table", "resources_command",
 ]
 
@@ -286,6 +286,22 @@ def buffer_resources(config: AcceleratorConfig) -> dict[str, dict]:
         out[name] = {"width_bytes": spec.width, "depth": spec.depth, "ram_style": style,
                      "read_ports": reads, "banks": banks, **prims}
     return out
+
+
+def breakdown(config: AcceleratorConfig | str, unit: str, *, depth: int = 2,
+              min_lut: int = 500) -> dict:
+    """Where one unit's counted resources are (counted from its RTLIL, no synthesis): the
+    unit and its submodules to ``depth`` levels, as
+    :func:`~flightllm.hw.resource_count.count_rtlil_tree` gives them. Sub-units the estimate
+    measures on their own (the engine, the SFU, the matrix and MISC units in core control)
+    are black boxes here, as in :func:`estimate`."""
+    from .resource_count import count_rtlil_tree
+    cfg = load_config(config) if not isinstance(config, AcceleratorConfig) else config
+    try:
+        chosen = next(u for u in UNITS if u.name == unit)
+    except StopIteration:
+        raise ValueError(f"unknown unit {unit!r}; one of {[u.name for u in UNITS]}") from None
+    return count_rtlil_tree(_Measure.of(chosen, cfg).rtlil_text, depth=depth, min_lut=min_lut)
 
 
 # ---------------------------------------------------------------------------------- estimate

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from flightllm.contract.config import BLOCK, ConfigError, preset
 from flightllm.hw.dsp_chain import mux_tree
 from flightllm.hw.resource_count import (
-    count_rtlil, memory_primitives, mul_dsp_tiles, synthesis_unavailable_reason, synthesise,
+    count_rtlil, count_rtlil_tree, memory_primitives, mul_dsp_tiles,
+    synthesis_unavailable_reason, synthesise,
 )
 from flightllm.hw.resources import (
     BOARDS, RESOURCES, buffer_resources, datapath_totals, estimate, format_table, load_board,
@@ -119,6 +120,39 @@ def test_reset_less_delay_lines_count_as_shift_registers():
     # two-stage line.
     assert counts["ff"] == 8 * 12 + 2 * 12
     assert counts["lut"] == 12
+
+
+class _TwoLevels(wiring.Component):
+    """A top with two delay-line submodules of one kind and a probe: the tree's shape."""
+
+    a: In(12)
+    y: Out(12)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.first, m.submodules.second = first, second = _DelayLines(), _DelayLines()
+        m.submodules.probe = _Probe()
+        m.d.comb += [first.a.eq(self.a), second.a.eq(first.srl), self.y.eq(second.srl)]
+        return m
+
+
+def test_count_tree_splits_the_flat_count_by_submodule():
+    text = rtlil.convert(_TwoLevels(), name="top")
+    tree = count_rtlil_tree(text, depth=1)
+    flat = count_rtlil(text)
+    assert tree["module"] == "top" and tree["instances"] == 1
+    assert tree["total"] == {k: v for k, v in flat.items() if k != "set_aside"}
+    kids = {c["module"]: c for c in tree["children"]}
+    assert set(kids) == {"first", "second", "probe"}
+    assert kids["first"]["total"]["lut"] == 12 and kids["first"]["children"] == []
+    assert kids["probe"]["total"]["bram36"] == 1
+    # The parent's total is its own plus every child's.
+    for r in ("lut", "ff", "bram36"):
+        assert tree["total"][r] == tree["own"][r] + sum(c["total"][r] * c["instances"]
+                                                        for c in tree["children"])
+    # min_lut drops the children below it (all of them together), not their resources.
+    small = count_rtlil_tree(text, depth=1, min_lut=13)
+    assert small["children"] == [] and small["total"] == tree["total"]
 
 
 class _WideMux(wiring.Component):
@@ -230,6 +264,17 @@ def test_u280_buffers_map_to_ultraram():
         "abuf": 1, "wbuf": 2, "rbuf": 1, "pbuf": 1}
     assert buffers["wbuf"]["lut"] == 2 * 512 and buffers["abuf"]["lut"] == 0
     assert all(b["bram36"] == 0 for b in buffers.values())
+
+
+def test_four_read_ports_and_lanes_take_four_copies_of_four_banks():
+    # wbuf_read_ports = 4: three more copies of WBUF's 2 MiB; ld_lanes = 4: each copy is four
+    # banks of 8,192 rows (the same URAMs), and each read port picks its bank's row.
+    cfg = preset("u280").replace(wbuf_read_ports=4, ld_lanes=4)
+    wbuf = buffer_resources(cfg)["wbuf"]
+    assert (wbuf["read_ports"], wbuf["banks"]) == (4, 4)
+    # A URAM has two ports: one write and one read per copy (8 columns x 8 deep).
+    assert wbuf["uram"] == 4 * 8 * 8
+    assert wbuf["lut"] == 4 * 512
 
 
 def test_totals_add_up(counted):
