@@ -299,7 +299,14 @@ class MatrixEngine(wiring.Component):
             f_valid = Signal(name=f"f_valid{c}")
             f_slot = f_group[0]
             rd = xmem.read_port()
-            ready = (busy & active[c] & (f_group < groups) & loaded.bit_select(f_slot, 1)
+            # Block f_k of a group may be read once it is written: the whole group loaded,
+            # or its last pair being loaded and past f_k (the store takes a block per cycle,
+            # a chain a block per 8-34 cycles, so decode's MVs no longer wait the K cycles
+            # of the load before their first pass).
+            arrived = (loaded.bit_select(f_slot, 1)
+                       | (group_loaded & (ld_pair < pairs) & (ld_pair[g_bits:] == f_group)
+                          & (ld_k > f_k)))
+            ready = (busy & active[c] & (f_group < groups) & arrived
                      & ~done_with[c].bit_select(f_slot, 1))
             fetch = ready & (~f_valid | chain.acts.ready)
             m.d.comb += [rd.en.eq(fetch), rd.addr.eq(Cat(f_k[:k_bits], f_slot)),
