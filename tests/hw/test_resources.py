@@ -340,6 +340,22 @@ def test_command_prints_a_table_and_json(counted):
     assert result.exit_code == 1 and "nonesuch" in result.output
 
 
+def test_command_breaks_a_unit_down_by_submodule(counted):
+    runner = CliRunner()
+    text = runner.invoke(resources_command, ["--arch", "tiny", "--breakdown", "core_control"])
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert lines[0].startswith("core_control: ") and any(" ld: " in ln for ln in lines)
+    out = runner.invoke(resources_command, ["--arch", "tiny", "--breakdown", "core_control",
+                                            "--depth", "1", "--json"])
+    tree = json.loads(out.output)
+    # The tree's total is the unit's counted figure in the estimate.
+    assert tree["total"]["lut"] == counted("tiny")["units"]["core_control"]["per_instance"]["lut"]
+    assert all(child["children"] == [] for child in tree["children"])      # depth 1
+    bad = runner.invoke(resources_command, ["--arch", "tiny", "--breakdown", "chain"])
+    assert bad.exit_code != 0 and "chain" in bad.output
+
+
 def test_format_table_names_every_unit(counted):
     text = format_table(counted("tiny"))
     for name in counted("tiny")["units"]:
