@@ -64,17 +64,19 @@ def bounds(out: dict, config, hbm) -> dict:
 
 #: The road to the goals: each step adds one change to the ones before it, in the order the
 #: binding unit asks for them. Config changes are lowered again (the compiler sizes its weight
-#: chunks by the chains and the WBUF); timing changes are what-ifs of the model
-#: (``UnitTiming.ld_lanes``, ``dequant_word_bytes``, ``segment_overhead``/``segment_issue``),
-#: not hardware that exists. (MM's weights read once per four token pairs was a what-if here
+#: chunks by the chains and the WBUF) and built by the RTL (four WBUF read ports and four LD
+#: lanes since stop 21); timing changes are what-ifs of the model (``UnitTiming.ld_lanes``
+#: beyond four, ``dequant_word_bytes``, ``segment_overhead``/``segment_issue``), not hardware
+#: that exists. (MM's weights read once per four token pairs was a what-if here
 #: until the presets got ``mm_pair_group = 4``.)
 ROADMAP = (
     ("as built", {}, {}),
-    ("LD: a lane and a buffer bank per channel", {}, {"ld_lanes": 16}),
-    ("WBUF rows of 1 KiB (same bytes)", {"wbuf_row": 1024}, {}),
     ("dequantiser reads 16 B per cycle", {}, {"dequant_word_bytes": 16}),
-    ("32 chains per core, WBUF 4 MiB", {"mv_rows": 32, "wbuf_mib": 4}, {}),
-    ("64 chains per core, WBUF 8 MiB", {"mv_rows": 64, "wbuf_mib": 8}, {}),
+    ("WBUF: four read ports", {"wbuf_read_ports": 4}, {}),
+    ("LD: four lanes", {"ld_lanes": 4}, {}),
+    ("32 chains per core, WBUF rows of 128 B, 4 MiB",
+     {"mv_rows": 32, "wbuf_row": 128, "wbuf_mib": 4}, {}),
+    ("LD: a lane and a WBUF bank per channel", {}, {"ld_lanes": 16}),
     ("every pseudo-channel of the board", {"hbm_channels_per_core": "all"}, {}),
     ("no per-segment LD/ST overhead", {}, {"segment_overhead": 0, "segment_issue": 1}),
 )
