@@ -292,8 +292,8 @@ def test_more_wbuf_read_ports_speed_a_port_bound_mv(chains, ports):
     Twice the ports (chain c through port c mod P) nearly halve it, up to four ports for
     eight chains; every run is bit-exact and within 5% of sim/perf_units.matrix_cost, which
     the full-size estimates use, or 24 cycles: once the ports keep up, the dequantisers
-    bind and the model's fill is 12-22 cycles short of the RTL's (eight chains, four ports:
-    322 against 302), a fixed amount that is under 1% of a full-size MV."""
+    bind and the model's fill is 8-20 cycles short of the RTL's (eight chains, four ports:
+    317 against 302), a fixed amount that is under 1% of a full-size MV."""
     from flightllm.sim.perf_units import UnitTiming, matrix_cost
     spec = dict(mv=True, bits=8, kind="dense", mode=OutMode.ACC32, n_strips=chains,
                 k_blocks=8)
