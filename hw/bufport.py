@@ -246,13 +246,11 @@ class BufferArbiter(wiring.Component):
             m.d.comb += c.req.ready.eq(issued[i] | written[i])
         m.d.comb += self.grant_valid.eq(issued.any() | written.any())
         m.d.sync += pending.eq(issued)
-        for i in range(n):
-            for k in range(1, self.read_ports):
-                with m.If(grants[k][i]):
-                    m.d.sync += via[i].eq(k)
-            if self.read_ports > 1:
-                with m.If(grants[0][i]):
-                    m.d.sync += via[i].eq(0)
+        if self.read_ports > 1:
+            for i in range(n):
+                for k, took in enumerate(grants):   # a client takes one port at most
+                    with m.If(took[i]):
+                        m.d.sync += via[i].eq(k)
 
         for i, c in enumerate(self.clients):
             taken = c.rsp.valid & c.rsp.ready

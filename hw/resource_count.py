@@ -451,15 +451,18 @@ def _own_counts(modules: dict[str, _Module]) -> dict[str, tuple[dict, dict]]:
     return own
 
 
-def _flat(modules, own, name) -> tuple[dict, dict]:
-    total, aside = dict(own[name][0]), dict(own[name][1])
-    for ctype, _, _ in modules[name].cells:
-        if ctype in modules:
-            sub_total, sub_aside = _flat(modules, own, ctype)
-            for key in RESOURCES:
-                total[key] += sub_total[key]
-                aside[key] += sub_aside[key]
-    return total, aside
+def _flat(modules, own, name, memo: dict) -> tuple[dict, dict]:
+    """Module ``name``'s resources with its submodules', each module summed once (``memo``)."""
+    if name not in memo:
+        total, aside = dict(own[name][0]), dict(own[name][1])
+        for ctype, _, _ in modules[name].cells:
+            if ctype in modules:
+                sub_total, sub_aside = _flat(modules, own, ctype, memo)
+                for key in RESOURCES:
+                    total[key] += sub_total[key]
+                    aside[key] += sub_aside[key]
+        memo[name] = (total, aside)
+    return memo[name]
 
 
 def _rounded(d: dict) -> dict:
@@ -474,7 +477,7 @@ def count_rtlil(text: str, *, top: str = "top") -> dict:
         of the others taken by the memories :func:`synthesise` leaves out (too many read ports).
     """
     modules = _parse_rtlil(text)
-    total, aside = _flat(modules, _own_counts(modules), f"\\{top}")
+    total, aside = _flat(modules, _own_counts(modules), f"\\{top}", {})
     return {**_rounded(total), "set_aside": _rounded(aside)}
 
 
@@ -486,7 +489,7 @@ def count_rtlil_tree(text: str, *, top: str = "top", depth: int = 2,
     are listed once). Children whose instances together have fewer than ``min_lut`` LUTs
     are left out; the parent's ``total`` still holds them."""
     modules = _parse_rtlil(text)
-    own = _own_counts(modules)
+    own, memo = _own_counts(modules), {}
 
     def node(name: str, instances: int, level: int) -> dict:
         kinds: dict[str, int] = {}
@@ -496,13 +499,13 @@ def count_rtlil_tree(text: str, *, top: str = "top", depth: int = 2,
         children = []
         if level < depth:
             for ctype, n in kinds.items():
-                if _flat(modules, own, ctype)[0]["lut"] * n >= min_lut:
+                if _flat(modules, own, ctype, memo)[0]["lut"] * n >= min_lut:
                     children.append(node(ctype, n, level + 1))
             children.sort(key=lambda c: -c["total"]["lut"] * c["instances"])
         short = name.lstrip("\\").rsplit(".", 1)[-1] if level else top
         return {"module": short, "instances": instances,
                 "own": _rounded(own[name][0]),
-                "total": _rounded(_flat(modules, own, name)[0]), "children": children}
+                "total": _rounded(_flat(modules, own, name, memo)[0]), "children": children}
 
     return node(f"\\{top}", 1, 0)
 

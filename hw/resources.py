@@ -44,8 +44,8 @@ import yaml
 from flightllm.contract.config import AcceleratorConfig, ConfigError, load_config
 
 from .resource_count import (
-    RESOURCES, SYNTH_SCRIPT, count_rtlil, memory_primitives, synthesis_unavailable_reason,
-    synthesise,
+    RESOURCES, SYNTH_SCRIPT, count_rtlil, count_rtlil_tree, memory_primitives,
+    synthesis_unavailable_reason, synthesise,
 )
 
 __all__ = [
@@ -295,7 +295,6 @@ def breakdown(config: AcceleratorConfig | str, unit: str, *, depth: int = 2,
     :func:`~flightllm.hw.resource_count.count_rtlil_tree` gives them. Sub-units the estimate
     measures on their own (the engine, the SFU, the matrix and MISC units in core control)
     are black boxes here, as in :func:`estimate`."""
-    from .resource_count import count_rtlil_tree
     cfg = load_config(config) if not isinstance(config, AcceleratorConfig) else config
     try:
         chosen = next(u for u in UNITS if u.name == unit)
