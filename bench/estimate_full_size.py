@@ -65,13 +65,13 @@ def bounds(out: dict, config, hbm) -> dict:
 #: The road to the goals: each step adds one change to the ones before it, in the order the
 #: binding unit asks for them. Config changes are lowered again (the compiler sizes its weight
 #: chunks by the chains and the WBUF) and built by the RTL (four WBUF read ports and four LD
-#: lanes since stop 21); timing changes are what-ifs of the model (``UnitTiming.ld_lanes``
-#: beyond four, ``dequant_word_bytes``, ``segment_overhead``/``segment_issue``), not hardware
-#: that exists. (MM's weights read once per four token pairs was a what-if here
-#: until the presets got ``mm_pair_group = 4``.)
+#: lanes since stop 21, two dequantiser words per cycle since stop 22); timing changes are
+#: what-ifs of the model (``UnitTiming.ld_lanes`` beyond four, ``segment_overhead``/
+#: ``segment_issue``), not hardware that exists. (MM's weights read once per four token pairs
+#: was a what-if here until the presets got ``mm_pair_group = 4``.)
 ROADMAP = (
     ("as built", {}, {}),
-    ("dequantiser reads 16 B per cycle", {}, {"dequant_word_bytes": 16}),
+    ("dequantisers take two words per cycle", {"dequant_words": 2}, {}),
     ("WBUF: four read ports", {"wbuf_read_ports": 4}, {}),
     ("LD: four lanes", {"ld_lanes": 4}, {}),
     ("32 chains per core, WBUF rows of 128 B, 4 MiB",

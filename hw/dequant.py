@@ -13,13 +13,21 @@ weight_beat_layout` (``mv_k`` slots = ``mv_k / N`` block rows of ``N`` pairs eac
 input format: slot ``j`` of pass ``p`` is entry ``j % N`` of row ``p * mv_k / N + j // N`` with
 weight ``v * m`` (``m = 1`` without multipliers) and its 4-bit column (``j % 16`` when dense).
 
-Throughput: one word per cycle, one beat per cycle out. A block's first header word is taken
-in the cycle that selects the block, once the block before has put out its last beat, so a
-block with a header costs one cycle per word; a block without one (dense, no multipliers)
-costs one extra cycle to select it (plus one more for 2-bit weights, whose words carry two
-beats). A matrix is described by one command beat; a code byte above 3, a weight width other
-than 2/4/8 or multipliers on 8-bit weights set the sticky ``format_error`` output (cleared by
-the next command) and the block is read as ``code & 3``.
+Throughput: ``dequant_words`` (W, 1 or 2) words per cycle in, one beat per cycle out. A
+block's first header word is taken in the cycle that selects the block, once the block before
+has put out its last beat; its other header words and its value words follow W per cycle (the
+code table one word per cycle). So with one word per cycle a block with a header costs one
+cycle per word, and a block without one (dense, no multipliers) one extra cycle to select it
+(plus one more for 2-bit weights, whose words carry two beats); with two, a block costs
+``1 + ceil((header - 1) / 2) + ceil(values / 2)`` cycles (9 for a dense 4-bit block with
+multipliers, 17 words) when the beats keep up. A matrix is described by one command beat; a
+code byte above 3, a weight width other than 2/4/8 or multipliers on 8-bit weights set the
+sticky ``format_error`` output (cleared by the next command) and the block is read as
+``code & 3``.
+
+With two words per cycle the input beat is :func:`words_layout`: two words, the first in the
+low bits, and ``single`` when only the first is meant (a strip of an odd number of words ends
+so). They go through a four-word queue, so a block boundary inside a beat costs nothing.
 """
 
 from amaranth import *
@@ -32,7 +40,7 @@ from flightllm.contract.weights import SPARSITY_CODES
 
 from .dsp_chain import check_chain_config, mux_tree, weight_beat_layout
 
-__all__ = ["Dequantiser", "COMMAND_LAYOUT", "WORD_BITS"]
+__all__ = ["Dequantiser", "COMMAND_LAYOUT", "WORD_BITS", "words_layout", "words_shape"]
 
 #: Input word width; the block format is 8-byte aligned.
 WORD_BITS = 64
@@ -47,6 +55,18 @@ COMMAND_LAYOUT = data.StructLayout({
 _BITS = (2, 4, 8)
 
 
+def words_layout(words: int) -> data.StructLayout:
+    """An input beat of ``words`` (2) words: ``data`` (word 0 in the low bits) and ``single``,
+    set when only word 0 is meant."""
+    return data.StructLayout({"data": WORD_BITS * words, "single": 1})
+
+
+def words_shape(config: AcceleratorConfig):
+    """The dequantiser's input payload: one 64-bit word, or :func:`words_layout` when
+    ``config.dequant_words`` is 2."""
+    return unsigned(WORD_BITS) if config.dequant_words == 1 else words_layout(config.dequant_words)
+
+
 class Dequantiser(wiring.Component):
     """Parses packed weight matrices into DSP-chain weight beats.
 
@@ -57,7 +77,7 @@ class Dequantiser(wiring.Component):
 
     Ports:
         cmd (In stream of :data:`COMMAND_LAYOUT`): one beat per matrix.
-        words (In stream of 64 bits): the packed bytes, little-endian.
+        words (In stream of :func:`words_shape`): the packed bytes, little-endian.
         weights (Out stream of ``weight_beat_layout(config.mv_k)``).
         format_error (Out 1): sticky, see the module docstring.
     """
@@ -68,19 +88,25 @@ class Dequantiser(wiring.Component):
             raise ValueError(f"max_k_blocks must be a positive multiple of 8, not "
                              f"{max_k_blocks!r}")
         self.mv_k = config.mv_k
+        self.n_words = config.dequant_words
         self.max_k_blocks = max_k_blocks
         super().__init__({
             "cmd": In(stream.Signature(COMMAND_LAYOUT)),
-            "words": In(stream.Signature(WORD_BITS)),
+            "words": In(stream.Signature(words_shape(config))),
             "weights": Out(stream.Signature(weight_beat_layout(config.mv_k))),
             "format_error": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        K = self.mv_k
-        word = self.words.payload
-        units_cap = (K * 8 + WORD_BITS) // 32       # value buffer size in 32-bit units
+        K, W = self.mv_k, self.n_words
+        units_cap = (K * 8 + W * WORD_BITS) // 32   # value buffer size in 32-bit units
+        # The parser sets ``want`` (words it would take this cycle); it takes ``take``, which
+        # is that or what is available, and reads them as ``head[0]``, ``head[1]``.
+        want = Signal(range(W + 1))
+        take = Signal(range(W + 1))
+        head = self._word_source(m, want, take)
+        word = head[0]
 
         m.submodules.codes = codes = Memory(shape=unsigned(2 * 8), depth=self.max_k_blocks // 8,
                                             init=[])
@@ -96,7 +122,7 @@ class Dequantiser(wiring.Component):
         blk_last = Signal()
         mult = Signal(64)
         idx_store = Signal(8 * 64)  # up to N = 8: 16 x 8 nibbles
-        idx_cnt = Signal(3)
+        idx_cnt = Signal(4)
         vwords = Signal(range(2 * BLOCK + 1))
         vcnt = Signal(range(units_cap + 1))
         ep = Signal(4)              # pass of the block being emitted
@@ -165,15 +191,17 @@ class Dequantiser(wiring.Component):
             m.d.sync += out_valid.eq(0)
         m.d.comb += [self.weights.valid.eq(out_valid), self.weights.payload.eq(out)]
 
-        accept = self.words.valid & self.words.ready
         cnt_after = Signal.like(vcnt)
         m.d.comb += cnt_after.eq(vcnt - Mux(emit, pass_units, 0))
         in_values = Signal()
-        with m.If(in_values & accept):
-            for i in range(ring // 2):
-                with m.If(wword == i):
-                    m.d.sync += [units[2 * i].eq(word[:32]), units[2 * i + 1].eq(word[32:])]
-            m.d.sync += [wword.eq(wword + 1), vcnt.eq(cnt_after + WORD_BITS // 32)]
+        with m.If(in_values & (take != 0)):
+            for j in range(W):
+                with m.If(take > j):
+                    for i in range(ring // 2):
+                        with m.If((wword + j)[:len(wword)] == i):
+                            m.d.sync += [units[2 * i].eq(head[j][:32]),
+                                         units[2 * i + 1].eq(head[j][32:])]
+            m.d.sync += [wword.eq(wword + take), vcnt.eq(cnt_after + take * (WORD_BITS // 32))]
         with m.Else():
             m.d.sync += vcnt.eq(cnt_after)
 
@@ -219,10 +247,10 @@ class Dequantiser(wiring.Component):
                     with m.Else():
                         m.next = "BLOCK"
             with m.State("TABLE"):
-                m.d.comb += self.words.ready.eq(1)
-                m.d.comb += [code_wr.addr.eq(tword), code_wr.en.eq(self.words.valid),
+                m.d.comb += want.eq(1)
+                m.d.comb += [code_wr.addr.eq(tword), code_wr.en.eq(take != 0),
                              code_wr.data.eq(Cat(word.word_select(i, 8)[:2] for i in range(8)))]
-                with m.If(self.words.valid):
+                with m.If(take != 0):
                     with m.If(Cat(word.word_select(i, 8)[2:] for i in range(8)).any()):
                         m.d.sync += self.format_error.eq(1)
                     m.d.sync += tword.eq(tword + 1)
@@ -249,8 +277,8 @@ class Dequantiser(wiring.Component):
                         # costs no cycle of its own (17 for a 4-bit block with multipliers,
                         # one per word).
                         has_header = cfg.gscale | (start_code != 3)
-                        m.d.comb += self.words.ready.eq(has_header)
-                        with m.If(has_header & self.words.valid):
+                        m.d.comb += want.eq(has_header)
+                        with m.If(has_header & (take != 0)):
                             with m.If(cfg.gscale):
                                 take_multipliers(start_code)
                             with m.Else():
@@ -264,21 +292,57 @@ class Dequantiser(wiring.Component):
                         with m.Else():
                             m.next = "VALUES"
             with m.State("MULT"):
-                m.d.comb += self.words.ready.eq(1)
-                with m.If(self.words.valid):
+                m.d.comb += want.eq(1)
+                with m.If(take != 0):
                     take_multipliers(blk_code)
             with m.State("INDEX"):
-                m.d.comb += self.words.ready.eq(1)
-                with m.If(self.words.valid):
-                    m.d.sync += [idx_store.word_select(idx_cnt, 64).eq(word),
-                                 idx_cnt.eq(idx_cnt + 1)]
-                    with m.If(idx_cnt == (Const(2, 5) << blk_code) - 1):
+                idx_left = Signal(5)
+                m.d.comb += [idx_left.eq((Const(2, 5) << blk_code) - idx_cnt),
+                             want.eq(Mux(idx_left < W, idx_left, W))]
+                with m.If(take != 0):
+                    for j in range(W):
+                        with m.If(take > j):
+                            m.d.sync += idx_store.word_select(idx_cnt + j, 64).eq(head[j])
+                    m.d.sync += idx_cnt.eq(idx_cnt + take)
+                    with m.If(take == idx_left):
                         m.next = "VALUES"
             with m.State("VALUES"):
+                room = vcnt + W * (WORD_BITS // 32) <= units_cap
                 m.d.comb += [in_values.eq(1),
-                             self.words.ready.eq(vcnt + WORD_BITS // 32 <= units_cap)]
-                with m.If(accept):
-                    m.d.sync += vwords.eq(vwords - 1)
-                    with m.If(vwords == 1):
+                             want.eq(Mux(room, Mux(vwords < W, vwords, W), 0))]
+                with m.If(take != 0):
+                    m.d.sync += vwords.eq(vwords - take)
+                    with m.If(vwords == take):
                         m.next = "BLOCK"
         return m
+
+    def _word_source(self, m, want, take):
+        """Drive ``take`` from ``want`` and the input; return the words at the head.
+
+        One word per cycle: the input stream itself (ready when the parser wants a word).
+        Two: a queue of four words, filled a beat (one or two words) at a time while the
+        words left after this cycle's take leave room for two more.
+        """
+        if self.n_words == 1:
+            m.d.comb += [self.words.ready.eq(want != 0),
+                         take.eq(Mux(self.words.valid, want, 0))]
+            return [self.words.payload]
+        beat = self.words.payload
+        queue = [Signal(WORD_BITS, name=f"queue{i}", reset_less=True) for i in range(4)]
+        first = Signal(2)                           # queue position of the head word
+        level = Signal(range(5))
+        m.d.comb += take.eq(Mux(want <= level, want, level))
+        head = [mux_tree(queue, first), mux_tree(queue[1:] + queue[:1], first)]
+        m.d.comb += self.words.ready.eq(level - take <= 2)
+        push = self.words.valid & self.words.ready
+        n_in = Mux(beat.single, 1, 2)
+        tail = Signal(2)
+        m.d.comb += tail.eq(first + level)
+        with m.If(push):
+            for i in range(4):
+                with m.If(tail == i):
+                    m.d.sync += queue[i].eq(beat.data[:WORD_BITS])
+                with m.Elif(~beat.single & ((tail + 1)[:2] == i)):
+                    m.d.sync += queue[i].eq(beat.data[WORD_BITS:])
+        m.d.sync += [first.eq(first + take), level.eq(level - take + Mux(push, n_in, 0))]
+        return head

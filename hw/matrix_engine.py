@@ -39,8 +39,10 @@ payload is the buffer bytes it came from):
   readers' and writers' business). ``mv`` selects MV; MM with ``m_rows = 0`` or any instruction
   with ``n_strips = 0`` produces nothing. ``k_blocks`` must be 1..``max_k_blocks``;
   ``sum_rows`` must come with ``m_rows = 2``, Q32 and no ``p_uniform`` (the unit checks).
-* ``words[c]`` (64 bits): chain ``c``'s weight bytes: for every group of pairs, the strips
-  ``c, c + chains, ...`` of the packed matrix (each from its first byte), 8 bytes per beat.
+* ``words[c]`` (:func:`~flightllm.hw.dequant.words_shape`): chain ``c``'s weight bytes: for
+  every group of pairs, the strips ``c, c + chains, ...`` of the packed matrix (each from its
+  first byte), 8 bytes per beat, or two words per beat with ``dequant_words = 2`` (a strip of
+  an odd number of words ending in a ``single`` beat).
 * ``acts`` (:func:`~flightllm.hw.dsp_chain.act_beat_layout` of one pair): per pair, per K block, 16 INT8
   of row ``2p`` (lane 0) and of row ``2p + 1`` (lane 1, ignored when the pair has one row).
 * ``params`` (:data:`PARAMS_LAYOUT`, 16 requantisation records): Q8/Q32 only; one beat per
@@ -73,7 +75,7 @@ from flightllm.contract.isa import OPCODES, Opcode, OutMode
 from flightllm.contract.numerics import INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN
 from flightllm.contract.params import REQUANT_RECORD
 
-from .dequant import WORD_BITS, Dequantiser
+from .dequant import Dequantiser, words_shape
 from .dsp_chain import DSPChain, act_beat_layout, mux_tree, result_beat_layout
 
 __all__ = [
@@ -187,7 +189,7 @@ class MatrixEngine(wiring.Component):
                               for _ in range(chains)]
         super().__init__({
             "cmd": In(stream.Signature(COMMAND_LAYOUT)),
-            "words": In(stream.Signature(WORD_BITS)).array(chains),
+            "words": In(stream.Signature(words_shape(config))).array(chains),
             "acts": In(stream.Signature(act_beat_layout())),
             "params": In(stream.Signature(PARAMS_LAYOUT)),
             "psum": In(stream.Signature(ROW_LAYOUT)),

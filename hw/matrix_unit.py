@@ -209,7 +209,9 @@ class MatrixUnit(wiring.Component):
                      groups.eq((pairs + (G - 1)) >> (G.bit_length() - 1))]
 
         # ---- buffer ports: readers and writers behind one multiplexer per buffer
-        chain_rd = [ByteReader(cfg.wbuf, WORD_BYTES, align=WORD_BYTES) for _ in range(C)]
+        # A chain's reader delivers what its dequantiser takes per cycle: one word, or two.
+        chain_rd = [ByteReader(cfg.wbuf, WORD_BYTES * cfg.dequant_words, align=WORD_BYTES)
+                    for _ in range(C)]
         scan_rd = ByteReader(cfg.wbuf, cfg.wbuf.width, align=WORD_BYTES)
         act_rd = [ByteReader(cfg.abuf, BLOCK) for _ in range(2)]
         p_chunk = min(cfg.pbuf.width, _STRIP_RECORDS)
@@ -378,8 +380,12 @@ class MatrixUnit(wiring.Component):
             m.d.sync += failed.eq(1)
         for c in range(C):
             m.d.comb += [eng.words[c].valid.eq(chain_rd[c].out.valid),
-                         eng.words[c].payload.eq(chain_rd[c].out.payload.data),
                          chain_rd[c].out.ready.eq(eng.words[c].ready)]
+            if cfg.dequant_words == 1:
+                m.d.comb += eng.words[c].payload.eq(chain_rd[c].out.payload.data)
+            else:
+                m.d.comb += [eng.words[c].payload.data.eq(chain_rd[c].out.payload.data),
+                             eng.words[c].payload.single.eq(chain_rd[c].out.payload.single)]
         return m
 
     # ------------------------------------------------------------------ weights

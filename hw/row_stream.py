@@ -14,7 +14,10 @@ operand may start at any byte. So:
   at multiples of ``align`` bytes, so it realigns whole ``align``-byte words; when the chunk
   is one such word it never straddles two rows and needs no window at all. The matrix unit's
   weight readers (the dequantisers read 8-byte words and the ISA keeps weights 8-byte aligned)
-  are such readers: a word select on the head row instead of a byte shifter over two.
+  are such readers: a word select on the head row instead of a byte shifter over two. When
+  the chunk is two words (dequantisers of two words per cycle) a one-word carry replaces the
+  window, and the chunk says whether it is ``single`` (the segment's odd last word); a
+  segment starting at a row's last word pays one cycle to fill the carry.
 * :class:`ChunkWriter` writes one chunk of up to ``chunk`` bytes at any byte address: one
   row write, or two when the chunk straddles a row boundary.
 * :class:`PortMux` puts several readers and one writer on one row client
@@ -53,9 +56,14 @@ def segment_layout() -> data.StructLayout:
     return data.StructLayout({"addr": ADDR_BITS, "nbytes": LEN_BITS})
 
 
-def chunk_layout(chunk: int) -> data.StructLayout:
-    """One chunk of a segment, ``last`` on the segment's final chunk."""
-    return data.StructLayout({"data": 8 * chunk, "last": 1})
+def chunk_layout(chunk: int, *, single: bool = False) -> data.StructLayout:
+    """One chunk of a segment, ``last`` on the segment's final chunk; with ``single`` (the
+    readers of word pairs) also ``single``, set when only the chunk's first word is in the
+    segment."""
+    fields = {"data": 8 * chunk, "last": 1}
+    if single:
+        fields["single"] = 1
+    return data.StructLayout(fields)
 
 
 def write_layout(chunk: int) -> data.StructLayout:
@@ -94,9 +102,11 @@ class ByteReader(wiring.Component):
             raise ValueError(f"align must be a power of two dividing the chunk ({chunk}) and "
                              f"the row width ({spec.width}), not {align!r}")
         self.spec, self.chunk, self.fifo_depth, self.align = spec, chunk, fifo_depth, align
+        #: Chunks of two aligned words: read with a one-word carry instead of a row window.
+        self.pairs = chunk == 2 * align and spec.width >= chunk
         super().__init__({
             "cmd": In(stream.Signature(segment_layout())),
-            "out": Out(stream.Signature(chunk_layout(chunk))),
+            "out": Out(stream.Signature(chunk_layout(chunk, single=self.pairs))),
             "req": Out(stream.Signature(range(spec.depth))),
             "rsp": In(stream.Signature(8 * spec.width)),
             "busy": Out(1),
@@ -136,6 +146,8 @@ class ByteReader(wiring.Component):
 
         if self.align == C:
             self._assemble_words(m, rows, plans, plan_layout)
+        elif self.pairs:
+            self._assemble_pairs(m, rows, plans, plan_layout)
         else:
             self._assemble_window(m, rows, plans, plan_layout)
         m.d.comb += self.busy.eq(self._active | plans.r_rdy | (req_left != 0))
@@ -165,6 +177,59 @@ class ByteReader(wiring.Component):
             m.d.sync += [q.eq(q + C), left.eq(left - 1)]
             with m.If(left == 1):
                 m.d.sync += active.eq(0)
+
+    def _assemble_pairs(self, m, rows, plans, plan_layout):
+        """Chunks of two aligned words (the dequantisers' word pairs). A pair starting at a
+        row's last word straddles two rows: that word is kept in a one-word carry as the row
+        is popped, so the pair comes out of the carry and the next row's first word, still
+        one chunk per cycle, with one word of registers where a row window takes two rows."""
+        W, A, lw = self.spec.width, self.align, _lane_bits(self.spec)
+        R, la = W // A, A.bit_length() - 1
+        self._active = active = Signal()
+        p = Signal(range(R))              # the chunk's first word in the head row
+        left = Signal(LEN_BITS)           # chunks still to emit
+        odd = Signal()                    # the segment ends in a single word
+        carried = Signal()                # the chunk's first word is in ``carry``
+        carry = Signal(8 * A)
+        plan = data.View(plan_layout, plans.r_data)
+        with m.If(~active & plans.r_rdy):
+            n_words = (plan.nbytes + A - 1) >> la
+            m.d.comb += plans.r_en.eq(1)
+            m.d.sync += [active.eq(1), p.eq(plan.off >> la if lw > la else 0),
+                         left.eq((n_words + 1) >> 1), odd.eq(n_words[0]), carried.eq(0)]
+        word = [rows.r_data.word_select(i, 8 * A) for i in range(R)]
+        last = left == 1
+        single = last & odd
+        # A segment that starts at a row's last word (with more to come) first moves that
+        # word to the carry: one cycle without a chunk.
+        stash_first = active & ~carried & (p == R - 1) & ~single
+        with m.If(stash_first & rows.r_rdy):
+            m.d.comb += rows.r_en.eq(1)
+            m.d.sync += [carry.eq(word[R - 1]), carried.eq(1)]
+        m.d.comb += [
+            # A single word held in the carry needs no row.
+            self.out.valid.eq(active & ~stash_first & (rows.r_rdy | (carried & single))),
+            self.out.payload.data.eq(Cat(Mux(carried, carry, rows.r_data.word_select(p, 8 * A)),
+                                         Mux(carried, word[0],
+                                             rows.r_data.word_select(p + 1, 8 * A)))),
+            self.out.payload.last.eq(last),
+            self.out.payload.single.eq(single),
+        ]
+        following = Signal(range(R + 2))   # the next chunk's first word in the head row
+        m.d.comb += following.eq(Mux(carried, 1, p + 2))
+        with m.If(self.out.valid & self.out.ready):
+            m.d.sync += left.eq(left - 1)
+            with m.If(last):
+                m.d.comb += rows.r_en.eq(~(carried & single))
+                m.d.sync += [active.eq(0), carried.eq(0)]
+            with m.Elif(following == R):
+                m.d.comb += rows.r_en.eq(1)
+                m.d.sync += [p.eq(0), carried.eq(0)]
+            with m.Elif(following == R - 1):
+                m.d.comb += rows.r_en.eq(1)
+                m.d.sync += [carry.eq(word[R - 1]), carried.eq(1)]
+            with m.Else():
+                m.d.sync += [p.eq(following), carried.eq(0)]
 
     def _assemble_window(self, m, rows, plans, plan_layout):
         """Chunks at any byte (or ``align``) position, realigned through a two-row window."""

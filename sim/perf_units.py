@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from flightllm.contract.config import AcceleratorConfig
 from flightllm.contract.isa import Buffer, Instruction, MiscFunc, Opcode, OutMode, WeightBits
 from flightllm.contract.params import REQUANT_RECORD_BYTES
+from flightllm.contract.weights import WORD_BYTES
 
 __all__ = ["UnitTiming", "MatrixCost", "matrix_cost", "misc_cycles", "buffer_port_cycles",
            "ld_lanes", "datapath_cycles", "sys_cycles"]
@@ -47,9 +48,9 @@ class UnitTiming:
 
     Attributes:
         chains: DSP chains per core (None: ``mv_rows``, the matrix engine's default).
-        dequant_word_bytes: WBUF bytes a dequantiser reads per cycle.
         block_switch: Dequantiser cycles to select a block; a block with header words takes
-            its first one in the same cycle (hw/dequant.py).
+            its first one in the same cycle, and the rest ``dequant_words`` per cycle (the
+            configuration's; hw/dequant.py).
         chain_latency_extra: Chain pipeline beyond ``mv_k`` (a strip's result leaves
             ``mv_k + 8`` edges after its last pass: ``hw.dsp_chain.DSPChain.latency``, which a
             test keeps in step).
@@ -107,7 +108,6 @@ class UnitTiming:
     """
 
     chains: int | None = None
-    dequant_word_bytes: int = 8
     block_switch: int = 1
     chain_latency_extra: int = 8
     output_stage: int = 4
@@ -168,7 +168,7 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
     if rows == 0 or strips == 0:
         return MatrixCost(0, 0, 0, 0)
     bits = WeightBits(ins.wbits).bits
-    word = t.dequant_word_bytes
+    word, per = WORD_BYTES, cfg.dequant_words      # 8-byte words, taken per cycle
     values = _ceil(16 * n_keep * bits // 8, word)
     header = (1 if ins.gscale else 0) + (_ceil(8 * n_keep, word) if n_keep < 16 else 0)
     pairs = _ceil(rows, 2)
@@ -181,17 +181,19 @@ def matrix_cost(ins: Instruction, n_keep: int, cfg: AcceleratorConfig,
     table = _ceil(kb, word) if ins.sparse else 0
     chains = t.chains or cfg.mv_rows
 
-    # The dequantiser takes a block's first header word in the cycle that selects the block,
-    # so only a block without a header pays the switch on its own.
-    lead = max(t.block_switch, header)
+    # The dequantiser takes a block's first header word in the cycle that selects the block
+    # and the rest ``per`` a cycle, so only a block without a header pays the switch on its
+    # own; its value words come ``per`` a cycle too.
+    lead = max(t.block_switch, 1 + _ceil(header - 1, per) if header else 0)
+    value_cycles = _ceil(values, per)
 
     def strip_time(size: int) -> int:
         passes = max(16 * n_keep // cfg.mv_k, 1) * size
         if size == 1:
-            return table + kb * (lead + max(values, passes))
+            return table + kb * (lead + max(value_cycles, passes))
         # A chain holding each pass for several pairs hides the dequantiser's block switch
         # (the engine bench: no bubble between blocks once the passes outlast the words).
-        return table + kb * max(lead + values, passes)
+        return table + kb * max(lead + value_cycles, passes)
 
     per_chain = sum(_ceil(strips, chains) * strip_time(size) for size in sizes)
     chain_time = per_chain + (reads - 1) * t.mm_pair_switch

@@ -99,6 +99,11 @@ class AcceleratorConfig:
             LD on different channels must then not write the same buffer bytes (their order
             is not defined); the compiler never does. Decode, whose weights come in through
             the LD at a row per lane per cycle, is bound by it.
+        dequant_words: 8-byte weight words each chain's dequantiser takes per cycle (1 or
+            2). A dense 4-bit block is 17 words with its multipliers: at one word per cycle a
+            32-slice chain gets a pass every other cycle, at two it is busy 8 cycles of 9.
+            The chains' weight readers deliver that many words per cycle, so the WBUF read
+            ports must carry ``mv_rows * dequant_words * 8`` bytes per cycle to keep up.
     """
 
     name: str
@@ -123,6 +128,7 @@ class AcceleratorConfig:
     mm_pair_group: int = 1
     wbuf_read_ports: int = 1
     ld_lanes: int = 1
+    dequant_words: int = 1
 
     def __post_init__(self):
         # Normalise sequences so YAML lists and tuples compare and hash the same.
@@ -187,6 +193,8 @@ class AcceleratorConfig:
             _bad("wbuf_read_ports", self.wbuf_read_ports, "1, 2 or 4")
         if self.ld_lanes not in (1, 2, 4):
             _bad("ld_lanes", self.ld_lanes, "1, 2 or 4")
+        if self.dequant_words not in (1, 2):
+            _bad("dequant_words", self.dequant_words, "1 or 2")
         if self.ld_lanes > self.hbm_channels_per_core:
             _bad("ld_lanes", self.ld_lanes, f"at most hbm_channels_per_core "
                  f"({self.hbm_channels_per_core}): a lane moves the segments of its channels")

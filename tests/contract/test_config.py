@@ -58,6 +58,7 @@ def test_u280_uses_packed_dsps_within_the_card():
     ("wbuf_read_ports", 3, "field 'wbuf_read_ports' = 3"),
     ("ld_lanes", 8, "field 'ld_lanes' = 8"),
     ("ld_lanes", 4, "at most hbm_channels_per_core (2)"),   # tiny has two channels
+    ("dequant_words", 4, "field 'dequant_words' = 4"),
 ])
 def test_validation_names_field_and_value(field, value, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):

@@ -108,18 +108,25 @@ def _check_program(cfg, specs, seed, chains=2, min_rows=10, max_k_blocks=MAX_K_B
     return program, cycles
 
 
-@pytest.mark.parametrize("variant", ["tiny", "abuf as wide as rbuf", "two wbuf read ports"])
+@pytest.mark.parametrize("variant", ["tiny", "abuf as wide as rbuf", "two wbuf read ports",
+                                     "two dequantiser words", "two words on wide rows"])
 def test_unit_in_amaranth_simulator(variant):
     """Three instructions through two chains in the Amaranth simulator (MV on mixed sparse
     codes into ACC32; MM Q8 with psum and relu, strided strips, three rows; MM Q32 with a
     residual and a uniform record), buffers compared with exec_matrix's afterwards. With
     ABUF rows as wide as RBUF's (as on the full-size presets) one writer serves both; with
-    two WBUF read ports the odd chain reads its weights through the second."""
+    two WBUF read ports the odd chain reads its weights through the second; with two
+    dequantiser words per cycle the chains' readers deliver word pairs (strips of odd word
+    counts and, on 64-byte rows, pairs across rows among them)."""
     cfg = preset("tiny")
     if variant == "abuf as wide as rbuf":
         cfg = cfg.replace(abuf=BufferSpec(cfg.rbuf.width, cfg.abuf.bytes // cfg.rbuf.width))
     elif variant == "two wbuf read ports":
         cfg = cfg.replace(wbuf_read_ports=2)
+    elif variant == "two dequantiser words":
+        cfg = cfg.replace(dequant_words=2)
+    elif variant == "two words on wide rows":
+        cfg = cfg.replace(dequant_words=2, wbuf=BufferSpec(64, 1024))
     _check_program(cfg, [
         dict(mv=True, bits=4, kind="mixed", mode=OutMode.ACC32, n_strips=3),
         dict(mv=False, bits=8, kind=2, mode=OutMode.Q8, psum=True, relu=True, strided=True,
@@ -307,19 +314,22 @@ def test_more_wbuf_read_ports_speed_a_port_bound_mv(chains, ports):
     assert cycles[ports[1]] <= 0.6 * cycles[ports[0]], cycles
 
 
-def test_an_mv_starts_while_its_activations_load():
+@pytest.mark.parametrize("words", [1, 2])
+def test_an_mv_starts_while_its_activations_load(words):
     """A long MV (K = 32 blocks, 4-bit with multipliers, a strip per chain, 32-slice chains
     on 64-byte rows, as on u280) starts its passes as its activation blocks arrive instead
     of after all 32: bit-exact, and within 3% of sim/perf_units.matrix_cost, which never
     charged the load (the engine waiting for the whole vector took 632 cycles against the
-    model's 598; now 606)."""
+    model's 598; now 606). With two dequantiser words per cycle a block takes 9 cycles
+    instead of 17, and the four chains' word pairs fill the one read port's rows."""
     from flightllm.sim.perf_units import UnitTiming, matrix_cost
-    cfg = preset("tiny").replace(wbuf=BufferSpec(64, 1024), mv_k=32)
+    cfg = preset("tiny").replace(wbuf=BufferSpec(64, 1024), mv_k=32, dequant_words=words)
     spec = dict(mv=True, bits=4, kind="dense", gscale=True, mode=OutMode.ACC32, n_strips=4,
                 k_blocks=32)
     (ins,), (rtl,) = _check_program(cfg, [spec], seed=21, chains=4, min_rows=3,
                                     max_k_blocks=32)
     model = matrix_cost(ins, 16, cfg, UnitTiming()).cycles
+    print(f"dequant_words={words}: RTL {rtl}, model {model}")
     assert abs(model - rtl) <= 0.03 * rtl, (model, rtl)
 
 

@@ -7,6 +7,7 @@ first/last flags. Environment as in tb_dsp_chain.
 
 from __future__ import annotations
 
+import math
 import os
 
 import cocotb
@@ -14,19 +15,25 @@ import numpy as np
 
 from flightllm.contract.config import preset
 from flightllm.contract.weights import SPARSITY_CODES
-from flightllm.hw.dequant import COMMAND_LAYOUT
+from flightllm.hw.dequant import COMMAND_LAYOUT, words_layout
 from flightllm.hw.dsp_chain import weight_beat_layout
 from tb_common import (
     StreamDriver, StreamMonitor, seeded_rng, start, wait_until, write_summary,
 )
 from tb_model import KINDS, VARIANTS, Checker, beat_rows, dequant_expected, pack_fields, \
-    scenario_matrix, unpack_fields, words64
+    scenario_matrix, unpack_fields, word_beats, words64
 
 
 class DequantBench:
-    def __init__(self, dut, rng, *, idle: float, stall: float, corrupt: bool = False):
+    """Drives matrices in; with two words per cycle (FLIGHTLLM_TB_DEQUANT_WORDS=2) a third of
+    the beats carry one word when ``singles``, so blocks start at either half of a beat."""
+
+    def __init__(self, dut, rng, *, idle: float, stall: float, corrupt: bool = False,
+                 singles: bool = True):
         self.dut = dut
         self.mv_k = preset(os.environ.get("FLIGHTLLM_TB_PRESET", "tiny")).mv_k
+        self.per_beat = int(os.environ.get("FLIGHTLLM_TB_DEQUANT_WORDS", "1"))
+        self.singles = rng if singles else None
         self.wl = weight_beat_layout(self.mv_k)
         self.checker = Checker("dequant beats", dut._log)
         self.corrupt = corrupt
@@ -39,9 +46,11 @@ class DequantBench:
         self.cmd.send(pack_fields(COMMAND_LAYOUT, {
             "bits": case.bits, "sparse": int(case.sparse), "gscale": int(case.gscale),
             "k_blocks": case.k_blocks, "n_strips": case.n_strips}))
-        for word in words64(case.data):
-            self.words.send(word)
-            self.n_words += 1
+        words = words64(case.data)
+        for beat in word_beats(words, self.per_beat, self.singles):
+            self.words.send(beat if self.per_beat == 1
+                            else pack_fields(words_layout(self.per_beat), beat))
+        self.n_words += len(words)
         for item in dequant_expected(case, self.mv_k):
             if self.corrupt and len(self.checker.expected) == 5:
                 item["rows"][0][2] += 1                  # the deliberate reference bug
@@ -105,7 +114,8 @@ async def throughput(dut):
     seed, rng = seeded_rng(dut, "dequant throughput")
     nrng = np.random.default_rng(seed)
     await start(dut)
-    bench = DequantBench(dut, rng, idle=0.0, stall=0.0)
+    bench = DequantBench(dut, rng, idle=0.0, stall=0.0, singles=False)
+    per = bench.per_beat
     measured = {}
     for bits, gscale in VARIANTS:
         for n in SPARSITY_CODES:
@@ -124,14 +134,17 @@ async def throughput(dut):
             table = words - header - values
             measured[f"N={n} bits={bits} gscale={int(gscale)}"] = {
                 "cycles_per_block": cycles, "words_per_block": words, "beats_per_block": beats,
-                "bound": table + max(1, header) + max(values, beats)}
+                # The select cycle takes the first header word, the rest go ``per`` a cycle
+                # (the code table one a cycle).
+                "bound": (table + 1 + math.ceil(max(header - 1, 0) / per)
+                          + max(math.ceil(values / per), beats))}
             dut._log.info("N=%d bits=%d gscale=%d: %.2f cycles/block for %.2f words", n, bits,
                           gscale, cycles, words)
     write_summary(seed=seed, count=bench.checker.count, errors=bench.checker.errors,
                   blocks=measured)
     assert bench.checker.errors == 0 and bench.checker.count > 0
-    # One word per cycle; a block's value words and beats overlap, its header words do not,
-    # and the cycle that selects a block takes its first header word (a block without a
+    # ``per`` words per cycle; a block's value words and beats overlap, its header words do
+    # not, and the cycle that selects a block takes its first header word (a block without a
     # header pays that cycle alone).
     for name, m in measured.items():
         assert m["cycles_per_block"] <= m["bound"], name

@@ -144,6 +144,21 @@ def words64(blob: bytes) -> list[int]:
     return [int.from_bytes(blob[i:i + 8], "little") for i in range(0, len(blob), 8)]
 
 
+def word_beats(words: list[int], per_beat: int, rng=None) -> list:
+    """Dequantiser input beats: the words themselves (``per_beat`` 1), or pairs as dicts of
+    ``words_layout(2)``, the last one ``single`` when the count is odd; with ``rng`` a beat
+    is ``single`` at random (a third of them) as well, so the words meet every alignment."""
+    if per_beat == 1:
+        return list(words)
+    beats, i = [], 0
+    while i < len(words):
+        single = i + 1 == len(words) or (rng is not None and rng.random() < 1 / 3)
+        pair = words[i] | (0 if single else words[i + 1] << 64)
+        beats.append({"data": pair, "single": int(single)})
+        i += 1 if single else 2
+    return beats
+
+
 # --------------------------------------------------------------------------- format decode
 @dataclass
 class Block:
