@@ -18,7 +18,8 @@ pairs, as the full-size presets do with 4) and writes ``perf_validation_g<N>.jso
 writes ``perf_validation_r2.json`` (both: ``perf_validation_g<N>_r2.json``); ``--ld-lanes 2``
 builds it with two LD lanes and a banked WBUF (with two read ports as well, as the full-size
 presets: ``perf_validation_r2_l2.json``; ``--ld-lanes 4 --wbuf-read-ports 4 --chains 8``: four
-lanes on four channels, four read ports, eight chains, ``perf_validation_r4_l4_c8.json``);
+lanes on four channels, four read ports, eight chains, ``perf_validation_r4_l4_c8.json``;
+with ``--dequant-words 2`` as well, dequantisers of two words per cycle, ``..._c8_d2.json``);
 ``--wide-heads`` builds a synthetic model of
 head-dim 32 instead, whose K/V caches are split over two channels (``..._wide.json``).
     python bench/perf_validation.py --build DIR --rtl-from bench/results/perf_validation.json
@@ -110,11 +111,12 @@ def _rtl_cycles_table(path: Path) -> int:
     return 0 if ok else 1
 
 
-def _variant_suffix(pair_group: int, read_ports: int, lanes: int = 1, chains: int = 4) -> str:
+def _variant_suffix(pair_group: int, read_ports: int, lanes: int = 1, chains: int = 4,
+                    words: int = 1) -> str:
     """The result file's and configuration's suffix for a non-default tiny variant."""
     return (f"_g{pair_group}" if pair_group != 1 else "") + \
         (f"_r{read_ports}" if read_ports != 1 else "") + (f"_l{lanes}" if lanes != 1 else "") \
-        + (f"_c{chains}" if chains != 4 else "")
+        + (f"_c{chains}" if chains != 4 else "") + (f"_d{words}" if words != 1 else "")
 
 
 def _wide_heads_ir():
@@ -126,7 +128,7 @@ def _wide_heads_ir():
 
 
 def _build(path: Path | None, tmp: Path, pair_group: int = 1, read_ports: int = 1,
-           lanes: int = 1, wide_heads: bool = False, chains: int = 4):
+           lanes: int = 1, wide_heads: bool = False, chains: int = 4, words: int = 1):
     from flightllm.host.build import load_build
     if path is not None:
         return load_build(path)
@@ -136,11 +138,12 @@ def _build(path: Path | None, tmp: Path, pair_group: int = 1, read_ports: int = 
     from flightllm.default_model import default_model_path
     out = tmp / "tiny"
     cfg = preset("tiny")
-    suffix = _variant_suffix(pair_group, read_ports, lanes, chains)
+    suffix = _variant_suffix(pair_group, read_ports, lanes, chains, words)
     if suffix:
         # A lane per channel at most: four lanes take four of the core's channels.
         cfg = cfg.replace(name="tiny" + suffix.replace("_", "-"), mm_pair_group=pair_group,
                           wbuf_read_ports=read_ports, ld_lanes=lanes, mv_rows=chains,
+                          dequant_words=words,
                           hbm_channels_per_core=max(cfg.hbm_channels_per_core, lanes))
     ir = _wide_heads_ir() if wide_heads else load_onnx(default_model_path())
     compile_model(ir, cfg, out,
@@ -183,6 +186,9 @@ def main() -> int:
     ap.add_argument("--chains", type=int, default=4, choices=(4, 8),
                     help="Build tiny with this many DSP chains (results in "
                          "perf_validation..._c8.json).")
+    ap.add_argument("--dequant-words", type=int, default=1, choices=(1, 2),
+                    help="Build tiny with dequantisers of this many words per cycle (results "
+                         "in perf_validation..._d2.json).")
     ap.add_argument("--wide-heads", action="store_true",
                     help="Build a synthetic model of head-dim 32 instead of the bundled one "
                          "(its K/V caches split over two channels; results in "
@@ -195,14 +201,14 @@ def main() -> int:
     prompt = [int(t) for t in args.prompt_ids.split(",")]
     RESULTS.mkdir(exist_ok=True)
     suffix = _variant_suffix(args.pair_group, args.wbuf_read_ports, args.ld_lanes,
-                             args.chains) + (
+                             args.chains, args.dequant_words) + (
         "_wide" if args.wide_heads else "")
     out_path = RESULTS / f"perf_validation{suffix}.json"
     from flightllm.sim.hbm_model import RTL_TESTBENCH, HBMParams
     from flightllm.sim.perf import PerfModel, SparsityMap
     with tempfile.TemporaryDirectory() as tmp:
         build = _build(args.build, Path(tmp), args.pair_group, args.wbuf_read_ports,
-                       args.ld_lanes, args.wide_heads, args.chains)
+                       args.ld_lanes, args.wide_heads, args.chains, args.dequant_words)
         recipe = build.manifest["model"]["recipe"]
         sparsity = SparsityMap.from_placements(build.manifest["tensors"], recipe["sparsity"])
         # The RTL runs against the testbench's memories: the check is against the model of

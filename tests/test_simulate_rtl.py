@@ -127,6 +127,19 @@ def test_rtl_engine_with_four_ld_lanes_and_read_ports_matches_golden(tmp_path):
     _assert_rtl_is_golden(out, "1,4,1,4,2,1,3,5")
 
 
+def test_rtl_engine_with_two_word_dequantisers_matches_golden(tmp_path):
+    """tiny with dequantisers of two words per cycle on 64-byte WBUF rows (two read ports,
+    two LD lanes, as the full-size presets): the chains' readers deliver word pairs, which
+    cross rows through their carry where a strip starts at an odd word; tokens and logits are
+    still the golden simulator's."""
+    if simulator_unavailable_reason():
+        pytest.skip(simulator_unavailable_reason())
+    from flightllm.contract.config import BufferSpec
+    out = _compile_variant(tmp_path, "tiny-d2", dequant_words=2, wbuf=BufferSpec(64, 1024),
+                           wbuf_read_ports=2, ld_lanes=2)
+    _assert_rtl_is_golden(out, "3,1,4,1,5")
+
+
 def test_rtl_engine_with_caches_split_over_two_lanes_matches_golden(tmp_path):
     """A synthetic LLaMA-style model with head-dim 32 on tiny with two LD lanes of 16-byte
     beats: each K/V cache is split over the core's two channels, so every tile load (V's
