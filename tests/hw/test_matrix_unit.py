@@ -392,6 +392,24 @@ def test_cycles_per_instruction(rtl_sim, unit_tiny, tmp_path):
         assert v["cycles"] <= 3 * v["wbuf_rows"] + v["chain_bound"] + 120, (key, v)
 
 
+@pytest.fixture(scope="module")
+def unit_tiny_pairs(rtl_sim):
+    return rtl_sim.build("matrix_unit_tiny_w2",
+                         lambda: make_harness(cfg=preset("tiny").replace(dequant_words=2)))
+
+
+@pytest.mark.rtl
+def test_random_instructions_with_two_word_dequantisers(rtl_sim, unit_tiny_pairs, tmp_path):
+    """The random bench with the chains' readers delivering word pairs to dequantisers of two
+    words per cycle (strips of odd word counts among them; the host's reads contend for every
+    buffer port at random)."""
+    out = _run(rtl_sim, unit_tiny_pairs, "random_instructions", tmp_path,
+               FLIGHTLLM_TB_DEQUANT_WORDS="2")
+    assert out["ok"], out
+    assert out["mismatches"] == 0 and out["instructions"] >= 120, out
+    assert out["checked_rows"] > 1000 and out["final_rows_checked"] > 9000, out
+
+
 @pytest.mark.rtl
 @pytest.mark.slow
 def test_random_instructions_long(rtl_sim, unit_tiny, tmp_path):

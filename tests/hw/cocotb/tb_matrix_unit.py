@@ -34,7 +34,8 @@ NAMES = {Buffer.ABUF: "abuf", Buffer.WBUF: "wbuf", Buffer.RBUF: "rbuf", Buffer.P
 
 
 def _config():
-    return preset(os.environ.get("FLIGHTLLM_TB_PRESET", "tiny"))
+    cfg = preset(os.environ.get("FLIGHTLLM_TB_PRESET", "tiny"))
+    return cfg.replace(dequant_words=int(os.environ.get("FLIGHTLLM_TB_DEQUANT_WORDS", "1")))
 
 
 def _max_k() -> int:
