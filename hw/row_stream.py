@@ -103,7 +103,7 @@ class ByteReader(wiring.Component):
                              f"the row width ({spec.width}), not {align!r}")
         self.spec, self.chunk, self.fifo_depth, self.align = spec, chunk, fifo_depth, align
         #: Chunks of two aligned words: read with a one-word carry instead of a row window.
-        self.pairs = chunk == 2 * align and spec.width >= chunk
+        self.pairs = chunk == 2 * align
         super().__init__({
             "cmd": In(stream.Signature(segment_layout())),
             "out": Out(stream.Signature(chunk_layout(chunk, single=self.pairs))),
